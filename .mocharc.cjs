@@ -1,0 +1,7 @@
+module.exports = {
+  'node-option': ['import=tsx'],
+  extension: ['ts'],
+  reporter: './test/support/reporter.cjs',
+  timeout: 10000,
+  exit: true,
+};

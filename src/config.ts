@@ -1,0 +1,258 @@
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { Ajv, type ErrorObject } from 'ajv';
+
+export interface Config {
+  port: number;
+  host: string;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  nodeEnv: string;
+  databaseUrl: string | null;
+  database: { poolSize: number; statementTimeoutMs: number };
+  eventStore: 'postgres' | 'esdb';
+  eventstoreUrl: string | null;
+  eventLog: { pollIntervalMs: number; batchSize: number };
+  redisUrl: string | null;
+  cache: { ttlSeconds: number; memoryMaxEntries: number; commandTimeoutMs: number };
+  kafka: {
+    brokers: string[];
+    clientId: string;
+    topic: string;
+    partitions: number;
+    replicationFactor: number;
+    sessionTimeoutMs: number;
+    heartbeatIntervalMs: number;
+  };
+  relay: { batchSize: number; lockRetryMs: number };
+  embedded: { dataDir: string; postgresPort: number };
+  http: { bodyLimit: string; shutdownGraceMs: number };
+  jwt: {
+    secret: string;
+    accessTtlSeconds: number;
+    refreshTtlSeconds: number;
+    issuer: string;
+    audience: string;
+  };
+}
+
+/** The default secret shipped in config.yml; production refuses it. */
+export const DEFAULT_JWT_SECRET = 'change-me-in-production-this-default-is-refused';
+const MIN_PRODUCTION_SECRET_LENGTH = 32;
+
+const positiveInt = { type: 'integer', minimum: 1 } as const;
+const nullableString = { type: ['string', 'null'], minLength: 1 } as const;
+
+export const configSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: [
+    'port',
+    'host',
+    'logLevel',
+    'nodeEnv',
+    'databaseUrl',
+    'database',
+    'eventStore',
+    'eventstoreUrl',
+    'eventLog',
+    'redisUrl',
+    'cache',
+    'kafka',
+    'relay',
+    'embedded',
+    'http',
+    'jwt',
+  ],
+  properties: {
+    port: { type: 'integer', minimum: 0, maximum: 65535 },
+    host: { type: 'string', minLength: 1 },
+    logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] },
+    nodeEnv: { type: 'string', minLength: 1 },
+    databaseUrl: { ...nullableString, pattern: '^postgres(ql)?://' },
+    database: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['poolSize', 'statementTimeoutMs'],
+      properties: { poolSize: positiveInt, statementTimeoutMs: positiveInt },
+    },
+    eventStore: { enum: ['postgres', 'esdb'] },
+    eventstoreUrl: { ...nullableString, pattern: '^(esdb|kurrentdb|kdb|esdb\\+discover)://' },
+    eventLog: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['pollIntervalMs', 'batchSize'],
+      properties: { pollIntervalMs: positiveInt, batchSize: positiveInt },
+    },
+    redisUrl: { ...nullableString, pattern: '^rediss?://' },
+    cache: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['ttlSeconds', 'memoryMaxEntries', 'commandTimeoutMs'],
+      properties: { ttlSeconds: positiveInt, memoryMaxEntries: positiveInt, commandTimeoutMs: positiveInt },
+    },
+    kafka: {
+      type: 'object',
+      additionalProperties: false,
+      required: [
+        'brokers',
+        'clientId',
+        'topic',
+        'partitions',
+        'replicationFactor',
+        'sessionTimeoutMs',
+        'heartbeatIntervalMs',
+      ],
+      properties: {
+        brokers: { type: 'array', items: { type: 'string', pattern: '^[^\\s:,]+:\\d+$' } },
+        clientId: { type: 'string', minLength: 1 },
+        topic: { type: 'string', pattern: '^[A-Za-z0-9._-]{1,200}$' },
+        partitions: positiveInt,
+        replicationFactor: positiveInt,
+        sessionTimeoutMs: positiveInt,
+        heartbeatIntervalMs: positiveInt,
+      },
+    },
+    relay: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['batchSize', 'lockRetryMs'],
+      properties: { batchSize: positiveInt, lockRetryMs: positiveInt },
+    },
+    embedded: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['dataDir', 'postgresPort'],
+      properties: {
+        dataDir: { type: 'string', minLength: 1 },
+        postgresPort: { type: 'integer', minimum: 0, maximum: 65535 },
+      },
+    },
+    http: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['bodyLimit', 'shutdownGraceMs'],
+      properties: {
+        bodyLimit: { type: 'string', pattern: '^\\d+(b|kb|mb)$' },
+        shutdownGraceMs: positiveInt,
+      },
+    },
+    jwt: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['secret', 'accessTtlSeconds', 'refreshTtlSeconds', 'issuer', 'audience'],
+      properties: {
+        secret: { type: 'string', minLength: 1 },
+        accessTtlSeconds: positiveInt,
+        refreshTtlSeconds: positiveInt,
+        issuer: { type: 'string', minLength: 1 },
+        audience: { type: 'string', minLength: 1 },
+      },
+    },
+  },
+} as const;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Reads `KEY=value` lines; values already in the environment win, as with dotenv. */
+export function readDotEnv(file: string): Env {
+  if (!existsSync(file)) return {};
+  const result: Env = {};
+  for (const line of readFileSync(file, 'utf8').split(/\r?\n/)) {
+    const match = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(line);
+    if (!match || line.trimStart().startsWith('#')) continue;
+    let value = match[2] ?? '';
+    if (/^(['"]).*\1$/.test(value)) value = value.slice(1, -1);
+    result[match[1]!] = value;
+  }
+  return result;
+}
+
+const asNumberIfNumeric = (value: string): number | string => (/^-?\d+$/.test(value) ? Number(value) : value);
+const emptyToNull = (value: string): string | null => (value.trim() === '' ? null : value);
+
+/** Environment variables and the config keys they override. */
+const ENV_OVERRIDES: Record<string, (config: Record<string, any>, value: string) => void> = {
+  PORT: (c, v) => (c.port = asNumberIfNumeric(v)),
+  HOST: (c, v) => (c.host = v),
+  LOG_LEVEL: (c, v) => (c.logLevel = v),
+  NODE_ENV: (c, v) => (c.nodeEnv = v),
+  DATABASE_URL: (c, v) => (c.databaseUrl = emptyToNull(v)),
+  EVENT_STORE: (c, v) => (c.eventStore = v),
+  EVENTSTORE_URL: (c, v) => (c.eventstoreUrl = emptyToNull(v)),
+  REDIS_URL: (c, v) => (c.redisUrl = emptyToNull(v)),
+  KAFKA_BROKERS: (c, v) =>
+    (c.kafka.brokers = v
+      .split(',')
+      .map((b) => b.trim())
+      .filter(Boolean)),
+  KAFKA_TOPIC: (c, v) => (c.kafka.topic = v),
+  JWT_SECRET: (c, v) => (c.jwt.secret = v),
+  DATA_DIR: (c, v) => (c.embedded.dataDir = v),
+};
+
+function describeError(error: ErrorObject): string {
+  const key = error.instancePath.replace(/^\//, '').replace(/\//g, '.');
+  if (error.keyword === 'additionalProperties')
+    return `${key ? key + '.' : ''}${String(error.params.additionalProperty)}: unknown setting`;
+  if (error.keyword === 'required')
+    return `${key ? key + '.' : ''}${String(error.params.missingProperty)}: is required`;
+  return `${key || '(root)'}: ${error.message ?? 'is invalid'}`;
+}
+
+export interface LoadConfigOptions {
+  env?: Env;
+  /** Directory holding config.yml and .env; defaults to the package root. */
+  configFile?: string;
+  cwd?: string;
+}
+
+const packageRoot = path.resolve(import.meta.dirname, '..');
+
+/**
+ * The one place configuration is read: config.yml, then `.env`, then the environment. Throws a ConfigError
+ * naming every bad key, so a misconfigured process stops before it touches anything.
+ */
+export function loadConfig(options: LoadConfigOptions = {}): Config {
+  const cwd = options.cwd ?? process.cwd();
+  const processEnv = options.env ?? {};
+  const env: Env = { ...readDotEnv(path.join(cwd, '.env')), ...processEnv };
+  const file = options.configFile ?? env.CONFIG_FILE ?? path.join(packageRoot, 'config.yml');
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new ConfigError(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null) throw new ConfigError(`${file}: expected a mapping of settings`);
+  const config = structuredClone(raw) as Record<string, any>;
+  for (const [name, apply] of Object.entries(ENV_OVERRIDES)) {
+    const value = env[name];
+    if (value !== undefined) apply(config, value);
+  }
+  // An EventStoreDB URL on its own means "use it": EVENT_STORE only needs setting to choose PostgreSQL anyway.
+  if (env.EVENTSTORE_URL && !env.EVENT_STORE) config.eventStore = 'esdb';
+  const ajv = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true });
+  const validate = ajv.compile(configSchema);
+  if (!validate(config)) {
+    const problems = (validate.errors ?? []).map(describeError);
+    throw new ConfigError(`invalid configuration (${file} and environment):\n  ${problems.join('\n  ')}`);
+  }
+  const typed = config as unknown as Config;
+  if (
+    typed.nodeEnv === 'production' &&
+    (typed.jwt.secret === DEFAULT_JWT_SECRET || typed.jwt.secret.length < MIN_PRODUCTION_SECRET_LENGTH)
+  ) {
+    throw new ConfigError(
+      `jwt.secret: refusing to start in production with the default secret or one shorter than ${MIN_PRODUCTION_SECRET_LENGTH} characters (set JWT_SECRET)`,
+    );
+  }
+  if (typed.eventStore === 'esdb' && !typed.eventstoreUrl)
+    throw new ConfigError('eventstoreUrl: EVENT_STORE=esdb needs EVENTSTORE_URL');
+  typed.embedded.dataDir = path.resolve(cwd, typed.embedded.dataDir);
+  return typed;
+}

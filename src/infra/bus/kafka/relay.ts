@@ -1,0 +1,144 @@
+import pg from 'pg';
+import type { Kafka, Producer } from 'kafkajs';
+import type { EventStore, RecordedEvent } from '../../eventStore/eventStore.js';
+import type { Logger } from '../../logger.js';
+import type { LogCheckpoints } from '../checkpoints.js';
+import { asyncBatches } from '../../asyncBatches.js';
+import { backoffMs, sleep } from '../../abort.js';
+import { defaultPartitioner, ensureTopic, toMessage, type KafkaSettings } from './kafkaClient.js';
+
+// Any fixed 64-bit number distinct from the service's other advisory locks.
+const RELAY_LOCK_KEY = 7_426_002;
+export const RELAY_CHECKPOINT = 'relay:kafka';
+
+export interface RelayOptions {
+  store: EventStore;
+  kafka: Kafka;
+  settings: KafkaSettings;
+  checkpoints: LogCheckpoints;
+  /** For the lock's own connection, which must outlive any pooled client. */
+  connectionString: string;
+  logger: Logger;
+  batchSize: number;
+  lockRetryMs: number;
+  /** Fault injection: called after Kafka acknowledged a batch and before the checkpoint is stored. */
+  afterProduce?: (batch: RecordedEvent[]) => Promise<void>;
+}
+
+export type RelayState = 'stopped' | 'waiting_for_lock' | 'publishing';
+
+/**
+ * Publishes the event store's global log to Kafka, keyed by stream id. There are no dual writes: commands only
+ * append to the store, and this is the only publisher. The checkpoint is stored after Kafka's acks, so a crash
+ * in between re-publishes a batch (consumers are idempotent) and never loses one.
+ *
+ * Exactly one relay publishes at a time: it holds a PostgreSQL advisory lock on its own connection, and stores
+ * its checkpoint through that connection, so a relay that lost its lock (its connection died) cannot move the
+ * checkpoint either. A second relay waits for the lock.
+ */
+export class KafkaRelay {
+  private controller = new AbortController();
+  private running: Promise<void> | null = null;
+  private currentState: RelayState = 'stopped';
+  private published = 0;
+
+  constructor(private readonly options: RelayOptions) {}
+
+  get state(): RelayState {
+    return this.currentState;
+  }
+
+  get publishedCount(): number {
+    return this.published;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.controller = new AbortController();
+    this.running = this.run(this.controller.signal);
+  }
+
+  async stop(): Promise<void> {
+    this.controller.abort();
+    await this.running;
+    this.running = null;
+    this.currentState = 'stopped';
+  }
+
+  private async run(signal: AbortSignal): Promise<void> {
+    const { logger } = this.options;
+    for (let failures = 0; !signal.aborted; ) {
+      try {
+        await this.publishWhileHoldingLock(signal);
+        failures = 0;
+      } catch (error) {
+        failures++;
+        logger.warn({ err: error, failures }, 'relay interrupted; starting again from its checkpoint');
+        await sleep(backoffMs(failures, 250, 5000), signal);
+      }
+    }
+  }
+
+  private async publishWhileHoldingLock(signal: AbortSignal): Promise<void> {
+    const { logger, settings, checkpoints, store } = this.options;
+    const lockClient = new pg.Client({ connectionString: this.options.connectionString, application_name: 'task-manager-relay' });
+    // If the lock's connection dies, PostgreSQL releases the lock: stop publishing at once.
+    const lost = new AbortController();
+    lockClient.on('error', (error) => {
+      logger.warn({ err: error }, 'relay lock connection lost');
+      lost.abort();
+    });
+    const stop = AbortSignal.any([signal, lost.signal]);
+    let producer: Producer | null = null;
+    try {
+      await lockClient.connect();
+      this.currentState = 'waiting_for_lock';
+      while (!stop.aborted) {
+        const { rows } = await lockClient.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [RELAY_LOCK_KEY]);
+        if (rows[0]?.locked) break;
+        await sleep(this.options.lockRetryMs, stop);
+      }
+      if (stop.aborted) return;
+      logger.info('relay holds the lock; publishing');
+
+      const admin = this.options.kafka.admin();
+      await admin.connect();
+      try {
+        await ensureTopic(admin, settings, logger);
+      } finally {
+        await admin.disconnect();
+      }
+      producer = this.options.kafka.producer({
+        idempotent: true,
+        maxInFlightRequests: 1,
+        createPartitioner: defaultPartitioner,
+        allowAutoTopicCreation: false,
+      });
+      await producer.connect();
+      this.currentState = 'publishing';
+
+      const after = await checkpoints.load(RELAY_CHECKPOINT, lockClient);
+      const reading = new AbortController();
+      const stopReading = () => reading.abort();
+      stop.addEventListener('abort', stopReading, { once: true });
+      try {
+        for await (const batch of asyncBatches(store.subscribeToAll({ after, signal: reading.signal }), this.options.batchSize)) {
+          // acks -1: every in-sync replica has the batch before we move the checkpoint past it.
+          await producer.send({ topic: settings.topic, acks: -1, messages: batch.map(toMessage) });
+          await this.options.afterProduce?.(batch);
+          if (stop.aborted) break; // lock possibly lost: do not store a checkpoint through a dead connection
+          await checkpoints.save(RELAY_CHECKPOINT, batch[batch.length - 1]!.position, lockClient);
+          this.published += batch.length;
+        }
+      } finally {
+        stop.removeEventListener('abort', stopReading);
+        reading.abort();
+      }
+    } finally {
+      this.currentState = signal.aborted ? 'stopped' : 'waiting_for_lock';
+      await producer?.disconnect().catch(() => undefined);
+      // Ending the connection releases the advisory lock.
+      await lockClient.end().catch(() => undefined);
+    }
+  }
+}

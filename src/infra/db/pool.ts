@@ -1,0 +1,68 @@
+import pg from 'pg';
+import type { Logger } from '../logger.js';
+
+export type Pool = pg.Pool;
+export type PoolClient = pg.PoolClient;
+
+export interface PoolOptions {
+  connectionString: string;
+  max: number;
+  statementTimeoutMs: number;
+  applicationName?: string;
+}
+
+// bigint columns come back as strings by default; revisions and counts fit in a double.
+pg.types.setTypeParser(pg.types.builtins.INT8, (value: string) => {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n)) throw new RangeError(`int8 ${value} exceeds Number.MAX_SAFE_INTEGER`);
+  return n;
+});
+
+export function createPool(options: PoolOptions, logger: Logger): Pool {
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max: options.max,
+    statement_timeout: options.statementTimeoutMs,
+    application_name: options.applicationName ?? 'task-manager',
+    connectionTimeoutMillis: 5000,
+    idleTimeoutMillis: 30000,
+  });
+  // An idle client whose server connection dies emits 'error' on the pool; unhandled, it would crash the process.
+  pool.on('error', (error) => logger.warn({ err: error }, 'idle PostgreSQL client lost'));
+  return pool;
+}
+
+/** Runs `work` in one transaction on one client, rolling back on any error. */
+export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query('BEGIN');
+    const result = await work(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (error) {
+    try {
+      await client.query('ROLLBACK');
+    } catch {
+      broken = true; // the connection itself is gone: do not hand it back to the pool
+    }
+    throw error;
+  } finally {
+    client.release(broken);
+  }
+}
+
+export const isUniqueViolation = (error: unknown, constraint?: string): boolean =>
+  (error as { code?: string }).code === '23505' &&
+  (constraint === undefined || (error as { constraint?: string }).constraint === constraint);
+
+/** Errors that mean "PostgreSQL cannot be reached right now" rather than "the query is wrong". */
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: string }).code ?? '';
+  const message = (error as Error)?.message ?? '';
+  return (
+    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004'].includes(code) ||
+    /Connection terminated|connection timeout|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(message)
+  );
+}

@@ -1,0 +1,310 @@
+import pg from 'pg';
+import { EventEmitter } from 'node:events';
+import type { Pool } from '../../db/pool.js';
+import { isUniqueViolation } from '../../db/pool.js';
+import type { Logger } from '../../logger.js';
+import { backoffMs, sleep } from '../../abort.js';
+import { chainHashes, GENESIS_HASH } from '../hashChain.js';
+import {
+  assertStreamId,
+  decodePosition,
+  encodePosition,
+  WrongExpectedRevisionError,
+  type AppendOptions,
+  type AppendResult,
+  type EventMetadata,
+  type EventStore,
+  type ExpectedRevision,
+  type NewEvent,
+  type Position,
+  type ReadAllOptions,
+  type RecordedEvent,
+  type SubscribeOptions,
+} from '../eventStore.js';
+
+const NOTIFY_CHANNEL = 'task_manager_events';
+
+interface EventRow {
+  sequence: number;
+  transaction_id: string;
+  stream_id: string;
+  revision: number;
+  event_id: string;
+  type: string;
+  data: string;
+  metadata: Omit<EventMetadata, 'eventId'>;
+  recorded_at: Date;
+}
+
+const EVENT_COLUMNS =
+  'sequence, transaction_id::text AS transaction_id, stream_id, revision, event_id, type, data, metadata, recorded_at';
+
+function toRecordedEvent(row: EventRow): RecordedEvent {
+  return {
+    streamId: row.stream_id,
+    revision: row.revision,
+    position: encodePosition(BigInt(row.transaction_id), BigInt(row.sequence)),
+    type: row.type,
+    data: JSON.parse(row.data),
+    rawData: row.data,
+    metadata: { ...row.metadata, eventId: row.event_id },
+    recordedAt: row.recorded_at.toISOString(),
+  };
+}
+
+function satisfies(expected: ExpectedRevision, current: number | null): boolean {
+  if (expected === 'any') return true;
+  if (expected === 'no_stream') return current === null;
+  if (expected === 'stream_exists') return current !== null;
+  return current === expected;
+}
+
+export interface PostgresEventStoreOptions {
+  pool: Pool;
+  /** For the LISTEN connection, which lives outside the pool. */
+  connectionString: string;
+  logger: Logger;
+  pollIntervalMs: number;
+  batchSize: number;
+}
+
+/**
+ * The event store on PostgreSQL. Concurrency comes from the unique (stream_id, revision) key; the global log is
+ * read in (transaction id, sequence) order and only below the oldest running transaction, so an event that
+ * commits late is never skipped by a reader that has moved on. NOTIFY only wakes pollers early.
+ */
+export class PostgresEventStore implements EventStore {
+  readonly name = 'postgres' as const;
+  private readonly wakeups = new EventEmitter();
+  private wakeupCount = 0;
+  private listener: pg.Client | null = null;
+  private listenerStarting: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(private readonly options: PostgresEventStoreOptions) {
+    this.wakeups.setMaxListeners(0);
+  }
+
+  async append(streamId: string, events: NewEvent[], options: AppendOptions): Promise<AppendResult> {
+    assertStreamId(streamId);
+    if (events.length === 0) throw new Error('append needs at least one event');
+    // With "any", a concurrent writer taking our revision is not a conflict: read the new head and go again.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.tryAppend(streamId, events, options);
+      } catch (error) {
+        const retryable =
+          (options.expectedRevision === 'any' && isUniqueViolation(error, 'events_stream_revision_key')) ||
+          isUniqueViolation(error, 'events_event_id_key');
+        if (!retryable || attempt >= 20) {
+          if (isUniqueViolation(error, 'events_stream_revision_key'))
+            throw new WrongExpectedRevisionError(streamId, options.expectedRevision, await this.head(streamId));
+          throw error;
+        }
+      }
+    }
+  }
+
+  private async tryAppend(streamId: string, events: NewEvent[], options: AppendOptions): Promise<AppendResult> {
+    const client = await this.options.pool.connect();
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const { rows } = await client.query<{
+        existing: Array<{ stream_id: string; revision: number; transaction_id: string; sequence: number; event_id: string }> | null;
+        head_revision: number | null;
+        head_hash: string | null;
+      }>(
+        `SELECT
+           (SELECT json_agg(json_build_object('stream_id', stream_id, 'revision', revision, 'event_id', event_id,
+                   'transaction_id', transaction_id::text, 'sequence', sequence) ORDER BY revision)
+              FROM events WHERE event_id = ANY($2::uuid[])) AS existing,
+           head.revision AS head_revision, head.hash AS head_hash
+         FROM (SELECT 1) AS one
+         LEFT JOIN LATERAL (SELECT revision, metadata->>'hash' AS hash FROM events
+                            WHERE stream_id = $1 ORDER BY revision DESC LIMIT 1) AS head ON true`,
+        [streamId, events.map((event) => event.eventId)],
+      );
+      const { existing, head_revision: headRevision, head_hash: headHash } = rows[0]!;
+      if (existing && existing.length > 0) {
+        await client.query('ROLLBACK');
+        return this.idempotentResult(streamId, events, existing);
+      }
+      if (!satisfies(options.expectedRevision, headRevision)) {
+        await client.query('ROLLBACK');
+        throw new WrongExpectedRevisionError(streamId, options.expectedRevision, headRevision);
+      }
+      const firstRevision = headRevision === null ? 0 : headRevision + 1;
+      const rawData = events.map((event) => JSON.stringify(event.data));
+      const hashes = chainHashes(
+        streamId,
+        firstRevision,
+        headHash ?? GENESIS_HASH,
+        events.map((event, index) => ({ type: event.type, rawData: rawData[index]! })),
+      );
+      const metadata = events.map((event, index) => JSON.stringify({ ...event.metadata, hash: hashes[index] }));
+      const inserted = await client.query<{ transaction_id: string; sequence: number }>(
+        `INSERT INTO events (stream_id, revision, event_id, type, data, metadata)
+         SELECT $1, $2::bigint + ordinality - 1, event_id, type, data, metadata::jsonb
+           FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[])
+                WITH ORDINALITY AS e(event_id, type, data, metadata)
+          ORDER BY ordinality
+         RETURNING transaction_id::text AS transaction_id, sequence`,
+        [streamId, firstRevision, events.map((e) => e.eventId), events.map((e) => e.type), rawData, metadata],
+      );
+      // Delivered at commit; it only wakes pollers early, so losing one costs at most a poll interval.
+      await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, streamId]);
+      if (options.beforeCommit) await options.beforeCommit();
+      await client.query('COMMIT');
+      const last = inserted.rows.reduce((a, b) => (a.sequence > b.sequence ? a : b));
+      return {
+        nextRevision: firstRevision + events.length - 1,
+        position: encodePosition(BigInt(last.transaction_id), BigInt(last.sequence)),
+      };
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => (broken = true));
+      throw error;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** The same events appended again (a retried request): answer as the first append did, write nothing. */
+  private idempotentResult(
+    streamId: string,
+    events: NewEvent[],
+    existing: Array<{ stream_id: string; revision: number; transaction_id: string; sequence: number; event_id: string }>,
+  ): AppendResult {
+    const sameAppend =
+      existing.length === events.length &&
+      existing.every((row, index) => row.stream_id === streamId && row.event_id === events[index]!.eventId);
+    if (!sameAppend)
+      throw new Error(`stream ${streamId}: some of these event ids are already stored elsewhere in the log`);
+    const last = existing[existing.length - 1]!;
+    return {
+      nextRevision: last.revision,
+      position: encodePosition(BigInt(last.transaction_id), BigInt(last.sequence)),
+    };
+  }
+
+  private async head(streamId: string): Promise<number | null> {
+    const { rows } = await this.options.pool.query<{ revision: number | null }>(
+      'SELECT max(revision) AS revision FROM events WHERE stream_id = $1',
+      [streamId],
+    );
+    return rows[0]?.revision ?? null;
+  }
+
+  async readStream(streamId: string, options: { fromRevision?: number } = {}): Promise<RecordedEvent[]> {
+    const { rows } = await this.options.pool.query<EventRow>(
+      `SELECT ${EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND revision >= $2 ORDER BY revision`,
+      [streamId, options.fromRevision ?? 0],
+    );
+    return rows.map(toRecordedEvent);
+  }
+
+  async readAll({ after, limit }: ReadAllOptions): Promise<RecordedEvent[]> {
+    const { high, low } = after ? decodePosition(after) : { high: 0n, low: 0n };
+    const { rows } = await this.options.pool.query<EventRow>(
+      `SELECT ${EVENT_COLUMNS} FROM events
+        WHERE (transaction_id, sequence) > ($1::text::xid8, $2::bigint)
+          AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY transaction_id, sequence
+        LIMIT $3`,
+      [high.toString(), low.toString(), limit],
+    );
+    return rows.map(toRecordedEvent);
+  }
+
+  async *subscribeToAll({ after, signal }: SubscribeOptions): AsyncGenerator<RecordedEvent> {
+    let checkpoint: Position | null = after;
+    let failures = 0;
+    while (!signal.aborted) {
+      let batch: RecordedEvent[];
+      // Noted before reading, so a commit between the read and the wait is not slept through.
+      const wakeupsBeforeRead = this.wakeupCount;
+      try {
+        await this.ensureListening();
+        batch = await this.readAll({ after: checkpoint, limit: this.options.batchSize });
+        failures = 0;
+      } catch (error) {
+        failures++;
+        this.options.logger.warn({ err: error, failures }, 'event log read failed; retrying');
+        await sleep(backoffMs(failures, 200, 5000), signal);
+        continue;
+      }
+      for (const event of batch) {
+        if (signal.aborted) return;
+        yield event;
+        checkpoint = event.position;
+      }
+      if (batch.length < this.options.batchSize && this.wakeupCount === wakeupsBeforeRead) {
+        await this.waitForWakeup(this.options.pollIntervalMs, signal);
+      }
+    }
+  }
+
+  /** Resolves on the next NOTIFY, after `ms`, or on abort, whichever is first, leaving no listener behind. */
+  private waitForWakeup(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakeups.off('wake', done);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakeups.on('wake', done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  /** One LISTEN connection per store; if it dies, polling carries on and the next read re-opens it. */
+  private async ensureListening(): Promise<void> {
+    if (this.listener || this.closed) return;
+    this.listenerStarting ??= (async () => {
+      const client = new pg.Client({ connectionString: this.options.connectionString, application_name: 'task-manager-listen' });
+      client.on('notification', () => {
+        this.wakeupCount++;
+        this.wakeups.emit('wake');
+      });
+      client.on('error', (error) => {
+        this.options.logger.warn({ err: error }, 'event log LISTEN connection lost; polling until it is back');
+        if (this.listener === client) this.listener = null;
+        client.end().catch(() => undefined);
+      });
+      try {
+        await client.connect();
+        await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
+        if (this.closed) await client.end();
+        else this.listener = client;
+      } catch (error) {
+        client.end().catch(() => undefined);
+        this.options.logger.debug({ err: error }, 'LISTEN failed; polling only');
+      }
+    })().finally(() => (this.listenerStarting = null));
+    await this.listenerStarting;
+  }
+
+  async headPosition(): Promise<Position | null> {
+    const { rows } = await this.options.pool.query<{ transaction_id: string; sequence: number }>(
+      'SELECT transaction_id::text AS transaction_id, sequence FROM events ORDER BY transaction_id DESC, sequence DESC LIMIT 1',
+    );
+    const row = rows[0];
+    return row ? encodePosition(BigInt(row.transaction_id), BigInt(row.sequence)) : null;
+  }
+
+  async ping(): Promise<void> {
+    await this.options.pool.query('SELECT 1');
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.listenerStarting;
+    const listener = this.listener;
+    this.listener = null;
+    await listener?.end().catch(() => undefined);
+    this.wakeups.emit('wake');
+  }
+}
+

@@ -1,0 +1,190 @@
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import type { EventBus, RunningConsumer } from '../../src/infra/bus/bus.js';
+import type { EventStore, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
+import type { KafkaRelay } from '../../src/infra/bus/kafka/relay.js';
+import { newEvent } from './eventStore.contract.js';
+
+export interface BusHarness {
+  store: EventStore;
+  bus: EventBus;
+  /** Kafka only: makes a relay; `crashOnce` makes its first batch fail after the acks, before the checkpoint. */
+  makeRelay?: (options?: { crashOnce?: boolean }) => KafkaRelay;
+}
+
+const uniqueName = (label: string) => `${label}${randomBytes(4).toString('hex')}`;
+
+/** Consumes until `until` holds for the events of our streams, or fails after `timeoutMs`. */
+class Collector {
+  readonly events: RecordedEvent[] = [];
+  private waiters: Array<() => void> = [];
+  constructor(private readonly prefix: string) {}
+
+  readonly handle = async (event: RecordedEvent) => {
+    if (!event.streamId.startsWith(this.prefix)) return;
+    this.events.push(event);
+    this.waiters.forEach((wake) => wake());
+  };
+
+  get uniqueIds(): Set<string> {
+    return new Set(this.events.map((e) => e.metadata.eventId));
+  }
+
+  async waitFor(until: (c: Collector) => boolean, timeoutMs = 30000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!until(this)) {
+      if (Date.now() > deadline) throw new Error(`timed out with ${this.events.length} events (${this.uniqueIds.size} unique)`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 200);
+      });
+      this.waiters = [];
+    }
+  }
+}
+
+async function appendSteps(store: EventStore, prefix: string, streams: number, perStream: number, offset = 0) {
+  for (let r = offset; r < offset + perStream; r++)
+    await Promise.all(
+      Array.from({ length: streams }, (_, s) =>
+        store.append(`${prefix}-${s}`, [newEvent('Step', { s, r })], { expectedRevision: r === 0 ? 'no_stream' : r - 1 }),
+      ),
+    );
+}
+
+/** Per stream, the revisions in the order first delivered (duplicates removed). */
+function firstDeliveryOrder(events: RecordedEvent[], streamId: string): number[] {
+  const seen = new Set<number>();
+  return events.filter((e) => e.streamId === streamId && !seen.has(e.revision) && seen.add(e.revision)).map((e) => e.revision);
+}
+
+export function busContract(
+  adapterName: string,
+  capabilities: { relay: boolean },
+  setUp: (context: Mocha.Context) => Promise<BusHarness | null>,
+  tearDown: () => Promise<void>,
+) {
+  describe(`bus contract: ${adapterName}`, function () {
+    this.timeout(90000);
+    let harness: BusHarness;
+    let relay: KafkaRelay | undefined;
+    const consumers: RunningConsumer[] = [];
+
+    before(async function () {
+      const made = await setUp(this);
+      if (!made) return this.skip();
+      harness = made;
+      relay = harness.makeRelay?.();
+      relay?.start();
+    });
+    afterEach(async () => {
+      await Promise.all(consumers.splice(0).map((c) => c.stop()));
+    });
+    after(async () => {
+      await relay?.stop();
+      await tearDown();
+    });
+
+    const consume = async (group: string, handle: (e: RecordedEvent) => Promise<void>) => {
+      const consumer = await harness.bus.consume({ group, handle });
+      consumers.push(consumer);
+      return consumer;
+    };
+
+    it('delivers every event to a consumer group, each stream in order', async () => {
+      const prefix = uniqueName('bus');
+      const collector = new Collector(prefix);
+      await consume(uniqueName('g'), collector.handle);
+      await appendSteps(harness.store, prefix, 5, 8);
+      await collector.waitFor((c) => c.uniqueIds.size === 40);
+      for (let s = 0; s < 5; s++) expect(firstDeliveryOrder(collector.events, `${prefix}-${s}`)).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7]);
+    });
+
+    it('gives every group every event', async () => {
+      const prefix = uniqueName('bus');
+      const first = new Collector(prefix);
+      const second = new Collector(prefix);
+      await consume(uniqueName('g'), first.handle);
+      await consume(uniqueName('g'), second.handle);
+      await appendSteps(harness.store, prefix, 3, 4);
+      await first.waitFor((c) => c.uniqueIds.size === 12);
+      await second.waitFor((c) => c.uniqueIds.size === 12);
+    });
+
+    it('resumes a restarted consumer where it left off: nothing missed, nothing repeated after a clean stop', async () => {
+      const prefix = uniqueName('bus');
+      const group = uniqueName('g');
+      const before = new Collector(prefix);
+      const consumer = await consume(group, before.handle);
+      await appendSteps(harness.store, prefix, 2, 10);
+      await before.waitFor((c) => c.uniqueIds.size === 20);
+      await consumer.stop();
+      consumers.splice(consumers.indexOf(consumer), 1);
+
+      await appendSteps(harness.store, prefix, 2, 10, 10);
+      const after = new Collector(prefix);
+      await consume(group, after.handle);
+      await after.waitFor((c) => c.uniqueIds.size >= 20 && [...before.uniqueIds, ...c.uniqueIds].length >= 40);
+      const all = new Set([...before.uniqueIds, ...after.uniqueIds]);
+      expect(all.size).to.equal(40);
+      const repeated = [...after.uniqueIds].filter((id) => before.uniqueIds.has(id));
+      expect(repeated, 'events redelivered after a clean stop').to.deep.equal([]);
+    });
+
+    it('redelivers an event whose handler failed, so a passing outage loses nothing', async () => {
+      const prefix = uniqueName('bus');
+      const collector = new Collector(prefix);
+      let failuresLeft = 2;
+      await consume(uniqueName('g'), async (event) => {
+        if (event.streamId === `${prefix}-0` && event.revision === 3 && failuresLeft-- > 0) throw new Error('database briefly down');
+        await collector.handle(event);
+      });
+      await appendSteps(harness.store, prefix, 2, 6);
+      await collector.waitFor((c) => c.uniqueIds.size === 12);
+      expect(firstDeliveryOrder(collector.events, `${prefix}-0`)).to.deep.equal([0, 1, 2, 3, 4, 5]);
+      expect(failuresLeft).to.be.at.most(0);
+    });
+
+    if (capabilities.relay) {
+      it('absorbs the duplicates of a relay killed between produce and checkpoint, and misses nothing', async () => {
+        await relay!.stop();
+        const prefix = uniqueName('bus');
+        const collector = new Collector(prefix);
+        await consume(uniqueName('g'), collector.handle);
+        await appendSteps(harness.store, prefix, 3, 5);
+        const crashing = harness.makeRelay!({ crashOnce: true });
+        crashing.start();
+        try {
+          await collector.waitFor((c) => c.uniqueIds.size === 15);
+          // The crashed batch was published twice: the duplicates really happened, and dedupe absorbs them.
+          await collector.waitFor((c) => c.events.length > 15, 10000);
+          expect(collector.uniqueIds.size).to.equal(15);
+        } finally {
+          await crashing.stop();
+          relay = harness.makeRelay!();
+          relay.start();
+        }
+      });
+
+      it('lets only one of two relays publish; the other takes over when the first stops', async () => {
+        const second = harness.makeRelay!();
+        second.start();
+        try {
+          await new Promise((resolve) => setTimeout(resolve, 1500));
+          expect([relay!.state, second.state].sort()).to.deep.equal(['publishing', 'waiting_for_lock']);
+          const [active, standby] = relay!.state === 'publishing' ? [relay!, second] : [second, relay!];
+          await active.stop();
+          const prefix = uniqueName('bus');
+          const collector = new Collector(prefix);
+          await consume(uniqueName('g'), collector.handle);
+          await appendSteps(harness.store, prefix, 1, 3);
+          await collector.waitFor((c) => c.uniqueIds.size === 3);
+          expect(standby.state).to.equal('publishing');
+          relay = standby;
+        } finally {
+          if (second !== relay) await second.stop();
+        }
+      });
+    }
+  });
+}

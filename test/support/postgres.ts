@@ -1,0 +1,50 @@
+import pg from 'pg';
+import { randomBytes } from 'node:crypto';
+import { createPool, type Pool } from '../../src/infra/db/pool.js';
+import { migrate } from '../../src/infra/db/migrate.js';
+import { silentLogger } from '../../src/infra/logger.js';
+
+/** The server the test command set up (scripts/services.sh); integration tests need it. */
+export const adminDatabaseUrl = (): string => {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL is not set: run the tests with `npm test`, which starts the services');
+  return url;
+};
+
+export interface TestDatabase {
+  url: string;
+  name: string;
+  pool: Pool;
+  drop(): Promise<void>;
+}
+
+/** A fresh, migrated database of its own, so suites never see each other's rows. */
+export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
+  const name = `tm_${label}_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: adminDatabaseUrl() });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminDatabaseUrl());
+  url.pathname = `/${name}`;
+  const pool = createPool({ connectionString: url.toString(), max: 20, statementTimeoutMs: 30000 }, silentLogger());
+  await migrate(pool, silentLogger());
+  return {
+    url: url.toString(),
+    name,
+    pool,
+    async drop() {
+      await pool.end();
+      const dropper = new pg.Client({ connectionString: adminDatabaseUrl() });
+      await dropper.connect();
+      try {
+        await dropper.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await dropper.end();
+      }
+    },
+  };
+}
