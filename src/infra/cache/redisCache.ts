@@ -1,0 +1,89 @@
+import { Redis } from 'ioredis';
+import type { Logger } from '../logger.js';
+import type { Cache, CacheMetrics } from './cache.js';
+
+export interface RedisCacheOptions {
+  url: string;
+  /** Namespaces the keys, so two deployments (or test runs) can share one Redis. */
+  keyPrefix: string;
+  defaultTtlSeconds: number;
+  commandTimeoutMs: number;
+  metrics: CacheMetrics;
+  logger: Logger;
+}
+
+/**
+ * Redis through ioredis. With the offline queue off and a short command timeout, a Redis that is down makes
+ * each call fail fast, and the failure turns into a bypass (a warning, at most one every few seconds, and a
+ * metric), while ioredis keeps reconnecting in the background.
+ */
+export class RedisCache implements Cache {
+  readonly name = 'redis' as const;
+  private readonly redis: Redis;
+  private lastWarnAt = 0;
+
+  constructor(private readonly options: RedisCacheOptions) {
+    this.redis = new Redis(options.url, {
+      keyPrefix: options.keyPrefix,
+      lazyConnect: false,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: options.commandTimeoutMs,
+      connectTimeout: 2000,
+      retryStrategy: (attempt) => Math.min(200 * attempt, 2000),
+    });
+    // Without a listener, ioredis reports connection errors as unhandled 'error' events.
+    this.redis.on('error', (error) => this.warn('connection', error));
+  }
+
+  private warn(operation: string, error: unknown): void {
+    if (Date.now() - this.lastWarnAt < 5000) return;
+    this.lastWarnAt = Date.now();
+    this.options.logger.warn({ err: error, operation }, 'Redis unavailable; cache bypassed');
+  }
+
+  private bypass(operation: string, error: unknown): void {
+    this.options.metrics.bypassed.inc({ cache: this.name, operation });
+    this.warn(operation, error);
+  }
+
+  async get<T>(key: string): Promise<T | undefined> {
+    try {
+      const json = await this.redis.get(key);
+      if (json === null) {
+        this.options.metrics.misses.inc({ cache: this.name });
+        return undefined;
+      }
+      this.options.metrics.hits.inc({ cache: this.name });
+      return JSON.parse(json) as T;
+    } catch (error) {
+      this.bypass('get', error);
+      return undefined;
+    }
+  }
+
+  async set(key: string, value: unknown, ttlSeconds = this.options.defaultTtlSeconds): Promise<void> {
+    try {
+      await this.redis.set(key, JSON.stringify(value), 'EX', ttlSeconds);
+    } catch (error) {
+      this.bypass('set', error);
+    }
+  }
+
+  async delete(...keys: string[]): Promise<void> {
+    if (keys.length === 0) return;
+    try {
+      await this.redis.del(...keys);
+    } catch (error) {
+      this.bypass('delete', error);
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.redis.ping();
+  }
+
+  async close(): Promise<void> {
+    await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+}

@@ -1,0 +1,68 @@
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { Registry } from 'prom-client';
+import { cacheContract } from '../contract/cache.contract.js';
+import { cacheMetrics } from '../../src/infra/cache/cache.js';
+import { MemoryCache } from '../../src/infra/cache/memoryCache.js';
+import { RedisCache } from '../../src/infra/cache/redisCache.js';
+import { silentLogger } from '../../src/infra/logger.js';
+import { skipSuiteUnless } from '../support/skips.js';
+
+const redisUrl = process.env.REDIS_URL;
+const redisOptions = (url: string, registry = new Registry()) => ({
+  url,
+  keyPrefix: `tm-test-${randomBytes(4).toString('hex')}:`,
+  defaultTtlSeconds: 60,
+  commandTimeoutMs: 500,
+  metrics: cacheMetrics(registry),
+  logger: silentLogger(),
+});
+
+let memory: MemoryCache | undefined;
+cacheContract(
+  'in-process LRU',
+  async () => (memory = new MemoryCache({ maxEntries: 100, defaultTtlSeconds: 60, metrics: cacheMetrics(new Registry()) })),
+  async () => memory?.close(),
+);
+
+let redis: RedisCache | undefined;
+cacheContract(
+  'Redis',
+  async (context) => {
+    skipSuiteUnless(context, Boolean(redisUrl), 'REDIS_URL is not set: no Redis server');
+    return (redis = new RedisCache(redisOptions(redisUrl!)));
+  },
+  async () => redis?.close(),
+);
+
+describe('in-process LRU', () => {
+  it('evicts the least recently used entry when full', async () => {
+    const cache = new MemoryCache({ maxEntries: 2, defaultTtlSeconds: 60, metrics: cacheMetrics(new Registry()) });
+    await cache.set('a', 1);
+    await cache.set('b', 2);
+    await cache.get('a'); // now b is the least recently used
+    await cache.set('c', 3);
+    expect([await cache.get('a'), await cache.get('b'), await cache.get('c')]).to.deep.equal([1, undefined, 3]);
+  });
+});
+
+describe('Redis cache when Redis cannot be reached', () => {
+  it('bypasses the cache (a miss, no error) and counts it, while ping reports the outage', async () => {
+    const registry = new Registry();
+    // Port 1 on loopback: nothing listens there, so every connection is refused at once.
+    const cache = new RedisCache(redisOptions('redis://127.0.0.1:1', registry));
+    try {
+      await cache.set('k', 'v');
+      expect(await cache.get('k')).to.equal(undefined);
+      await cache.delete('k');
+      let pingFailed = false;
+      await cache.ping().catch(() => (pingFailed = true));
+      expect(pingFailed).to.equal(true);
+      const bypassed = await registry.getSingleMetric('cache_bypassed_total')!.get();
+      const operations = bypassed.values.map((v) => v.labels.operation).sort();
+      expect(operations).to.deep.equal(['delete', 'get', 'set']);
+    } finally {
+      await cache.close();
+    }
+  });
+});
