@@ -1,0 +1,187 @@
+import type { Config } from './config.js';
+import type { Logger } from './infra/logger.js';
+import { createPool, type Pool } from './infra/db/pool.js';
+import { migrate } from './infra/db/migrate.js';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from './infra/db/embeddedPostgres.js';
+import type { EventStore } from './infra/eventStore/eventStore.js';
+import { PostgresEventStore } from './infra/eventStore/postgres/postgresEventStore.js';
+import type { EventBus } from './infra/bus/bus.js';
+import { DirectBus } from './infra/bus/direct/directBus.js';
+import { KafkaBus } from './infra/bus/kafka/kafkaBus.js';
+import { KafkaRelay } from './infra/bus/kafka/relay.js';
+import { createKafka } from './infra/bus/kafka/kafkaClient.js';
+import { LogCheckpoints } from './infra/bus/checkpoints.js';
+import { cacheMetrics, type Cache } from './infra/cache/cache.js';
+import { MemoryCache } from './infra/cache/memoryCache.js';
+import { RedisCache } from './infra/cache/redisCache.js';
+import { Api } from './infra/http/api.js';
+import { createHttpApp, createMetrics, listen } from './infra/http/app.js';
+import type { Registry } from 'prom-client';
+
+export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** The adapters, chosen by config: the one place that knows which implementation backs each port. */
+export interface Infrastructure {
+  config: Config;
+  logger: Logger;
+  databaseUrl: string;
+  pool: Pool;
+  store: EventStore;
+  bus: EventBus;
+  cache: Cache;
+  checkpoints: LogCheckpoints;
+  metrics: Registry;
+  /** Kafka mode only: the relay that publishes the log. */
+  makeRelay: (() => KafkaRelay) | null;
+  close(): Promise<void>;
+}
+
+export async function connectDatabase(
+  config: Config,
+  logger: Logger,
+): Promise<{ databaseUrl: string; embedded: EmbeddedPostgres | null }> {
+  if (config.databaseUrl) return { databaseUrl: config.databaseUrl, embedded: null };
+  const embedded = await startEmbeddedPostgres({
+    dataDir: config.embedded.dataDir,
+    port: config.embedded.postgresPort,
+    logger,
+  });
+  return { databaseUrl: embedded.connectionString, embedded };
+}
+
+export async function buildInfrastructure(config: Config, logger: Logger): Promise<Infrastructure> {
+  const { databaseUrl, embedded } = await connectDatabase(config, logger);
+  const pool = createPool(
+    { connectionString: databaseUrl, max: config.database.poolSize, statementTimeoutMs: config.database.statementTimeoutMs },
+    logger,
+  );
+  const closers: Array<() => Promise<void>> = [async () => embedded?.stop(), () => pool.end()];
+  const close = async () => {
+    for (const closer of closers.splice(0).reverse())
+      await closer().catch((error) => logger.warn({ err: error }, 'error while closing'));
+  };
+  try {
+    await migrate(pool, logger);
+    const metrics = createMetrics();
+    const checkpoints = new LogCheckpoints(pool);
+
+    let store: EventStore;
+    if (config.eventStore === 'esdb') {
+      const { EsdbEventStore } = await import('./infra/eventStore/esdb/esdbEventStore.js');
+      store = new EsdbEventStore({ connectionString: config.eventstoreUrl!, logger });
+    } else {
+      store = new PostgresEventStore({
+        pool,
+        connectionString: databaseUrl,
+        logger,
+        pollIntervalMs: config.eventLog.pollIntervalMs,
+        batchSize: config.eventLog.batchSize,
+      });
+    }
+    closers.push(() => store.close());
+
+    let bus: EventBus;
+    let makeRelay: Infrastructure['makeRelay'] = null;
+    if (config.kafka.brokers.length > 0) {
+      const kafka = createKafka(config.kafka, logger);
+      bus = new KafkaBus({ kafka, settings: config.kafka, logger });
+      makeRelay = () =>
+        new KafkaRelay({
+          store,
+          kafka,
+          settings: config.kafka,
+          checkpoints,
+          connectionString: databaseUrl,
+          logger,
+          batchSize: config.relay.batchSize,
+          lockRetryMs: config.relay.lockRetryMs,
+        });
+    } else {
+      bus = new DirectBus({ store, checkpoints, logger });
+    }
+    closers.push(() => bus.close());
+
+    const cache: Cache = config.redisUrl
+      ? new RedisCache({
+          url: config.redisUrl,
+          keyPrefix: 'task-manager:',
+          defaultTtlSeconds: config.cache.ttlSeconds,
+          commandTimeoutMs: config.cache.commandTimeoutMs,
+          metrics: cacheMetrics(metrics),
+          logger,
+        })
+      : new MemoryCache({
+          maxEntries: config.cache.memoryMaxEntries,
+          defaultTtlSeconds: config.cache.ttlSeconds,
+          metrics: cacheMetrics(metrics),
+        });
+    closers.push(() => cache.close());
+
+    return { config, logger, databaseUrl, pool, store, bus, cache, checkpoints, metrics, makeRelay, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
+export interface RunningService {
+  url: string | null;
+  infrastructure: Infrastructure;
+  stop(): Promise<void>;
+}
+
+/** Builds the HTTP app on the given infrastructure: used by `start` and by the end-to-end tests alike. */
+export function buildHttpApp(infra: Infrastructure) {
+  const api = new Api();
+  const readiness = [
+    { name: 'postgres', check: async () => void (await infra.pool.query('SELECT 1')) },
+    { name: `event_store_${infra.store.name}`, check: () => infra.store.ping() },
+    { name: `bus_${infra.bus.name}`, check: () => infra.bus.ping() },
+    { name: `cache_${infra.cache.name}`, check: () => infra.cache.ping() },
+  ];
+  return createHttpApp({
+    logger: infra.logger,
+    bodyLimit: infra.config.http.bodyLimit,
+    api,
+    readiness,
+    metrics: infra.metrics,
+    info: { title: 'task-manager', version: '0.1.0' },
+  });
+}
+
+/**
+ * Starts the chosen roles in this process. The data flow reads top to bottom:
+ * HTTP commands -> event store -> (relay -> Kafka) -> projections / workers -> read models -> cache -> queries.
+ */
+export async function startService(config: Config, roles: readonly Role[], logger: Logger): Promise<RunningService> {
+  const infrastructure = await buildInfrastructure(config, logger);
+  const stops: Array<() => Promise<void>> = [];
+  let url: string | null = null;
+  try {
+    if (roles.includes('relay') && infrastructure.makeRelay) {
+      const relay = infrastructure.makeRelay();
+      relay.start();
+      stops.push(() => relay.stop());
+    }
+    // Projectors and workers join here as the domain grows (identity, tasks): each is a bus consumer group.
+    if (roles.includes('api')) {
+      const app = buildHttpApp(infrastructure);
+      const server = await listen(app, config.port, config.host);
+      url = server.url;
+      stops.push(() => server.close(config.http.shutdownGraceMs));
+    }
+  } catch (error) {
+    await infrastructure.close();
+    throw error;
+  }
+  return {
+    url,
+    infrastructure,
+    stop: async () => {
+      // Stop taking work first (HTTP last in, first out), then the consumers, then the connections.
+      for (const stop of stops.reverse()) await stop().catch((error) => logger.warn({ err: error }, 'error while stopping'));
+      await infrastructure.close();
+    },
+  };
+}
