@@ -1,0 +1,96 @@
+import { ConflictError } from '../errors.js';
+import {
+  WrongExpectedRevisionError,
+  type EventContext,
+  type EventStore,
+  type JsonObject,
+  type Position,
+  type RecordedEvent,
+} from '../infra/eventStore/eventStore.js';
+
+/** A domain event before it is stored: its type and its data, nothing else. */
+export interface DomainEvent<Type extends string = string, Data extends JsonObject = JsonObject> {
+  type: Type;
+  data: Data;
+}
+
+/**
+ * What a command brings from outside the domain: the clock, the id generator and who is asking. Deciders take
+ * their time and ids from here, never from `new Date()` or `randomUUID()`, so they stay pure and replayable.
+ */
+export interface CommandContext {
+  now: () => Date;
+  newId: () => string;
+  correlationId: string;
+  causationId: string | null;
+  userId: string | null;
+}
+
+export interface Decider<State, Event extends DomainEvent> {
+  initialState: State;
+  evolve: (state: State, event: Event) => State;
+}
+
+export interface HandleResult<State, Event extends DomainEvent> {
+  /** The events this command appended ([] when the decision was to do nothing). */
+  events: Event[];
+  /** The state after them. */
+  state: State;
+  /** Stream revision after the command (null if the stream still does not exist). */
+  revision: number | null;
+  /** Log position of the last appended event; null when nothing was appended. For read-your-writes. */
+  position: Position | null;
+}
+
+export const foldEvents = <State, Event extends DomainEvent>(
+  decider: Decider<State, Event>,
+  events: ReadonlyArray<Pick<RecordedEvent, 'type' | 'data'>>,
+): State => events.reduce((state, event) => decider.evolve(state, event as unknown as Event), decider.initialState);
+
+/**
+ * The one way commands change the world: read the stream, fold it into state, decide, and append with the
+ * revision that was read. If another writer got there first, read again and decide again (the decision may
+ * differ now); after `maxAttempts` the caller gets a 409 rather than a silent merge.
+ */
+export async function handleCommand<State, Event extends DomainEvent>(
+  store: EventStore,
+  streamId: string,
+  decider: Decider<State, Event>,
+  decide: (state: State) => Event[],
+  context: CommandContext,
+  options: { maxAttempts?: number } = {},
+): Promise<HandleResult<State, Event>> {
+  const maxAttempts = options.maxAttempts ?? 5;
+  for (let attempt = 1; ; attempt++) {
+    const history = await store.readStream(streamId);
+    const state = foldEvents(decider, history);
+    const revision = history.length > 0 ? history[history.length - 1]!.revision : null;
+    const events = decide(state);
+    if (events.length === 0) return { events, state, revision, position: null };
+    const metadata: EventContext = {
+      correlationId: context.correlationId,
+      causationId: context.causationId,
+      userId: context.userId,
+      timestamp: context.now().toISOString(),
+    };
+    try {
+      const result = await store.append(
+        streamId,
+        events.map((event) => ({ eventId: context.newId(), type: event.type, data: event.data, metadata })),
+        { expectedRevision: revision ?? 'no_stream' },
+      );
+      return {
+        events,
+        state: events.reduce(decider.evolve, state),
+        revision: result.nextRevision,
+        position: result.position,
+      };
+    } catch (error) {
+      if (!(error instanceof WrongExpectedRevisionError)) throw error;
+      if (attempt >= maxAttempts)
+        throw new ConflictError(`${streamId} kept changing while this request was being decided; try again`, {
+          cause: error,
+        });
+    }
+  }
+}
