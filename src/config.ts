@@ -14,7 +14,7 @@ export interface Config {
   eventstoreUrl: string | null;
   eventLog: { pollIntervalMs: number; batchSize: number };
   redisUrl: string | null;
-  cache: { ttlSeconds: number; memoryMaxEntries: number; commandTimeoutMs: number };
+  cache: { keyPrefix: string; ttlSeconds: number; memoryMaxEntries: number; commandTimeoutMs: number };
   kafka: {
     brokers: string[];
     clientId: string;
@@ -27,6 +27,12 @@ export interface Config {
   relay: { batchSize: number; lockRetryMs: number };
   embedded: { dataDir: string; postgresPort: number };
   http: { bodyLimit: string; shutdownGraceMs: number };
+  auth: {
+    bcryptCost: number;
+    maxFailedLoginsPerEmail: number;
+    maxFailedLoginsPerAddress: number;
+    failedLoginWindowSeconds: number;
+  };
   jwt: {
     secret: string;
     accessTtlSeconds: number;
@@ -62,6 +68,7 @@ export const configSchema = {
     'relay',
     'embedded',
     'http',
+    'auth',
     'jwt',
   ],
   properties: {
@@ -88,8 +95,13 @@ export const configSchema = {
     cache: {
       type: 'object',
       additionalProperties: false,
-      required: ['ttlSeconds', 'memoryMaxEntries', 'commandTimeoutMs'],
-      properties: { ttlSeconds: positiveInt, memoryMaxEntries: positiveInt, commandTimeoutMs: positiveInt },
+      required: ['keyPrefix', 'ttlSeconds', 'memoryMaxEntries', 'commandTimeoutMs'],
+      properties: {
+        keyPrefix: { type: 'string', maxLength: 100 },
+        ttlSeconds: positiveInt,
+        memoryMaxEntries: positiveInt,
+        commandTimeoutMs: positiveInt,
+      },
     },
     kafka: {
       type: 'object',
@@ -135,6 +147,18 @@ export const configSchema = {
       properties: {
         bodyLimit: { type: 'string', pattern: '^\\d+(b|kb|mb)$' },
         shutdownGraceMs: positiveInt,
+      },
+    },
+    auth: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['bcryptCost', 'maxFailedLoginsPerEmail', 'maxFailedLoginsPerAddress', 'failedLoginWindowSeconds'],
+      properties: {
+        // bcryptjs accepts 4..31; below 10 is only for tests.
+        bcryptCost: { type: 'integer', minimum: 4, maximum: 15 },
+        maxFailedLoginsPerEmail: positiveInt,
+        maxFailedLoginsPerAddress: positiveInt,
+        failedLoginWindowSeconds: positiveInt,
       },
     },
     jwt: {

@@ -17,6 +17,11 @@ import { RedisCache } from './infra/cache/redisCache.js';
 import { Api } from './infra/http/api.js';
 import { createHttpApp, createMetrics, listen } from './infra/http/app.js';
 import type { Registry } from 'prom-client';
+import { randomUUID } from 'node:crypto';
+import { MemoryRateLimiter, RedisRateLimiter, type RateLimiter } from './infra/rateLimit/rateLimiter.js';
+import { bearerAuthenticator, registerIdentityRoutes } from './commands/identity/routes.js';
+import { projectionMetrics, runProjection } from './projections/projectionRunner.js';
+import { PROJECTIONS } from './projections/index.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -30,6 +35,7 @@ export interface Infrastructure {
   store: EventStore;
   bus: EventBus;
   cache: Cache;
+  rateLimiter: RateLimiter;
   checkpoints: LogCheckpoints;
   metrics: Registry;
   /** Kafka mode only: the relay that publishes the log. */
@@ -105,7 +111,7 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
     const cache: Cache = config.redisUrl
       ? new RedisCache({
           url: config.redisUrl,
-          keyPrefix: 'task-manager:',
+          keyPrefix: config.cache.keyPrefix,
           defaultTtlSeconds: config.cache.ttlSeconds,
           commandTimeoutMs: config.cache.commandTimeoutMs,
           metrics: cacheMetrics(metrics),
@@ -118,7 +124,12 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
         });
     closers.push(() => cache.close());
 
-    return { config, logger, databaseUrl, pool, store, bus, cache, checkpoints, metrics, makeRelay, close };
+    const rateLimiter: RateLimiter = config.redisUrl
+      ? new RedisRateLimiter({ url: config.redisUrl, keyPrefix: config.cache.keyPrefix, commandTimeoutMs: config.cache.commandTimeoutMs, logger })
+      : new MemoryRateLimiter();
+    closers.push(() => rateLimiter.close());
+
+    return { config, logger, databaseUrl, pool, store, bus, cache, rateLimiter, checkpoints, metrics, makeRelay, close };
   } catch (error) {
     await close();
     throw error;
@@ -132,8 +143,19 @@ export interface RunningService {
 }
 
 /** Builds the HTTP app on the given infrastructure: used by `start` and by the end-to-end tests alike. */
-export function buildHttpApp(infra: Infrastructure) {
-  const api = new Api();
+export function buildHttpApp(infra: Infrastructure, clock: () => Date = () => new Date()) {
+  const { config } = infra;
+  const tokens = { ...config.jwt };
+  const api = new Api({ authenticate: bearerAuthenticator(tokens, clock) });
+  registerIdentityRoutes(api, {
+    store: infra.store,
+    tokens,
+    auth: config.auth,
+    rateLimiter: infra.rateLimiter,
+    clock,
+    newId: randomUUID,
+    logger: infra.logger,
+  });
   const readiness = [
     { name: 'postgres', check: async () => void (await infra.pool.query('SELECT 1')) },
     { name: `event_store_${infra.store.name}`, check: () => infra.store.ping() },
@@ -154,7 +176,12 @@ export function buildHttpApp(infra: Infrastructure) {
  * Starts the chosen roles in this process. The data flow reads top to bottom:
  * HTTP commands -> event store -> (relay -> Kafka) -> projections / workers -> read models -> cache -> queries.
  */
-export async function startService(config: Config, roles: readonly Role[], logger: Logger): Promise<RunningService> {
+export async function startService(
+  config: Config,
+  roles: readonly Role[],
+  logger: Logger,
+  options: { clock?: () => Date } = {},
+): Promise<RunningService> {
   const infrastructure = await buildInfrastructure(config, logger);
   const stops: Array<() => Promise<void>> = [];
   let url: string | null = null;
@@ -164,9 +191,16 @@ export async function startService(config: Config, roles: readonly Role[], logge
       relay.start();
       stops.push(() => relay.stop());
     }
-    // Projectors and workers join here as the domain grows (identity, tasks): each is a bus consumer group.
+    if (roles.includes('projector')) {
+      const metrics = projectionMetrics(infrastructure.metrics);
+      for (const projection of PROJECTIONS) {
+        const consumer = await runProjection({ ...infrastructure, projection, metrics });
+        stops.push(() => consumer.stop());
+      }
+    }
+    // Workers join here with the tasks issue: a bus consumer group reacting to TaskQueued.
     if (roles.includes('api')) {
-      const app = buildHttpApp(infrastructure);
+      const app = buildHttpApp(infrastructure, options.clock);
       const server = await listen(app, config.port, config.host);
       url = server.url;
       stops.push(() => server.close(config.http.shutdownGraceMs));

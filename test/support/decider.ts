@@ -2,11 +2,11 @@ import { expect } from 'chai';
 import { foldEvents, type Decider, type DomainEvent } from '../../src/commands/commandHandler.js';
 
 /** Given events / when a command / then events or an error: the deciders' tests, without I/O. */
-export function given<State, Event extends DomainEvent>(decider: Decider<State, Event>, history: Event[]) {
+export function given<State, Event extends DomainEvent>(decider: Decider<State, Event>, history: NoInfer<Event>[]) {
   const state = foldEvents(decider, history);
   return {
-    when: (decide: (state: State) => Event[]) => ({
-      then: (expected: Event[]) => expect(decide(state)).to.deep.equal(expected),
+    when: (decide: (state: State) => NoInfer<Event>[]) => ({
+      then: (expected: NoInfer<Event>[]) => expect(decide(state)).to.deep.equal(expected),
       thenThrows: (errorType: new (...args: never[]) => Error, message?: string | RegExp) => {
         let thrown: unknown;
         try {

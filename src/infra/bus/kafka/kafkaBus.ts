@@ -48,7 +48,8 @@ export class KafkaBus implements EventBus {
     await this.ensureTopicOnce();
     const controller = new AbortController();
     const consumer: Consumer = kafka.consumer({
-      groupId: group,
+      // Namespaced by topic, so deployments (and test runs) that share a broker never share a group.
+      groupId: `${settings.topic}.${group}`,
       sessionTimeout: settings.sessionTimeoutMs,
       heartbeatInterval: settings.heartbeatIntervalMs,
       maxWaitTimeInMs: this.options.maxWaitTimeInMs ?? 100,

@@ -1,0 +1,343 @@
+import bcrypt from 'bcryptjs';
+import type { Request, Response } from 'express';
+import { ConflictError, ForbiddenError, TooManyRequestsError, UnauthorizedError, ValidationError } from '../../errors.js';
+import type { Api, JSONSchema } from '../../infra/http/api.js';
+import type { EventStore } from '../../infra/eventStore/eventStore.js';
+import type { RateLimiter } from '../../infra/rateLimit/rateLimiter.js';
+import type { Logger } from '../../infra/logger.js';
+import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
+import { account, accountStreamId, loginAttemptsStreamId, normaliseEmail, registerUser } from './account.js';
+import { detectsReuse, endSession, rotateRefreshToken, session, sessionStreamId, startSession } from './session.js';
+import { issueAccessToken, newRefreshToken, parseRefreshToken, verifyAccessToken, type AccessClaims, type TokenSettings } from './tokens.js';
+import type { LoginFailed, UserRole } from './events.js';
+
+export interface IdentityDeps {
+  store: EventStore;
+  tokens: TokenSettings;
+  auth: { bcryptCost: number; maxFailedLoginsPerEmail: number; maxFailedLoginsPerAddress: number; failedLoginWindowSeconds: number };
+  rateLimiter: RateLimiter;
+  clock: () => Date;
+  newId: () => string;
+  logger: Logger;
+}
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    /** Set by the bearer-token check on routes with `auth: 'bearer'`. */
+    auth?: AccessClaims;
+  }
+}
+
+/** bcrypt reads at most 72 bytes; longer passwords would be silently truncated, so they are refused. */
+const MAX_PASSWORD_BYTES = 72;
+
+const credentialsSchema: JSONSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['email', 'password'],
+  properties: {
+    email: {
+      type: 'string',
+      maxLength: 254,
+      // Surrounding white space is allowed here because the address is trimmed (and lower-cased) before use.
+      pattern: '^\\s*[^\\s@]+@[^\\s@]+\\.[^\\s@]+\\s*$',
+      description: 'Trimmed and lower-cased before use.',
+      examples: ['ann@example.com'],
+    },
+    password: { type: 'string', minLength: 8, maxLength: 1024, examples: ['correct horse battery staple'] },
+  },
+  examples: [{ email: 'ann@example.com', password: 'correct horse battery staple' }],
+};
+
+const refreshTokenBodySchema: JSONSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['refresh_token'],
+  properties: {
+    refresh_token: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 512,
+      description: 'The refresh token, as `Bearer <token>` (the seed\'s shape) or bare.',
+    },
+  },
+  examples: [{ refresh_token: 'Bearer 00000000-0000-4000-8000-000000000000.REPLACE_WITH_YOUR_REFRESH_TOKEN_00000000000' }],
+};
+
+const tokenPairSchema: JSONSchema = {
+  type: 'object',
+  required: ['access_token', 'refresh_token', 'token_type', 'expires_in'],
+  properties: {
+    access_token: { type: 'string', description: 'A JWT (HS256) to send as `Authorization: Bearer <token>`.' },
+    refresh_token: { type: 'string', description: 'Opaque; exchange it at /refresh before it expires.' },
+    token_type: { const: 'Bearer' },
+    expires_in: { type: 'integer', description: 'Seconds the access token lives.' },
+  },
+};
+
+const tokenPairExample = {
+  access_token: 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9...',
+  refresh_token: '3f0e7c1a-5b7d-4c35-9a51-1f0d2c9e8a11.mE4rX...',
+  token_type: 'Bearer',
+  expires_in: 300,
+};
+
+const problem = (description: string) => ({ description });
+
+/** Verifies `Authorization: Bearer <jwt>`; the Api calls it for every operation marked `auth: 'bearer'`. */
+export function bearerAuthenticator(tokens: TokenSettings, clock: () => Date) {
+  return (req: Request): void => {
+    const header = req.get('authorization');
+    const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    if (!match) throw new UnauthorizedError('send an access token as "Authorization: Bearer <token>"');
+    req.auth = verifyAccessToken(tokens, match[1]!, clock());
+  };
+}
+
+export const requireRole = (req: Request, ...roles: UserRole[]): AccessClaims => {
+  const claims = req.auth;
+  if (!claims) throw new UnauthorizedError();
+  if (!roles.includes(claims.role)) throw new ForbiddenError(`this needs the role ${roles.join(' or ')}`);
+  return claims;
+};
+
+export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
+  const { store, tokens, rateLimiter, clock, newId, logger } = deps;
+  const credentials = api.addSchema('Credentials', credentialsSchema);
+  const refreshBody = api.addSchema('RefreshTokenBody', refreshTokenBodySchema);
+  const tokenPair = api.addSchema('TokenPair', tokenPairSchema);
+  // Compared against when the email is unknown, so both failures cost one bcrypt comparison at the same cost.
+  const dummyHash = bcrypt.hashSync('no account has this password', deps.auth.bcryptCost);
+
+  // The request id correlates every event a request causes with its log lines.
+  const context = (req: { id?: string }, userId: string | null = null): CommandContext => ({
+    now: clock,
+    newId,
+    correlationId: req.id ?? newId(),
+    causationId: null,
+    userId,
+  });
+
+  const issueTokens = (res: Response, subject: { userId: string; role: UserRole; sessionId: string }, refreshToken: string) => {
+    const accessToken = issueAccessToken(tokens, subject, clock(), newId());
+    res.set('Cache-Control', 'no-store');
+    res.status(200).json({ access_token: accessToken, refresh_token: refreshToken, token_type: 'Bearer', expires_in: tokens.accessTtlSeconds });
+  };
+
+  api.route<{ email: string; password: string }>(
+    {
+      method: 'post',
+      path: '/register',
+      operationId: 'register',
+      summary: 'Register a user',
+      tags: ['identity'],
+      body: credentials,
+      responses: {
+        201: {
+          description: 'Registered',
+          schema: { type: 'object', required: ['id', 'email'], properties: { id: { type: 'string', format: 'uuid' }, email: { type: 'string' } } },
+          example: { id: '5b1f3c2e-8d5a-4f7e-9c61-0a2b3c4d5e6f', email: 'ann@example.com' },
+        },
+        400: problem('Invalid email or password (8 characters to 72 bytes)'),
+        409: problem('The email is already registered'),
+      },
+    },
+    async (req, res) => {
+      const email = normaliseEmail(req.body.email);
+      if (Buffer.byteLength(req.body.password, 'utf8') > MAX_PASSWORD_BYTES)
+        throw new ValidationError([{ path: '/body/password', message: `must be at most ${MAX_PASSWORD_BYTES} bytes` }]);
+      const passwordHash = await bcrypt.hash(req.body.password, deps.auth.bcryptCost);
+      const userId = newId();
+      const result = await handleCommand(
+        store,
+        accountStreamId(email),
+        account,
+        (state) => registerUser({ userId, email, passwordHash, now: clock() }, state),
+        context(req, userId),
+        // A conflict here means someone else registered this email at the same moment: that is the answer.
+        { maxAttempts: 2 },
+      ).catch((error) => {
+        if (error instanceof ConflictError) throw new ConflictError('an account with this email already exists');
+        throw error;
+      });
+      res.set('X-Position', result.position ?? '');
+      res.status(201).json({ id: userId, email });
+    },
+  );
+
+  api.route<{ email: string; password: string }>(
+    {
+      method: 'post',
+      path: '/login',
+      operationId: 'login',
+      summary: 'Log in: get an access token and a refresh token',
+      tags: ['identity'],
+      body: credentials,
+      responses: {
+        200: { description: 'Logged in', schema: tokenPair, example: tokenPairExample },
+        400: problem('Malformed request'),
+        401: problem('Wrong email or password (the same answer for both)'),
+        429: problem('Too many failed logins for this email or from this address; see Retry-After'),
+      },
+    },
+    async (req, res) => {
+      const email = normaliseEmail(req.body.email);
+      const clientAddress = req.ip ?? 'unknown';
+      const { auth } = deps;
+      const emailKey = `login-failures:email:${accountStreamId(email)}`;
+      const addressKey = `login-failures:address:${clientAddress}`;
+      const [byEmail, byAddress] = await Promise.all([rateLimiter.count(emailKey), rateLimiter.count(addressKey)]);
+      if (byEmail.count >= auth.maxFailedLoginsPerEmail || byAddress.count >= auth.maxFailedLoginsPerAddress)
+        throw new TooManyRequestsError(Math.max(1, byEmail.resetInSeconds, byAddress.resetInSeconds), 'too many failed logins; try again later');
+
+      // Read from the log, not a read model: a login right after register must not depend on projection lag.
+      const state = foldEvents(account, await store.readStream(accountStreamId(email)));
+      const passwordMatches = await bcrypt.compare(req.body.password, state.passwordHash ?? dummyHash);
+      if (!state.exists || !passwordMatches) {
+        await Promise.all([rateLimiter.record(emailKey, auth.failedLoginWindowSeconds), rateLimiter.record(addressKey, auth.failedLoginWindowSeconds)]);
+        const failed: LoginFailed = {
+          type: 'LoginFailed',
+          data: { email, reason: state.exists ? 'wrong_password' : 'unknown_email', clientAddress, failedAt: clock().toISOString() },
+        };
+        const ctx = context(req, state.userId);
+        await store
+          .append(loginAttemptsStreamId(email), [{ eventId: newId(), type: failed.type, data: failed.data, metadata: { correlationId: ctx.correlationId, causationId: null, userId: state.userId, timestamp: failed.data.failedAt } }], { expectedRevision: 'any' })
+          .catch((error) => logger.warn({ err: error }, 'could not record a failed login'));
+        throw new UnauthorizedError('wrong email or password');
+      }
+
+      const sessionId = newId();
+      const refresh = newRefreshToken(sessionId);
+      await handleCommand(
+        store,
+        sessionStreamId(sessionId),
+        session,
+        (current) =>
+          startSession(
+            {
+              sessionId,
+              userId: state.userId!,
+              email,
+              refreshTokenHash: refresh.hash,
+              expiresAt: new Date(clock().getTime() + deps.tokens.refreshTtlSeconds * 1000),
+              now: clock(),
+            },
+            current,
+          ),
+        context(req, state.userId),
+      );
+      issueTokens(res, { userId: state.userId!, role: state.role, sessionId }, refresh.token);
+    },
+  );
+
+  api.route<{ refresh_token: string }>(
+    {
+      method: 'post',
+      path: '/refresh',
+      operationId: 'refresh',
+      summary: 'Exchange a refresh token for a new pair; the old refresh token is spent',
+      description:
+        'Rotation: each refresh token works once. Presenting a spent one again revokes the whole session (reuse detection).',
+      tags: ['identity'],
+      body: refreshBody,
+      responses: {
+        200: { description: 'A new token pair', schema: tokenPair, example: tokenPairExample },
+        400: problem('Malformed request'),
+        401: problem('The refresh token is unknown, spent, expired or its session has ended'),
+      },
+    },
+    async (req, res) => {
+      const { sessionId, hash } = parseRefreshToken(req.body.refresh_token);
+      const next = newRefreshToken(sessionId);
+      const result = await handleCommand(
+        store,
+        sessionStreamId(sessionId),
+        session,
+        (state) =>
+          rotateRefreshToken(
+            { presentedTokenHash: hash, newTokenHash: next.hash, newExpiresAt: new Date(clock().getTime() + tokens.refreshTtlSeconds * 1000), now: clock() },
+            state,
+          ),
+        context(req),
+        // Two refreshes racing with one token: the loser is told the token was just used, once, not retried.
+        { maxAttempts: 1 },
+      ).catch((error) => {
+        if (error instanceof ConflictError) throw new UnauthorizedError('this refresh token was just used');
+        throw error;
+      });
+      if (detectsReuse(result.events)) {
+        logger.warn({ sessionId }, 'refresh token reuse detected; session revoked');
+        throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
+      }
+      const holder = foldEvents(account, await store.readStream(accountStreamId(result.state.email!)));
+      issueTokens(res, { userId: result.state.userId!, role: holder.role, sessionId }, next.token);
+    },
+  );
+
+  api.route<{ refresh_token: string }>(
+    {
+      method: 'post',
+      path: '/logout',
+      operationId: 'logout',
+      summary: "End the refresh token's session",
+      description:
+        'Other sessions of the user stay alive. Access tokens already issued keep working until they expire (at most 5 minutes).',
+      tags: ['identity'],
+      body: refreshBody,
+      responses: {
+        204: { description: 'Logged out' },
+        400: problem('Malformed request'),
+        401: problem('The refresh token is not valid'),
+        403: problem('The access token sent belongs to another user than the refresh token'),
+      },
+    },
+    async (req, res) => {
+      const { sessionId, hash } = parseRefreshToken(req.body.refresh_token);
+      // Logout needs no access token, but one that is sent must belong to the session's user.
+      let caller: string | null = null;
+      if (req.get('authorization')) {
+        bearerAuthenticator(tokens, clock)(req as unknown as Request);
+        caller = req.auth!.userId;
+      }
+      const result = await handleCommand(
+        store,
+        sessionStreamId(sessionId),
+        session,
+        (state) => {
+          if (caller && state.exists && state.userId !== caller) throw new ForbiddenError('that session belongs to another user');
+          return endSession({ presentedTokenHash: hash, now: clock() }, state);
+        },
+        context(req, caller),
+      );
+      if (detectsReuse(result.events)) throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
+      res.set('X-Position', result.position ?? '');
+      res.status(204).end();
+    },
+  );
+
+  api.route(
+    {
+      method: 'get',
+      path: '/me',
+      operationId: 'me',
+      summary: 'Who the access token says you are',
+      tags: ['identity'],
+      auth: 'bearer',
+      responses: {
+        200: {
+          description: 'The token\'s subject',
+          schema: {
+            type: 'object',
+            required: ['id', 'role', 'session_id', 'expires_at'],
+            properties: { id: { type: 'string' }, role: { enum: ['user', 'auditor', 'admin'] }, session_id: { type: 'string' }, expires_at: { type: 'string', format: 'date-time' } },
+          },
+        },
+        401: problem('Missing, malformed, expired or wrongly signed access token'),
+      },
+    },
+    (req, res) => {
+      const claims = req.auth!;
+      res.json({ id: claims.userId, role: claims.role, session_id: claims.sessionId, expires_at: claims.expiresAt.toISOString() });
+    },
+  );
+}

@@ -1,0 +1,90 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import jwt from 'jsonwebtoken';
+import { UnauthorizedError } from '../../errors.js';
+import { ROLES, type UserRole } from './events.js';
+
+export interface TokenSettings {
+  secret: string;
+  accessTtlSeconds: number;
+  refreshTtlSeconds: number;
+  issuer: string;
+  audience: string;
+}
+
+export interface AccessClaims {
+  userId: string;
+  role: UserRole;
+  sessionId: string;
+  jti: string;
+  expiresAt: Date;
+}
+
+/** HS256 only: the verifier pins it, so `alg: none` and RS/HS confusion are refused by construction. */
+const ALGORITHM = 'HS256';
+
+export function issueAccessToken(
+  settings: TokenSettings,
+  subject: { userId: string; role: UserRole; sessionId: string },
+  now: Date,
+  jti: string,
+): string {
+  const iat = Math.floor(now.getTime() / 1000);
+  return jwt.sign(
+    { sub: subject.userId, role: subject.role, sid: subject.sessionId, jti, iat, exp: iat + settings.accessTtlSeconds },
+    settings.secret,
+    { algorithm: ALGORITHM, issuer: settings.issuer, audience: settings.audience },
+  );
+}
+
+export function verifyAccessToken(settings: TokenSettings, token: string, now: Date = new Date()): AccessClaims {
+  let payload: jwt.JwtPayload;
+  try {
+    const decoded = jwt.verify(token, settings.secret, {
+      algorithms: [ALGORITHM],
+      issuer: settings.issuer,
+      audience: settings.audience,
+      clockTimestamp: Math.floor(now.getTime() / 1000),
+    });
+    if (typeof decoded === 'string') throw new Error('payload is not an object');
+    payload = decoded;
+  } catch (error) {
+    const expired = (error as Error).name === 'TokenExpiredError';
+    throw new UnauthorizedError(expired ? 'the access token has expired' : 'the access token is not valid', { cause: error });
+  }
+  const { sub, role, sid, jti, exp, iat } = payload as Record<string, unknown>;
+  if (
+    typeof sub !== 'string' ||
+    typeof sid !== 'string' ||
+    typeof jti !== 'string' ||
+    typeof exp !== 'number' ||
+    typeof iat !== 'number' ||
+    !(ROLES as readonly unknown[]).includes(role)
+  )
+    throw new UnauthorizedError('the access token is missing claims');
+  return { userId: sub, role: role as UserRole, sessionId: sid, jti, expiresAt: new Date(exp * 1000) };
+}
+
+export const hashToken = (token: string): string => createHash('sha256').update(token, 'utf8').digest('hex');
+
+/**
+ * Refresh tokens are opaque to clients: `<session id>.<256 random bits>`. The session id lets the server read
+ * the session's stream directly (no read-model lag between logout and a refused refresh); the random part is
+ * the secret, and only the SHA-256 of the whole token is stored.
+ */
+export function newRefreshToken(sessionId: string): { token: string; hash: string } {
+  const token = `${sessionId}.${randomBytes(32).toString('base64url')}`;
+  return { token, hash: hashToken(token) };
+}
+
+const REFRESH_TOKEN_PATTERN = /^([0-9a-f-]{36})\.([A-Za-z0-9_-]{43})$/;
+
+/** Accepts `Bearer <token>` (the seed's shape) or the bare token. */
+export function parseRefreshToken(presented: string): { sessionId: string; hash: string } {
+  const token = presented.replace(/^Bearer\s+/i, '').trim();
+  const match = REFRESH_TOKEN_PATTERN.exec(token);
+  if (!match) throw new UnauthorizedError('the refresh token is not valid');
+  return { sessionId: match[1]!, hash: hashToken(token) };
+}
+
+export const sameHash = (a: string, b: string): boolean =>
+  a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b));

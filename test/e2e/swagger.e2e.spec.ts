@@ -1,0 +1,123 @@
+import { existsSync } from 'node:fs';
+import { expect } from 'chai';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { pino } from 'pino';
+import { Api } from '../../src/infra/http/api.js';
+import { createHttpApp, createMetrics, listen, type RunningServer } from '../../src/infra/http/app.js';
+import { skipSuiteUnless } from '../support/skips.js';
+
+const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+async function startDemoApp(): Promise<RunningServer> {
+  const api = new Api();
+  api.route(
+    {
+      method: 'post',
+      path: '/demo/:id',
+      operationId: 'createDemo',
+      summary: 'Create a demo thing',
+      tags: ['demo'],
+      params: { type: 'object', required: ['id'], properties: { id: { type: 'string' } } },
+      body: {
+        type: 'object',
+        required: ['title'],
+        additionalProperties: false,
+        properties: { title: { type: 'string' } },
+        examples: [{ title: 'write the report' }],
+      },
+      responses: { 201: { description: 'Created' } },
+    },
+    (req, res) => {
+      res.status(201).json(req.body);
+    },
+  );
+  const app = createHttpApp({
+    logger: pino({ level: 'silent' }),
+    bodyLimit: '10kb',
+    api,
+    readiness: [],
+    metrics: createMetrics(),
+    info: { title: 'task-manager', version: '0.0.0-e2e' },
+  });
+  return listen(app, 0, '127.0.0.1');
+}
+
+describe('Swagger UI in a browser', function () {
+  this.timeout(60_000);
+  let running: RunningServer | undefined;
+  let browser: Browser | undefined;
+
+  before(async function () {
+    skipSuiteUnless(this, existsSync(executablePath), `no Chromium at ${executablePath} (set CHROMIUM_PATH)`);
+    running = await startDemoApp();
+    browser = await chromium.launch({
+      executablePath,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await running?.close(1000);
+  });
+
+  /** Opens `path` and returns the rendered operations plus every CSP violation and page error seen. */
+  async function open(path: string): Promise<{ page: Page; operations: string[]; problems: string[] }> {
+    const page = await browser!.newPage();
+    const problems: string[] = [];
+    page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error') problems.push(`console: ${message.text()}`);
+    });
+    await page.goto(`${running!.url}${path}`);
+    await page.waitForSelector('.opblock', { timeout: 15_000 });
+    const operations = await page.$$eval('.opblock', (blocks) =>
+      blocks.map(
+        (b) =>
+          `${b.querySelector('.opblock-summary-method')?.textContent} ${b.querySelector('.opblock-summary-path')?.textContent}`,
+      ),
+    );
+    return { page, operations, problems };
+  }
+
+  for (const path of ['/swagger/index.html', '/swagger', '/swagger/']) {
+    it(`lists the API's operations at ${path}`, async () => {
+      const { page, operations, problems } = await open(path);
+      try {
+        expect(operations.map((o) => o.replace(/\u200b/g, ''))).to.include.members([
+          'POST /demo/{id}',
+          'GET /health',
+          'GET /ready',
+          'GET /metrics',
+          'GET /openapi.json',
+        ]);
+        expect(await page.textContent('.swagger-ui .info .title')).to.include('task-manager');
+        // A CSP that blocks swagger-ui's scripts or styles shows up here, not as a missing element.
+        expect(problems).to.deep.equal([]);
+      } finally {
+        await page.close();
+      }
+    });
+  }
+
+  it('shows the documented body example and the schema of the demo route', async () => {
+    const { page } = await open('/swagger/index.html');
+    try {
+      await page.click('#operations-demo-createDemo .opblock-summary');
+      await page.waitForSelector('#operations-demo-createDemo .opblock-body');
+      const body = await page.textContent('#operations-demo-createDemo .opblock-body');
+      expect(body).to.include('write the report');
+    } finally {
+      await page.close();
+    }
+  });
+});
