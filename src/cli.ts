@@ -1,7 +1,10 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createLogger, type Logger } from './infra/logger.js';
-import { ROLES, startService, connectDatabase, type Role } from './main.js';
+import { ROLES, startService, connectDatabase, createEventStore, type Role } from './main.js';
+import type { EventStore } from './infra/eventStore/eventStore.js';
+import { AppError } from './errors.js';
+import { grantRoleByEmail } from './commands/identity/grantRoleCommand.js';
 import { createPool } from './infra/db/pool.js';
 import { migrate } from './infra/db/migrate.js';
 
@@ -9,11 +12,12 @@ const USAGE = `usage: task-manager <command>
 
   start [--roles api,relay,projector,worker]   run the chosen roles (all by default)
   migrate                                      apply database migrations and exit
+  users grant-role <email> <role>              roles: user, auditor, admin
 
 Settings come from config.yml and the environment (see README, "Settings").`;
 
 /** Commands DESIGN.md lists that later issues build; saying so beats a silent "unknown command". */
-const NOT_YET = new Set(['users', 'projections', 'audit']);
+const NOT_YET = new Set(['projections', 'audit']);
 
 class UsageError extends Error {}
 
@@ -72,6 +76,30 @@ async function migrateCommand(config: Config, logger: Logger): Promise<void> {
   }
 }
 
+/** Opens just what a one-shot command needs: the database (embedded or not) and the event store. */
+async function withEventStore<T>(config: Config, logger: Logger, work: (store: EventStore) => Promise<T>): Promise<T> {
+  const { databaseUrl, embedded } = await connectDatabase(config, logger);
+  const pool = createPool({ connectionString: databaseUrl, max: 2, statementTimeoutMs: 60000 }, logger);
+  let store: EventStore | null = null;
+  try {
+    await migrate(pool, logger);
+    store = await createEventStore(config, pool, databaseUrl, logger);
+    return await work(store);
+  } finally {
+    await store?.close();
+    await pool.end();
+    await embedded?.stop();
+  }
+}
+
+async function usersCommand(config: Config, logger: Logger, args: string[]): Promise<void> {
+  const [subcommand, email, role, ...rest] = args;
+  if (subcommand !== 'grant-role' || !email || !role || rest.length > 0)
+    throw new UsageError('usage: task-manager users grant-role <email> <role>');
+  const result = await withEventStore(config, logger, (store) => grantRoleByEmail(store, email, role));
+  process.stdout.write(result.changed ? `${email} is now ${role}\n` : `${email} already has the role ${role}\n`);
+}
+
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const [command, ...args] = argv;
   if (!command || command === '--help' || command === 'help') {
@@ -97,6 +125,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       case 'migrate':
         await migrateCommand(config, logger);
         return 0;
+      case 'users':
+        await usersCommand(config, logger, args);
+        return 0;
       default:
         if (NOT_YET.has(command)) {
           process.stderr.write(`task-manager: "${command}" is not built yet (see README, "Not yet done")\n`);
@@ -105,6 +136,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         throw new UsageError(`unknown command: ${command}`);
     }
   } catch (error) {
+    if (error instanceof AppError && error.status < 500) {
+      process.stderr.write(`task-manager: ${error.message}\n`);
+      return 1;
+    }
     if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`task-manager: ${(error as Error).message}\n\n${USAGE}\n`);
       return 2;

@@ -56,6 +56,20 @@ export async function connectDatabase(
   return { databaseUrl: embedded.connectionString, embedded };
 }
 
+export async function createEventStore(config: Config, pool: Pool, databaseUrl: string, logger: Logger): Promise<EventStore> {
+  if (config.eventStore === 'esdb') {
+    const { EsdbEventStore } = await import('./infra/eventStore/esdb/esdbEventStore.js');
+    return new EsdbEventStore({ connectionString: config.eventstoreUrl!, logger });
+  }
+  return new PostgresEventStore({
+    pool,
+    connectionString: databaseUrl,
+    logger,
+    pollIntervalMs: config.eventLog.pollIntervalMs,
+    batchSize: config.eventLog.batchSize,
+  });
+}
+
 export async function buildInfrastructure(config: Config, logger: Logger): Promise<Infrastructure> {
   const { databaseUrl, embedded } = await connectDatabase(config, logger);
   const pool = createPool(
@@ -72,19 +86,7 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
     const metrics = createMetrics();
     const checkpoints = new LogCheckpoints(pool);
 
-    let store: EventStore;
-    if (config.eventStore === 'esdb') {
-      const { EsdbEventStore } = await import('./infra/eventStore/esdb/esdbEventStore.js');
-      store = new EsdbEventStore({ connectionString: config.eventstoreUrl!, logger });
-    } else {
-      store = new PostgresEventStore({
-        pool,
-        connectionString: databaseUrl,
-        logger,
-        pollIntervalMs: config.eventLog.pollIntervalMs,
-        batchSize: config.eventLog.batchSize,
-      });
-    }
+    const store = await createEventStore(config, pool, databaseUrl, logger);
     closers.push(() => store.close());
 
     let bus: EventBus;

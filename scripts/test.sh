@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's test command (`npm test`): sets up every service the tests need, runs the suites, stops what it
+# started. Usage: scripts/test.sh [all|unit|integration|e2e] [extra mocha args...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+tier="${1:-all}"
+shift || true
+case "$tier" in
+  unit) specs=('test/unit/**/*.spec.ts') ;;
+  integration) specs=('test/integration/**/*.spec.ts') ;;
+  e2e) specs=('test/e2e/**/*.spec.ts') ;;
+  all) specs=('test/unit/**/*.spec.ts' 'test/integration/**/*.spec.ts' 'test/e2e/**/*.spec.ts') ;;
+  *) echo "usage: $0 [all|unit|integration|e2e] [mocha args...]" >&2; exit 2 ;;
+esac
+
+if [ "$tier" != unit ]; then
+  # A directory of this run's own (pid files, Kafka's data and ports), so two runs on one machine never collide.
+  run_dir="$(mktemp -d "${TMPDIR:-/tmp}/task-manager-test.XXXXXX")"
+  stop_services() {
+    bash scripts/services.sh down --dir "$run_dir" || true
+    rm -rf "$run_dir"
+  }
+  trap stop_services EXIT
+  trap 'exit 130' INT TERM
+  if ! exports="$(bash scripts/services.sh up --dir "$run_dir")"; then
+    echo "test: could not set up the services the tests need (see above)" >&2
+    exit 1
+  fi
+  eval "$exports"
+  if [ "$tier" != integration ]; then
+    chromium_path="$(bash scripts/services.sh chromium)" && [ -n "$chromium_path" ] && export CHROMIUM_PATH="$chromium_path"
+  fi
+  echo "test: DATABASE_URL=${DATABASE_URL:-unset} REDIS_URL=${REDIS_URL:-unset} KAFKA_BROKERS=${KAFKA_BROKERS:-unset} EVENTSTORE_URL=${EVENTSTORE_URL:-unset}" >&2
+fi
+
+export KAFKAJS_NO_PARTITIONER_WARNING=1
+npx mocha "$@" "${specs[@]}"
