@@ -25,7 +25,8 @@ function parseRoles(value: string | undefined): Role[] {
   if (!value) return [...ROLES];
   const roles = value.split(',').map((role) => role.trim());
   const unknown = roles.filter((role) => !(ROLES as readonly string[]).includes(role));
-  if (unknown.length > 0) throw new UsageError(`unknown role(s): ${unknown.join(', ')} (roles: ${ROLES.join(', ')})`);
+  if (unknown.length > 0)
+    throw new UsageError(`unknown role(s): ${unknown.join(', ')} (roles: ${ROLES.join(', ')})`);
   return roles as Role[];
 }
 
@@ -42,7 +43,9 @@ async function start(config: Config, logger: Logger, args: string[]): Promise<vo
   logger.info({ roles, mode }, 'task-manager started');
   if (service.url) {
     const shown = service.url.replace('://0.0.0.0:', '://127.0.0.1:');
-    process.stdout.write(`task-manager is running (${mode})\n  API:     ${shown}\n  Swagger: ${shown}/swagger\n`);
+    process.stdout.write(
+      `task-manager is running (${mode})\n  API:     ${shown}\n  Swagger: ${shown}/swagger\n`,
+    );
   }
   let stopping = false;
   const shutdown = (signal: string) => {
@@ -69,7 +72,9 @@ async function migrateCommand(config: Config, logger: Logger): Promise<void> {
   const pool = createPool({ connectionString: databaseUrl, max: 2, statementTimeoutMs: 600000 }, logger);
   try {
     const applied = await migrate(pool, logger);
-    process.stdout.write(applied.length ? `applied: ${applied.join(', ')}\n` : 'the database is up to date\n');
+    process.stdout.write(
+      applied.length ? `applied: ${applied.join(', ')}\n` : 'the database is up to date\n',
+    );
   } finally {
     await pool.end();
     await embedded?.stop();
@@ -77,7 +82,11 @@ async function migrateCommand(config: Config, logger: Logger): Promise<void> {
 }
 
 /** Opens just what a one-shot command needs: the database (embedded or not) and the event store. */
-async function withEventStore<T>(config: Config, logger: Logger, work: (store: EventStore) => Promise<T>): Promise<T> {
+async function withEventStore<T>(
+  config: Config,
+  logger: Logger,
+  work: (store: EventStore) => Promise<T>,
+): Promise<T> {
   const { databaseUrl, embedded } = await connectDatabase(config, logger);
   const pool = createPool({ connectionString: databaseUrl, max: 2, statementTimeoutMs: 60000 }, logger);
   let store: EventStore | null = null;
@@ -97,7 +106,9 @@ async function usersCommand(config: Config, logger: Logger, args: string[]): Pro
   if (subcommand !== 'grant-role' || !email || !role || rest.length > 0)
     throw new UsageError('usage: task-manager users grant-role <email> <role>');
   const result = await withEventStore(config, logger, (store) => grantRoleByEmail(store, email, role));
-  process.stdout.write(result.changed ? `${email} is now ${role}\n` : `${email} already has the role ${role}\n`);
+  process.stdout.write(
+    result.changed ? `${email} is now ${role}\n` : `${email} already has the role ${role}\n`,
+  );
 }
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {

@@ -152,7 +152,12 @@ export const configSchema = {
     auth: {
       type: 'object',
       additionalProperties: false,
-      required: ['bcryptCost', 'maxFailedLoginsPerEmail', 'maxFailedLoginsPerAddress', 'failedLoginWindowSeconds'],
+      required: [
+        'bcryptCost',
+        'maxFailedLoginsPerEmail',
+        'maxFailedLoginsPerAddress',
+        'failedLoginWindowSeconds',
+      ],
       properties: {
         // bcryptjs accepts 4..31; below 10 is only for tests.
         bcryptCost: { type: 'integer', minimum: 4, maximum: 15 },
@@ -199,8 +204,12 @@ export function readDotEnv(file: string): Env {
 const asNumberIfNumeric = (value: string): number | string => (/^-?\d+$/.test(value) ? Number(value) : value);
 const emptyToNull = (value: string): string | null => (value.trim() === '' ? null : value);
 
+// The settings as parsed from YAML: untyped until ajv has validated them.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type RawConfig = Record<string, any>;
+
 /** Environment variables and the config keys they override. */
-const ENV_OVERRIDES: Record<string, (config: Record<string, any>, value: string) => void> = {
+const ENV_OVERRIDES: Record<string, (config: RawConfig, value: string) => void> = {
   PORT: (c, v) => (c.port = asNumberIfNumeric(v)),
   HOST: (c, v) => (c.host = v),
   LOG_LEVEL: (c, v) => (c.logLevel = v),
@@ -252,8 +261,9 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   } catch (error) {
     throw new ConfigError(`cannot read ${file}: ${(error as Error).message}`);
   }
-  if (typeof raw !== 'object' || raw === null) throw new ConfigError(`${file}: expected a mapping of settings`);
-  const config = structuredClone(raw) as Record<string, any>;
+  if (typeof raw !== 'object' || raw === null)
+    throw new ConfigError(`${file}: expected a mapping of settings`);
+  const config = structuredClone(raw) as RawConfig;
   for (const [name, apply] of Object.entries(ENV_OVERRIDES)) {
     const value = env[name];
     if (value !== undefined) apply(config, value);

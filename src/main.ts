@@ -56,7 +56,12 @@ export async function connectDatabase(
   return { databaseUrl: embedded.connectionString, embedded };
 }
 
-export async function createEventStore(config: Config, pool: Pool, databaseUrl: string, logger: Logger): Promise<EventStore> {
+export async function createEventStore(
+  config: Config,
+  pool: Pool,
+  databaseUrl: string,
+  logger: Logger,
+): Promise<EventStore> {
   if (config.eventStore === 'esdb') {
     const { EsdbEventStore } = await import('./infra/eventStore/esdb/esdbEventStore.js');
     return new EsdbEventStore({ connectionString: config.eventstoreUrl!, logger });
@@ -73,7 +78,11 @@ export async function createEventStore(config: Config, pool: Pool, databaseUrl: 
 export async function buildInfrastructure(config: Config, logger: Logger): Promise<Infrastructure> {
   const { databaseUrl, embedded } = await connectDatabase(config, logger);
   const pool = createPool(
-    { connectionString: databaseUrl, max: config.database.poolSize, statementTimeoutMs: config.database.statementTimeoutMs },
+    {
+      connectionString: databaseUrl,
+      max: config.database.poolSize,
+      statementTimeoutMs: config.database.statementTimeoutMs,
+    },
     logger,
   );
   const closers: Array<() => Promise<void>> = [async () => embedded?.stop(), () => pool.end()];
@@ -127,11 +136,29 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
     closers.push(() => cache.close());
 
     const rateLimiter: RateLimiter = config.redisUrl
-      ? new RedisRateLimiter({ url: config.redisUrl, keyPrefix: config.cache.keyPrefix, commandTimeoutMs: config.cache.commandTimeoutMs, logger })
+      ? new RedisRateLimiter({
+          url: config.redisUrl,
+          keyPrefix: config.cache.keyPrefix,
+          commandTimeoutMs: config.cache.commandTimeoutMs,
+          logger,
+        })
       : new MemoryRateLimiter();
     closers.push(() => rateLimiter.close());
 
-    return { config, logger, databaseUrl, pool, store, bus, cache, rateLimiter, checkpoints, metrics, makeRelay, close };
+    return {
+      config,
+      logger,
+      databaseUrl,
+      pool,
+      store,
+      bus,
+      cache,
+      rateLimiter,
+      checkpoints,
+      metrics,
+      makeRelay,
+      close,
+    };
   } catch (error) {
     await close();
     throw error;
@@ -216,7 +243,8 @@ export async function startService(
     infrastructure,
     stop: async () => {
       // Stop taking work first (HTTP last in, first out), then the consumers, then the connections.
-      for (const stop of stops.reverse()) await stop().catch((error) => logger.warn({ err: error }, 'error while stopping'));
+      for (const stop of stops.reverse())
+        await stop().catch((error) => logger.warn({ err: error }, 'error while stopping'));
       await infrastructure.close();
     },
   };

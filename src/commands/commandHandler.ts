@@ -45,7 +45,8 @@ export interface HandleResult<State, Event extends DomainEvent> {
 export const foldEvents = <State, Event extends DomainEvent>(
   decider: Decider<State, Event>,
   events: ReadonlyArray<Pick<RecordedEvent, 'type' | 'data'>>,
-): State => events.reduce((state, event) => decider.evolve(state, event as unknown as Event), decider.initialState);
+): State =>
+  events.reduce((state, event) => decider.evolve(state, event as unknown as Event), decider.initialState);
 
 /**
  * The one way commands change the world: read the stream, fold it into state, decide, and append with the

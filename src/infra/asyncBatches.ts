@@ -13,7 +13,10 @@ export async function* asyncBatches<T>(source: AsyncIterable<T>, max: number): A
       const batch: T[] = [first.value];
       next = iterator.next();
       while (batch.length < max) {
-        const ready = await Promise.race([next, new Promise<'waiting'>((resolve) => setImmediate(resolve, 'waiting'))]);
+        const ready = await Promise.race([
+          next,
+          new Promise<'waiting'>((resolve) => setImmediate(resolve, 'waiting')),
+        ]);
         if (ready === 'waiting') break;
         if (ready.done) {
           yield batch;

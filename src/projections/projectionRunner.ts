@@ -26,7 +26,12 @@ export function projectionMetrics(registry: Registry): ProjectionMetrics {
   let metrics = metricsByRegistry.get(registry);
   if (!metrics) {
     metrics = {
-      applied: new Counter({ name: 'projection_events_applied_total', help: 'Events applied to read models', labelNames: ['projection'], registers: [registry] }),
+      applied: new Counter({
+        name: 'projection_events_applied_total',
+        help: 'Events applied to read models',
+        labelNames: ['projection'],
+        registers: [registry],
+      }),
       skipped: new Counter({
         name: 'projection_events_skipped_total',
         help: 'Events a projection skipped: already applied (duplicate delivery) or unusable data',
@@ -75,7 +80,16 @@ export async function applyOnce(
     } catch (error) {
       if (isDataError(error)) {
         await client.query('ROLLBACK TO SAVEPOINT apply_event');
-        logger.error({ err: error, projection: projection.name, stream: event.streamId, revision: event.revision, type: event.type }, 'projection skipped an event it cannot use');
+        logger.error(
+          {
+            err: error,
+            projection: projection.name,
+            stream: event.streamId,
+            revision: event.revision,
+            type: event.type,
+          },
+          'projection skipped an event it cannot use',
+        );
         return { outcome: 'bad_data' as const, staleKeys: [] };
       }
       throw error;

@@ -33,7 +33,8 @@ class Collector {
   async waitFor(until: (c: Collector) => boolean, timeoutMs = 30000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!until(this)) {
-      if (Date.now() > deadline) throw new Error(`timed out with ${this.events.length} events (${this.uniqueIds.size} unique)`);
+      if (Date.now() > deadline)
+        throw new Error(`timed out with ${this.events.length} events (${this.uniqueIds.size} unique)`);
       await new Promise<void>((resolve) => {
         this.waiters.push(resolve);
         setTimeout(resolve, 200);
@@ -43,11 +44,19 @@ class Collector {
   }
 }
 
-async function appendSteps(store: EventStore, prefix: string, streams: number, perStream: number, offset = 0) {
+async function appendSteps(
+  store: EventStore,
+  prefix: string,
+  streams: number,
+  perStream: number,
+  offset = 0,
+) {
   for (let r = offset; r < offset + perStream; r++)
     await Promise.all(
       Array.from({ length: streams }, (_, s) =>
-        store.append(`${prefix}-${s}`, [newEvent('Step', { s, r })], { expectedRevision: r === 0 ? 'no_stream' : r - 1 }),
+        store.append(`${prefix}-${s}`, [newEvent('Step', { s, r })], {
+          expectedRevision: r === 0 ? 'no_stream' : r - 1,
+        }),
       ),
     );
 }
@@ -55,7 +64,9 @@ async function appendSteps(store: EventStore, prefix: string, streams: number, p
 /** Per stream, the revisions in the order first delivered (duplicates removed). */
 function firstDeliveryOrder(events: RecordedEvent[], streamId: string): number[] {
   const seen = new Set<number>();
-  return events.filter((e) => e.streamId === streamId && !seen.has(e.revision) && seen.add(e.revision)).map((e) => e.revision);
+  return events
+    .filter((e) => e.streamId === streamId && !seen.has(e.revision) && seen.add(e.revision))
+    .map((e) => e.revision);
 }
 
 export function busContract(
@@ -97,7 +108,10 @@ export function busContract(
       await consume(uniqueName('g'), collector.handle);
       await appendSteps(harness.store, prefix, 5, 8);
       await collector.waitFor((c) => c.uniqueIds.size === 40);
-      for (let s = 0; s < 5; s++) expect(firstDeliveryOrder(collector.events, `${prefix}-${s}`)).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7]);
+      for (let s = 0; s < 5; s++)
+        expect(firstDeliveryOrder(collector.events, `${prefix}-${s}`)).to.deep.equal([
+          0, 1, 2, 3, 4, 5, 6, 7,
+        ]);
     });
 
     it('gives every group every event', async () => {
@@ -124,7 +138,9 @@ export function busContract(
       await appendSteps(harness.store, prefix, 2, 10, 10);
       const after = new Collector(prefix);
       await consume(group, after.handle);
-      await after.waitFor((c) => c.uniqueIds.size >= 20 && [...before.uniqueIds, ...c.uniqueIds].length >= 40);
+      await after.waitFor(
+        (c) => c.uniqueIds.size >= 20 && [...before.uniqueIds, ...c.uniqueIds].length >= 40,
+      );
       const all = new Set([...before.uniqueIds, ...after.uniqueIds]);
       expect(all.size).to.equal(40);
       const repeated = [...after.uniqueIds].filter((id) => before.uniqueIds.has(id));
@@ -136,7 +152,8 @@ export function busContract(
       const collector = new Collector(prefix);
       let failuresLeft = 2;
       await consume(uniqueName('g'), async (event) => {
-        if (event.streamId === `${prefix}-0` && event.revision === 3 && failuresLeft-- > 0) throw new Error('database briefly down');
+        if (event.streamId === `${prefix}-0` && event.revision === 3 && failuresLeft-- > 0)
+          throw new Error('database briefly down');
         await collector.handle(event);
       });
       await appendSteps(harness.store, prefix, 2, 6);

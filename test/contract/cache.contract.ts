@@ -3,7 +3,11 @@ import { randomUUID } from 'node:crypto';
 import type { Cache } from '../../src/infra/cache/cache.js';
 
 /** One suite for both caches: what query code may rely on. */
-export function cacheContract(name: string, setUp: (context: Mocha.Context) => Promise<Cache | null>, tearDown: () => Promise<void>) {
+export function cacheContract(
+  name: string,
+  setUp: (context: Mocha.Context) => Promise<Cache | null>,
+  tearDown: () => Promise<void>,
+) {
   describe(`cache contract: ${name}`, function () {
     let cache: Cache;
     before(async function () {
@@ -31,7 +35,11 @@ export function cacheContract(name: string, setUp: (context: Mocha.Context) => P
       const [a, b, c] = [`a-${randomUUID()}`, `b-${randomUUID()}`, `c-${randomUUID()}`];
       await Promise.all([cache.set(a, 1), cache.set(b, 2), cache.set(c, 3)]);
       await cache.delete(a, b);
-      expect([await cache.get(a), await cache.get(b), await cache.get(c)]).to.deep.equal([undefined, undefined, 3]);
+      expect([await cache.get(a), await cache.get(b), await cache.get(c)]).to.deep.equal([
+        undefined,
+        undefined,
+        3,
+      ]);
     });
 
     it('expires an entry after its time to live', async function () {

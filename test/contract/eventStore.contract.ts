@@ -18,7 +18,11 @@ export interface EventStoreHarness {
 
 const category = () => `ct${randomBytes(4).toString('hex')}`;
 
-export const newEvent = (type: string, data: Record<string, unknown> = {}, userId: string | null = null): NewEvent => ({
+export const newEvent = (
+  type: string,
+  data: Record<string, unknown> = {},
+  userId: string | null = null,
+): NewEvent => ({
   eventId: randomUUID(),
   type,
   data: data as NewEvent['data'],
@@ -61,7 +65,11 @@ async function expectConflict(promise: Promise<unknown>): Promise<WrongExpectedR
 }
 
 /** One suite for every EventStore adapter: what the rest of the system relies on. */
-export function eventStoreContract(adapterName: string, setUp: () => Promise<EventStoreHarness | null>, tearDown: () => Promise<void>) {
+export function eventStoreContract(
+  adapterName: string,
+  setUp: () => Promise<EventStoreHarness | null>,
+  tearDown: () => Promise<void>,
+) {
   describe(`event store contract: ${adapterName}`, function () {
     this.timeout(60000);
     let harness: EventStoreHarness;
@@ -78,7 +86,11 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
     describe('append and read a stream', () => {
       it('appends a new stream at revision 0 and reads back data, metadata and position', async () => {
         const streamId = `${category()}-1`;
-        const event = newEvent('Created', { title: 'ünïcode ✓', nested: { n: 1, list: [1, 'two'] } }, randomUUID());
+        const event = newEvent(
+          'Created',
+          { title: 'ünïcode ✓', nested: { n: 1, list: [1, 'two'] } },
+          randomUUID(),
+        );
         const result = await store.append(streamId, [event], { expectedRevision: 'no_stream' });
         expect(result.nextRevision).to.equal(0);
 
@@ -94,20 +106,33 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
 
       it('reads a stream from a revision', async () => {
         const streamId = `${category()}-1`;
-        await store.append(streamId, [newEvent('A'), newEvent('B'), newEvent('C')], { expectedRevision: 'no_stream' });
+        await store.append(streamId, [newEvent('A'), newEvent('B'), newEvent('C')], {
+          expectedRevision: 'no_stream',
+        });
         const tail = await store.readStream(streamId, { fromRevision: 1 });
-        expect(tail.map((e) => [e.revision, e.type])).to.deep.equal([[1, 'B'], [2, 'C']]);
+        expect(tail.map((e) => [e.revision, e.type])).to.deep.equal([
+          [1, 'B'],
+          [2, 'C'],
+        ]);
       });
 
       it('chains each event to the one before it with a SHA-256 over stream, revision, type, data bytes and previous hash', async () => {
         const streamId = `${category()}-1`;
-        await store.append(streamId, [newEvent('A', { a: 1 }), newEvent('B', { b: 'x' })], { expectedRevision: 'no_stream' });
+        await store.append(streamId, [newEvent('A', { a: 1 }), newEvent('B', { b: 'x' })], {
+          expectedRevision: 'no_stream',
+        });
         await store.append(streamId, [newEvent('C', { c: [true, null] })], { expectedRevision: 1 });
         const events = await store.readStream(streamId);
         let previousHash = GENESIS_HASH;
         for (const event of events) {
           expect(JSON.parse(event.rawData)).to.deep.equal(event.data);
-          const expected = chainHash({ streamId, revision: event.revision, type: event.type, rawData: event.rawData, previousHash });
+          const expected = chainHash({
+            streamId,
+            revision: event.revision,
+            type: event.type,
+            rawData: event.rawData,
+            previousHash,
+          });
           expect(event.metadata.hash).to.equal(expected);
           previousHash = expected;
         }
@@ -120,12 +145,20 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
         await expectConflict(store.append(streamId, [newEvent('X')], { expectedRevision: 'stream_exists' }));
         await expectConflict(store.append(streamId, [newEvent('X')], { expectedRevision: 0 }));
         await store.append(streamId, [newEvent('A')], { expectedRevision: 'no_stream' });
-        const conflict = await expectConflict(store.append(streamId, [newEvent('X')], { expectedRevision: 'no_stream' }));
+        const conflict = await expectConflict(
+          store.append(streamId, [newEvent('X')], { expectedRevision: 'no_stream' }),
+        );
         expect(conflict.actual).to.equal(0);
         await expectConflict(store.append(streamId, [newEvent('X')], { expectedRevision: 5 }));
-        expect((await store.append(streamId, [newEvent('B')], { expectedRevision: 0 })).nextRevision).to.equal(1);
-        expect((await store.append(streamId, [newEvent('C')], { expectedRevision: 'stream_exists' })).nextRevision).to.equal(2);
-        expect((await store.append(streamId, [newEvent('D')], { expectedRevision: 'any' })).nextRevision).to.equal(3);
+        expect(
+          (await store.append(streamId, [newEvent('B')], { expectedRevision: 0 })).nextRevision,
+        ).to.equal(1);
+        expect(
+          (await store.append(streamId, [newEvent('C')], { expectedRevision: 'stream_exists' })).nextRevision,
+        ).to.equal(2);
+        expect(
+          (await store.append(streamId, [newEvent('D')], { expectedRevision: 'any' })).nextRevision,
+        ).to.equal(3);
         expect((await store.readStream(streamId)).map((e) => e.type)).to.deep.equal(['A', 'B', 'C', 'D']);
       });
 
@@ -147,7 +180,11 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
 
       it('serialises concurrent appends with "any" without losing one', async () => {
         const streamId = `${category()}-1`;
-        await Promise.all(Array.from({ length: 20 }, (_, i) => store.append(streamId, [newEvent('E', { i })], { expectedRevision: 'any' })));
+        await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            store.append(streamId, [newEvent('E', { i })], { expectedRevision: 'any' }),
+          ),
+        );
         const events = await store.readStream(streamId);
         expect(events.map((e) => e.revision)).to.deep.equal(Array.from({ length: 20 }, (_, i) => i));
         expect(new Set(events.map((e) => (e.data as { i: number }).i)).size).to.equal(20);
@@ -171,7 +208,9 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
         const prefix = category();
         const appended: string[] = [];
         for (let i = 0; i < 7; i++) {
-          const result = await store.append(`${prefix}-${i % 3}`, [newEvent('E', { i })], { expectedRevision: 'any' });
+          const result = await store.append(`${prefix}-${i % 3}`, [newEvent('E', { i })], {
+            expectedRevision: 'any',
+          });
           appended.push(result.position);
         }
         const read: RecordedEvent[] = [];
@@ -221,7 +260,13 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
         const streams = 12;
         const perStream = 15;
         const start = await store.headPosition();
-        const received = collect(store, start, (e) => e.streamId.startsWith(prefix), streams * perStream, 45000);
+        const received = collect(
+          store,
+          start,
+          (e) => e.streamId.startsWith(prefix),
+          streams * perStream,
+          45000,
+        );
         await Promise.all(
           Array.from({ length: streams }, async (_, s) => {
             for (let r = 0; r < perStream; r++) {
@@ -245,11 +290,13 @@ export function eventStoreContract(adapterName: string, setUp: () => Promise<Eve
       it('resumes a subscription after a checkpoint with nothing repeated and nothing missed', async () => {
         const prefix = category();
         const start = await store.headPosition();
-        for (let i = 0; i < 10; i++) await store.append(`${prefix}-${i % 2}`, [newEvent('E', { i })], { expectedRevision: 'any' });
+        for (let i = 0; i < 10; i++)
+          await store.append(`${prefix}-${i % 2}`, [newEvent('E', { i })], { expectedRevision: 'any' });
         const firstPart = await collect(store, start, (e) => e.streamId.startsWith(prefix), 4);
         const checkpoint = firstPart[3]!.position;
         const live = collect(store, checkpoint, (e) => e.streamId.startsWith(prefix), 8);
-        for (let i = 10; i < 12; i++) await store.append(`${prefix}-${i % 2}`, [newEvent('E', { i })], { expectedRevision: 'any' });
+        for (let i = 10; i < 12; i++)
+          await store.append(`${prefix}-${i % 2}`, [newEvent('E', { i })], { expectedRevision: 'any' });
         const rest = await live;
         const all = [...firstPart, ...rest].map((e) => (e.data as { i: number }).i);
         expect(all).to.deep.equal(Array.from({ length: 12 }, (_, i) => i));

@@ -4,7 +4,14 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import jwt from 'jsonwebtoken';
 import { skipSuiteUnless } from '../support/skips.js';
-import { call, eventually, startTestService, unavailableReason, type StackMode, type TestService } from '../support/service.js';
+import {
+  call,
+  eventually,
+  startTestService,
+  unavailableReason,
+  type StackMode,
+  type TestService,
+} from '../support/service.js';
 import { accountStreamId, loginAttemptsStreamId } from '../../src/commands/identity/account.js';
 import { sessionStreamId } from '../../src/commands/identity/session.js';
 
@@ -29,9 +36,12 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
     after(async () => service?.stop());
 
-    const register = (email: string, password = PASSWORD) => call(base, 'POST', '/register', { body: { email, password } });
-    const login = (email: string, password = PASSWORD) => call(base, 'POST', '/login', { body: { email, password } });
-    const refresh = (token: string) => call(base, 'POST', '/refresh', { body: { refresh_token: `Bearer ${token}` } });
+    const register = (email: string, password = PASSWORD) =>
+      call(base, 'POST', '/register', { body: { email, password } });
+    const login = (email: string, password = PASSWORD) =>
+      call(base, 'POST', '/login', { body: { email, password } });
+    const refresh = (token: string) =>
+      call(base, 'POST', '/refresh', { body: { refresh_token: `Bearer ${token}` } });
     const logout = (token: string, accessToken?: string) =>
       call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
     const registeredAndLoggedIn = async () => {
@@ -41,7 +51,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       expect(response.status).to.equal(200);
       return { email, ...(response.body as { access_token: string; refresh_token: string }) };
     };
-    const streamTypes = async (streamId: string) => (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type);
+    const streamTypes = async (streamId: string) =>
+      (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type);
 
     describe('register', () => {
       it('registers with a normalised email and answers 201 {id, email}', async () => {
@@ -67,7 +78,9 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const tooLong = await register(newEmail(), 'é'.repeat(37)); // 37 characters, 74 bytes
         expect(tooLong.status).to.equal(400);
         expect(tooLong.body.errors[0].path).to.equal('/body/password');
-        const extra = await call(base, 'POST', '/register', { body: { email: newEmail(), password: PASSWORD, role: 'admin' } });
+        const extra = await call(base, 'POST', '/register', {
+          body: { email: newEmail(), password: PASSWORD, role: 'admin' },
+        });
         expect(extra.status).to.equal(400);
       });
 
@@ -91,8 +104,14 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     describe('login', () => {
       it('logs in right after register with a token pair whose JWT carries the documented claims', async () => {
-        const { access_token: accessToken, refresh_token: refreshToken, email } = await registeredAndLoggedIn();
-        const claims = jwt.verify(accessToken, service.config.jwt.secret, { algorithms: ['HS256'] }) as jwt.JwtPayload;
+        const {
+          access_token: accessToken,
+          refresh_token: refreshToken,
+          email,
+        } = await registeredAndLoggedIn();
+        const claims = jwt.verify(accessToken, service.config.jwt.secret, {
+          algorithms: ['HS256'],
+        }) as jwt.JwtPayload;
         expect(claims).to.include.keys('sub', 'role', 'jti', 'iat', 'exp', 'iss', 'aud');
         expect(claims.role).to.equal('user');
         expect(claims.exp! - claims.iat!).to.equal(300);
@@ -101,10 +120,17 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const me = await call(base, 'GET', '/me', { token: accessToken });
         expect(me.status).to.equal(200);
         expect(me.body.role).to.equal('user');
-        const users = await eventually(async () => {
-          const { rows } = await service.service.infrastructure.pool.query('SELECT email, role FROM users WHERE id = $1', [claims.sub]);
-          return rows[0];
-        }, 15000, 'the users read model');
+        const users = await eventually(
+          async () => {
+            const { rows } = await service.service.infrastructure.pool.query(
+              'SELECT email, role FROM users WHERE id = $1',
+              [claims.sub],
+            );
+            return rows[0];
+          },
+          15000,
+          'the users read model',
+        );
         expect(users).to.deep.equal({ email, role: 'user' });
       });
 
@@ -115,7 +141,11 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const unknownEmail = await login(newEmail(), 'wrong password!');
         expect(wrongPassword.status).to.equal(401);
         expect(unknownEmail.status).to.equal(401);
-        const comparable = (body: Record<string, unknown>) => ({ ...body, instance: undefined, request_id: undefined });
+        const comparable = (body: Record<string, unknown>) => ({
+          ...body,
+          instance: undefined,
+          request_id: undefined,
+        });
         expect(comparable(wrongPassword.body)).to.deep.equal(comparable(unknownEmail.body));
         expect(await streamTypes(loginAttemptsStreamId(email))).to.deep.equal(['LoginFailed']);
       });
@@ -127,7 +157,11 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const limited = await login(email);
         expect(limited.status).to.equal(429);
         expect(Number(limited.headers.get('retry-after'))).to.be.greaterThan(0);
-        expect(await streamTypes(loginAttemptsStreamId(email))).to.deep.equal(['LoginFailed', 'LoginFailed', 'LoginFailed']);
+        expect(await streamTypes(loginAttemptsStreamId(email))).to.deep.equal([
+          'LoginFailed',
+          'LoginFailed',
+          'LoginFailed',
+        ]);
       });
     });
 
@@ -138,7 +172,9 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         expect(rotated.status).to.equal(200);
         expect(rotated.body.refresh_token).not.to.equal(first.refresh_token);
         expect((await call(base, 'GET', '/me', { token: rotated.body.access_token })).status).to.equal(200);
-        const bare = await call(base, 'POST', '/refresh', { body: { refresh_token: rotated.body.refresh_token } });
+        const bare = await call(base, 'POST', '/refresh', {
+          body: { refresh_token: rotated.body.refresh_token },
+        });
         expect(bare.status, 'the token without "Bearer " works too').to.equal(200);
       });
 
@@ -159,7 +195,9 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
       it('gives exactly one success to two concurrent refreshes with one token', async () => {
         const { refresh_token: token } = await registeredAndLoggedIn();
-        const statuses = (await Promise.all([refresh(token), refresh(token), refresh(token)])).map((r) => r.status).sort();
+        const statuses = (await Promise.all([refresh(token), refresh(token), refresh(token)]))
+          .map((r) => r.status)
+          .sort();
         expect(statuses).to.deep.equal([200, 401, 401]);
       });
 
@@ -190,17 +228,31 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         await register(email);
         const phone = (await login(email)).body;
         const laptop = (await login(email)).body;
-        await eventually(async () => {
-          const { rowCount } = await service.service.infrastructure.pool.query('SELECT 1 FROM refresh_tokens WHERE session_id = $1', [phone.refresh_token.split('.')[0]]);
-          return rowCount === 1 ? true : undefined;
-        }, 15000, 'the refresh token row');
+        await eventually(
+          async () => {
+            const { rowCount } = await service.service.infrastructure.pool.query(
+              'SELECT 1 FROM refresh_tokens WHERE session_id = $1',
+              [phone.refresh_token.split('.')[0]],
+            );
+            return rowCount === 1 ? true : undefined;
+          },
+          15000,
+          'the refresh token row',
+        );
         expect((await logout(phone.refresh_token)).status).to.equal(204);
         expect((await refresh(phone.refresh_token)).status).to.equal(401);
         expect((await refresh(laptop.refresh_token)).status).to.equal(200);
-        await eventually(async () => {
-          const { rowCount } = await service.service.infrastructure.pool.query('SELECT 1 FROM refresh_tokens WHERE session_id = $1', [phone.refresh_token.split('.')[0]]);
-          return rowCount === 0 ? true : undefined;
-        }, 15000, 'the refresh token row to be deleted');
+        await eventually(
+          async () => {
+            const { rowCount } = await service.service.infrastructure.pool.query(
+              'SELECT 1 FROM refresh_tokens WHERE session_id = $1',
+              [phone.refresh_token.split('.')[0]],
+            );
+            return rowCount === 0 ? true : undefined;
+          },
+          15000,
+          'the refresh token row to be deleted',
+        );
       });
 
       it("does not let a user log out another user's session", async () => {
@@ -255,14 +307,22 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const env = {
           ...process.env,
           LOG_LEVEL: 'silent',
-          ...(mode === 'embedded' ? { DATA_DIR: service.config.embedded.dataDir, DATABASE_URL: '' } : { DATABASE_URL: service.config.databaseUrl! }),
+          ...(mode === 'embedded'
+            ? { DATA_DIR: service.config.embedded.dataDir, DATABASE_URL: '' }
+            : { DATABASE_URL: service.config.databaseUrl! }),
         };
-        const { stdout } = await run('node', ['bin/task-manager.mjs', 'users', 'grant-role', email, 'auditor'], { env });
+        const { stdout } = await run(
+          'node',
+          ['bin/task-manager.mjs', 'users', 'grant-role', email, 'auditor'],
+          { env },
+        );
         expect(stdout).to.include('is now auditor');
         const relogin = await login(email);
         const claims = jwt.decode(relogin.body.access_token) as jwt.JwtPayload;
         expect(claims.role).to.equal('auditor');
-        const refused = await run('node', ['bin/task-manager.mjs', 'users', 'grant-role', email, 'emperor'], { env }).catch((e) => e);
+        const refused = await run('node', ['bin/task-manager.mjs', 'users', 'grant-role', email, 'emperor'], {
+          env,
+        }).catch((e) => e);
         expect(refused.code).to.equal(1);
         expect(refused.stderr).to.include('must be one of');
       });

@@ -1,12 +1,10 @@
-import { existsSync } from 'node:fs';
 import { expect } from 'chai';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { chromiumMissing, launchChromium } from '../support/browser.js';
 import { pino } from 'pino';
 import { Api } from '../../src/infra/http/api.js';
 import { createHttpApp, createMetrics, listen, type RunningServer } from '../../src/infra/http/app.js';
 import { skipSuiteUnless } from '../support/skips.js';
-
-const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 async function startDemoApp(): Promise<RunningServer> {
   const api = new Api();
@@ -48,21 +46,10 @@ describe('Swagger UI in a browser', function () {
   let browser: Browser | undefined;
 
   before(async function () {
-    skipSuiteUnless(this, existsSync(executablePath), `no Chromium at ${executablePath} (set CHROMIUM_PATH)`);
+    const missing = chromiumMissing();
+    skipSuiteUnless(this, missing === null, missing ?? '');
     running = await startDemoApp();
-    browser = await chromium.launch({
-      executablePath,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
@@ -113,9 +100,12 @@ describe('Swagger UI in a browser', function () {
     const { page } = await open('/swagger/index.html');
     try {
       await page.click('#operations-demo-createDemo .opblock-summary');
-      await page.waitForSelector('#operations-demo-createDemo .opblock-body');
-      const body = await page.textContent('#operations-demo-createDemo .opblock-body');
-      expect(body).to.include('write the report');
+      // swagger-ui renders the panel first and its example a moment later: wait for the text itself.
+      const panel = page.locator('#operations-demo-createDemo .opblock-body', {
+        hasText: 'write the report',
+      });
+      await panel.waitFor({ timeout: 15_000 });
+      expect(await panel.textContent()).to.include('write the report');
     } finally {
       await page.close();
     }

@@ -21,7 +21,12 @@ const redisOptions = (url: string, registry = new Registry()) => ({
 let memory: MemoryCache | undefined;
 cacheContract(
   'in-process LRU',
-  async () => (memory = new MemoryCache({ maxEntries: 100, defaultTtlSeconds: 60, metrics: cacheMetrics(new Registry()) })),
+  async () =>
+    (memory = new MemoryCache({
+      maxEntries: 100,
+      defaultTtlSeconds: 60,
+      metrics: cacheMetrics(new Registry()),
+    })),
   async () => memory?.close(),
 );
 
@@ -37,12 +42,20 @@ cacheContract(
 
 describe('in-process LRU', () => {
   it('evicts the least recently used entry when full', async () => {
-    const cache = new MemoryCache({ maxEntries: 2, defaultTtlSeconds: 60, metrics: cacheMetrics(new Registry()) });
+    const cache = new MemoryCache({
+      maxEntries: 2,
+      defaultTtlSeconds: 60,
+      metrics: cacheMetrics(new Registry()),
+    });
     await cache.set('a', 1);
     await cache.set('b', 2);
     await cache.get('a'); // now b is the least recently used
     await cache.set('c', 3);
-    expect([await cache.get('a'), await cache.get('b'), await cache.get('c')]).to.deep.equal([1, undefined, 3]);
+    expect([await cache.get('a'), await cache.get('b'), await cache.get('c')]).to.deep.equal([
+      1,
+      undefined,
+      3,
+    ]);
   });
 });
 

@@ -15,7 +15,13 @@ busContract(
   async () => {
     database = await createTestDatabase('direct');
     const logger = silentLogger();
-    store = new PostgresEventStore({ pool: database.pool, connectionString: database.url, logger, pollIntervalMs: 100, batchSize: 100 });
+    store = new PostgresEventStore({
+      pool: database.pool,
+      connectionString: database.url,
+      logger,
+      pollIntervalMs: 100,
+      batchSize: 100,
+    });
     bus = new DirectBus({ store, checkpoints: new LogCheckpoints(database.pool), logger });
     return { store, bus };
   },

@@ -24,7 +24,13 @@ busContract(
     const settings = testKafkaSettings(brokers!);
     const kafka = createKafka(settings, logger);
     const checkpoints = new LogCheckpoints(database.pool);
-    const eventStore = new PostgresEventStore({ pool: database.pool, connectionString: database.url, logger, pollIntervalMs: 100, batchSize: 100 });
+    const eventStore = new PostgresEventStore({
+      pool: database.pool,
+      connectionString: database.url,
+      logger,
+      pollIntervalMs: 100,
+      batchSize: 100,
+    });
     store = eventStore;
     bus = new KafkaBus({ kafka, settings, logger });
     const url = database.url;

@@ -2,7 +2,10 @@ import { expect } from 'chai';
 import { foldEvents, type Decider, type DomainEvent } from '../../src/commands/commandHandler.js';
 
 /** Given events / when a command / then events or an error: the deciders' tests, without I/O. */
-export function given<State, Event extends DomainEvent>(decider: Decider<State, Event>, history: NoInfer<Event>[]) {
+export function given<State, Event extends DomainEvent>(
+  decider: Decider<State, Event>,
+  history: NoInfer<Event>[],
+) {
   const state = foldEvents(decider, history);
   return {
     when: (decide: (state: State) => NoInfer<Event>[]) => ({

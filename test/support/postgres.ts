@@ -7,7 +7,8 @@ import { silentLogger } from '../../src/infra/logger.js';
 /** The server the test command set up (scripts/services.sh); integration tests need it. */
 export const adminDatabaseUrl = (): string => {
   const url = process.env.DATABASE_URL;
-  if (!url) throw new Error('DATABASE_URL is not set: run the tests with `npm test`, which starts the services');
+  if (!url)
+    throw new Error('DATABASE_URL is not set: run the tests with `npm test`, which starts the services');
   return url;
 };
 
@@ -30,7 +31,10 @@ export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
   }
   const url = new URL(adminDatabaseUrl());
   url.pathname = `/${name}`;
-  const pool = createPool({ connectionString: url.toString(), max: 20, statementTimeoutMs: 30000 }, silentLogger());
+  const pool = createPool(
+    { connectionString: url.toString(), max: 20, statementTimeoutMs: 30000 },
+    silentLogger(),
+  );
   await migrate(pool, silentLogger());
   return {
     url: url.toString(),

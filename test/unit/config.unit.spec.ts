@@ -53,7 +53,9 @@ describe('config', () => {
   });
 
   it('keeps the PostgreSQL event store when EVENT_STORE says so, even with an EventStoreDB URL', () => {
-    expect(loadWith({ EVENTSTORE_URL: 'esdb://es:2113', EVENT_STORE: 'postgres' }).eventStore).to.equal('postgres');
+    expect(loadWith({ EVENTSTORE_URL: 'esdb://es:2113', EVENT_STORE: 'postgres' }).eventStore).to.equal(
+      'postgres',
+    );
   });
 
   it('reads a .env file, with the real environment winning', () => {
@@ -76,7 +78,10 @@ describe('config', () => {
     const dir = emptyDir();
     const file = path.join(dir, 'config.yml');
     writeFileSync(file, 'port: 3000\nprot: 1\n');
-    expect(() => loadConfig({ env: {}, cwd: dir, configFile: file })).to.throw(ConfigError, 'prot: unknown setting');
+    expect(() => loadConfig({ env: {}, cwd: dir, configFile: file })).to.throw(
+      ConfigError,
+      'prot: unknown setting',
+    );
   });
 
   it('refuses to start in production on the default or a short JWT secret', () => {

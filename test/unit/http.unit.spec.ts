@@ -444,7 +444,7 @@ describe('HTTP shell', () => {
     it('is OpenAPI 3.1 and documents the demo route with the schema the validator uses', async () => {
       const response = await fetch(`${h.url}/openapi.json`);
       expect(response.status).to.equal(200);
-      const doc = (await response.json()) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+      const doc = (await response.json()) as Record<string, any>;
       expect(doc.openapi).to.equal('3.1.0');
       expect(doc.info).to.deep.equal(info);
       const post = doc.paths['/demo/{id}'].post;
@@ -482,7 +482,7 @@ describe('HTTP shell', () => {
     });
 
     it('marks bearer-protected operations with the bearerAuth scheme', async () => {
-      const doc = (await (await fetch(`${h.url}/openapi.json`)).json()) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+      const doc = (await (await fetch(`${h.url}/openapi.json`)).json()) as Record<string, any>;
       expect(doc.components.securitySchemes.bearerAuth).to.deep.equal({
         type: 'http',
         scheme: 'bearer',
@@ -645,7 +645,7 @@ describe('HTTP shell', () => {
         expect((await problemOf(bad)).errors).to.deep.equal([
           { path: '/body/email', message: 'must match format "email"' },
         ]);
-        const doc = (await (await fetch(`${running.url}/openapi.json`)).json()) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+        const doc = (await (await fetch(`${running.url}/openapi.json`)).json()) as Record<string, any>;
         expect(doc.components.schemas.Email).to.deep.equal({ type: 'string', format: 'email' });
         expect(
           doc.paths['/people'].post.requestBody.content['application/json'].schema.properties.email,

@@ -1,7 +1,18 @@
 import { expect } from 'chai';
 import { ConflictError, NotFoundError, UnauthorizedError } from '../../src/errors.js';
-import { account, accountStreamId, grantRole, normaliseEmail, registerUser } from '../../src/commands/identity/account.js';
-import { endSession, rotateRefreshToken, session, startSession } from '../../src/commands/identity/session.js';
+import {
+  account,
+  accountStreamId,
+  grantRole,
+  normaliseEmail,
+  registerUser,
+} from '../../src/commands/identity/account.js';
+import {
+  endSession,
+  rotateRefreshToken,
+  session,
+  startSession,
+} from '../../src/commands/identity/session.js';
 import type { AccountEvent, SessionEvent } from '../../src/commands/identity/events.js';
 import { given } from '../support/decider.js';
 
@@ -11,13 +22,21 @@ const weekLater = new Date('2026-03-08T10:00:00.000Z');
 
 const registered: AccountEvent = {
   type: 'UserRegistered',
-  data: { userId: 'u1', email: 'ann@example.com', passwordHash: '$2b$hash', role: 'user', registeredAt: now.toISOString() },
+  data: {
+    userId: 'u1',
+    email: 'ann@example.com',
+    passwordHash: '$2b$hash',
+    role: 'user',
+    registeredAt: now.toISOString(),
+  },
 };
 
 describe('account decider', () => {
   it('registers a new email with the user role and a normalised address', () => {
     given(account, [])
-      .when((s) => registerUser({ userId: 'u1', email: '  Ann@Example.COM ', passwordHash: '$2b$hash', now }, s))
+      .when((s) =>
+        registerUser({ userId: 'u1', email: '  Ann@Example.COM ', passwordHash: '$2b$hash', now }, s),
+      )
       .then([registered]);
   });
 
@@ -34,76 +53,164 @@ describe('account decider', () => {
   });
 
   it('grants a role once; granting it again changes nothing', () => {
-    const granted: AccountEvent = { type: 'RoleGranted', data: { userId: 'u1', role: 'auditor', grantedAt: now.toISOString() } };
-    given(account, [registered]).when((s) => grantRole({ role: 'auditor', now }, s)).then([granted]);
-    given(account, [registered, granted]).when((s) => grantRole({ role: 'auditor', now }, s)).then([]);
+    const granted: AccountEvent = {
+      type: 'RoleGranted',
+      data: { userId: 'u1', role: 'auditor', grantedAt: now.toISOString() },
+    };
+    given(account, [registered])
+      .when((s) => grantRole({ role: 'auditor', now }, s))
+      .then([granted]);
+    given(account, [registered, granted])
+      .when((s) => grantRole({ role: 'auditor', now }, s))
+      .then([]);
   });
 
   it('cannot grant a role to an account that does not exist', () => {
-    given(account, []).when((s) => grantRole({ role: 'admin', now }, s)).thenThrows(NotFoundError);
+    given(account, [])
+      .when((s) => grantRole({ role: 'admin', now }, s))
+      .thenThrows(NotFoundError);
   });
 });
 
 describe('session decider', () => {
   const started: SessionEvent = {
     type: 'SessionStarted',
-    data: { sessionId: 's1', userId: 'u1', email: 'ann@example.com', refreshTokenHash: 'h1', expiresAt: weekLater.toISOString(), startedAt: now.toISOString() },
+    data: {
+      sessionId: 's1',
+      userId: 'u1',
+      email: 'ann@example.com',
+      refreshTokenHash: 'h1',
+      expiresAt: weekLater.toISOString(),
+      startedAt: now.toISOString(),
+    },
   };
   const rotated: SessionEvent = {
     type: 'RefreshTokenRotated',
-    data: { sessionId: 's1', previousTokenHash: 'h1', refreshTokenHash: 'h2', expiresAt: weekLater.toISOString(), rotatedAt: later.toISOString() },
+    data: {
+      sessionId: 's1',
+      previousTokenHash: 'h1',
+      refreshTokenHash: 'h2',
+      expiresAt: weekLater.toISOString(),
+      rotatedAt: later.toISOString(),
+    },
   };
 
   it('starts a session with its first refresh token', () => {
     given(session, [])
-      .when((s) => startSession({ sessionId: 's1', userId: 'u1', email: 'ann@example.com', refreshTokenHash: 'h1', expiresAt: weekLater, now }, s))
+      .when((s) =>
+        startSession(
+          {
+            sessionId: 's1',
+            userId: 'u1',
+            email: 'ann@example.com',
+            refreshTokenHash: 'h1',
+            expiresAt: weekLater,
+            now,
+          },
+          s,
+        ),
+      )
       .then([started]);
   });
 
   it('rotates the current refresh token, spending it', () => {
     given(session, [started])
-      .when((s) => rotateRefreshToken({ presentedTokenHash: 'h1', newTokenHash: 'h2', newExpiresAt: weekLater, now: later }, s))
+      .when((s) =>
+        rotateRefreshToken(
+          { presentedTokenHash: 'h1', newTokenHash: 'h2', newExpiresAt: weekLater, now: later },
+          s,
+        ),
+      )
       .then([rotated]);
   });
 
   it('treats a spent token shown again as reuse: the whole session is revoked', () => {
     given(session, [started, rotated])
-      .when((s) => rotateRefreshToken({ presentedTokenHash: 'h1', newTokenHash: 'h3', newExpiresAt: weekLater, now: later }, s))
+      .when((s) =>
+        rotateRefreshToken(
+          { presentedTokenHash: 'h1', newTokenHash: 'h3', newExpiresAt: weekLater, now: later },
+          s,
+        ),
+      )
       .then([
-        { type: 'RefreshTokenReuseDetected', data: { sessionId: 's1', userId: 'u1', presentedTokenHash: 'h1', detectedAt: later.toISOString() } },
-        { type: 'SessionRevoked', data: { sessionId: 's1', userId: 'u1', reason: 'refresh_token_reuse', revokedAt: later.toISOString() } },
+        {
+          type: 'RefreshTokenReuseDetected',
+          data: { sessionId: 's1', userId: 'u1', presentedTokenHash: 'h1', detectedAt: later.toISOString() },
+        },
+        {
+          type: 'SessionRevoked',
+          data: {
+            sessionId: 's1',
+            userId: 'u1',
+            reason: 'refresh_token_reuse',
+            revokedAt: later.toISOString(),
+          },
+        },
       ]);
   });
 
   it('refuses the newest token of a revoked session', () => {
-    const revoked: SessionEvent = { type: 'SessionRevoked', data: { sessionId: 's1', userId: 'u1', reason: 'refresh_token_reuse', revokedAt: later.toISOString() } };
+    const revoked: SessionEvent = {
+      type: 'SessionRevoked',
+      data: { sessionId: 's1', userId: 'u1', reason: 'refresh_token_reuse', revokedAt: later.toISOString() },
+    };
     given(session, [started, rotated, revoked])
-      .when((s) => rotateRefreshToken({ presentedTokenHash: 'h2', newTokenHash: 'h3', newExpiresAt: weekLater, now: later }, s))
+      .when((s) =>
+        rotateRefreshToken(
+          { presentedTokenHash: 'h2', newTokenHash: 'h3', newExpiresAt: weekLater, now: later },
+          s,
+        ),
+      )
       .thenThrows(UnauthorizedError, 'ended');
   });
 
   it('refuses an expired refresh token', () => {
     given(session, [started])
-      .when((s) => rotateRefreshToken({ presentedTokenHash: 'h1', newTokenHash: 'h2', newExpiresAt: weekLater, now: weekLater }, s))
+      .when((s) =>
+        rotateRefreshToken(
+          { presentedTokenHash: 'h1', newTokenHash: 'h2', newExpiresAt: weekLater, now: weekLater },
+          s,
+        ),
+      )
       .thenThrows(UnauthorizedError, 'expired');
   });
 
   it('refuses a token the session never issued, without revoking it', () => {
     given(session, [started])
-      .when((s) => rotateRefreshToken({ presentedTokenHash: 'forged', newTokenHash: 'h2', newExpiresAt: weekLater, now: later }, s))
+      .when((s) =>
+        rotateRefreshToken(
+          { presentedTokenHash: 'forged', newTokenHash: 'h2', newExpiresAt: weekLater, now: later },
+          s,
+        ),
+      )
       .thenThrows(UnauthorizedError);
   });
 
   it('logs out with the current token; logging out again is a no-op', () => {
-    const loggedOut: SessionEvent = { type: 'SessionRevoked', data: { sessionId: 's1', userId: 'u1', reason: 'logout', revokedAt: later.toISOString() } };
-    given(session, [started]).when((s) => endSession({ presentedTokenHash: 'h1', now: later }, s)).then([loggedOut]);
-    given(session, [started, loggedOut]).when((s) => endSession({ presentedTokenHash: 'h1', now: later }, s)).then([]);
+    const loggedOut: SessionEvent = {
+      type: 'SessionRevoked',
+      data: { sessionId: 's1', userId: 'u1', reason: 'logout', revokedAt: later.toISOString() },
+    };
+    given(session, [started])
+      .when((s) => endSession({ presentedTokenHash: 'h1', now: later }, s))
+      .then([loggedOut]);
+    given(session, [started, loggedOut])
+      .when((s) => endSession({ presentedTokenHash: 'h1', now: later }, s))
+      .then([]);
   });
 
   it('refuses a refresh after logout', () => {
-    const loggedOut: SessionEvent = { type: 'SessionRevoked', data: { sessionId: 's1', userId: 'u1', reason: 'logout', revokedAt: later.toISOString() } };
+    const loggedOut: SessionEvent = {
+      type: 'SessionRevoked',
+      data: { sessionId: 's1', userId: 'u1', reason: 'logout', revokedAt: later.toISOString() },
+    };
     given(session, [started, loggedOut])
-      .when((s) => rotateRefreshToken({ presentedTokenHash: 'h1', newTokenHash: 'h2', newExpiresAt: weekLater, now: later }, s))
+      .when((s) =>
+        rotateRefreshToken(
+          { presentedTokenHash: 'h1', newTokenHash: 'h2', newExpiresAt: weekLater, now: later },
+          s,
+        ),
+      )
       .thenThrows(UnauthorizedError);
   });
 });

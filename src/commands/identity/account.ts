@@ -16,7 +16,13 @@ export const account: Decider<Account, AccountEvent> = {
   evolve: (state, event) => {
     switch (event.type) {
       case 'UserRegistered':
-        return { exists: true, userId: event.data.userId, email: event.data.email, passwordHash: event.data.passwordHash, role: event.data.role };
+        return {
+          exists: true,
+          userId: event.data.userId,
+          email: event.data.email,
+          passwordHash: event.data.passwordHash,
+          role: event.data.role,
+        };
       case 'RoleGranted':
         return { ...state, role: event.data.role };
       default:
@@ -64,5 +70,10 @@ export interface GrantRole {
 export const grantRole = (command: GrantRole, state: Account): RoleGranted[] => {
   if (!state.exists) throw new NotFoundError('no account with this email');
   if (state.role === command.role) return []; // already so: granting again changes nothing
-  return [{ type: 'RoleGranted', data: { userId: state.userId!, role: command.role, grantedAt: command.now.toISOString() } }];
+  return [
+    {
+      type: 'RoleGranted',
+      data: { userId: state.userId!, role: command.role, grantedAt: command.now.toISOString() },
+    },
+  ];
 };

@@ -20,11 +20,24 @@ export type LoginFailed = DomainEvent<
 /** Stream `session-<sessionId>`: one login, its chain of refresh tokens (a token family) and its end. */
 export type SessionStarted = DomainEvent<
   'SessionStarted',
-  { sessionId: string; userId: string; email: string; refreshTokenHash: string; expiresAt: string; startedAt: string }
+  {
+    sessionId: string;
+    userId: string;
+    email: string;
+    refreshTokenHash: string;
+    expiresAt: string;
+    startedAt: string;
+  }
 >;
 export type RefreshTokenRotated = DomainEvent<
   'RefreshTokenRotated',
-  { sessionId: string; previousTokenHash: string; refreshTokenHash: string; expiresAt: string; rotatedAt: string }
+  {
+    sessionId: string;
+    previousTokenHash: string;
+    refreshTokenHash: string;
+    expiresAt: string;
+    rotatedAt: string;
+  }
 >;
 export type RefreshTokenReuseDetected = DomainEvent<
   'RefreshTokenReuseDetected',

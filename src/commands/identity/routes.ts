@@ -1,20 +1,45 @@
 import bcrypt from 'bcryptjs';
 import type { Request, Response } from 'express';
-import { ConflictError, ForbiddenError, TooManyRequestsError, UnauthorizedError, ValidationError } from '../../errors.js';
+import {
+  ConflictError,
+  ForbiddenError,
+  TooManyRequestsError,
+  UnauthorizedError,
+  ValidationError,
+} from '../../errors.js';
 import type { Api, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { RateLimiter } from '../../infra/rateLimit/rateLimiter.js';
 import type { Logger } from '../../infra/logger.js';
 import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
 import { account, accountStreamId, loginAttemptsStreamId, normaliseEmail, registerUser } from './account.js';
-import { detectsReuse, endSession, rotateRefreshToken, session, sessionStreamId, startSession } from './session.js';
-import { issueAccessToken, newRefreshToken, parseRefreshToken, verifyAccessToken, type AccessClaims, type TokenSettings } from './tokens.js';
+import {
+  detectsReuse,
+  endSession,
+  rotateRefreshToken,
+  session,
+  sessionStreamId,
+  startSession,
+} from './session.js';
+import {
+  issueAccessToken,
+  newRefreshToken,
+  parseRefreshToken,
+  verifyAccessToken,
+  type AccessClaims,
+  type TokenSettings,
+} from './tokens.js';
 import type { LoginFailed, UserRole } from './events.js';
 
 export interface IdentityDeps {
   store: EventStore;
   tokens: TokenSettings;
-  auth: { bcryptCost: number; maxFailedLoginsPerEmail: number; maxFailedLoginsPerAddress: number; failedLoginWindowSeconds: number };
+  auth: {
+    bcryptCost: number;
+    maxFailedLoginsPerEmail: number;
+    maxFailedLoginsPerAddress: number;
+    failedLoginWindowSeconds: number;
+  };
   rateLimiter: RateLimiter;
   clock: () => Date;
   newId: () => string;
@@ -58,17 +83,25 @@ const refreshTokenBodySchema: JSONSchema = {
       type: 'string',
       minLength: 1,
       maxLength: 512,
-      description: 'The refresh token, as `Bearer <token>` (the seed\'s shape) or bare.',
+      description: "The refresh token, as `Bearer <token>` (the seed's shape) or bare.",
     },
   },
-  examples: [{ refresh_token: 'Bearer 00000000-0000-4000-8000-000000000000.REPLACE_WITH_YOUR_REFRESH_TOKEN_00000000000' }],
+  examples: [
+    {
+      refresh_token:
+        'Bearer 00000000-0000-4000-8000-000000000000.REPLACE_WITH_YOUR_REFRESH_TOKEN_00000000000',
+    },
+  ],
 };
 
 const tokenPairSchema: JSONSchema = {
   type: 'object',
   required: ['access_token', 'refresh_token', 'token_type', 'expires_in'],
   properties: {
-    access_token: { type: 'string', description: 'A JWT (HS256) to send as `Authorization: Bearer <token>`.' },
+    access_token: {
+      type: 'string',
+      description: 'A JWT (HS256) to send as `Authorization: Bearer <token>`.',
+    },
     refresh_token: { type: 'string', description: 'Opaque; exchange it at /refresh before it expires.' },
     token_type: { const: 'Bearer' },
     expires_in: { type: 'integer', description: 'Seconds the access token lives.' },
@@ -118,10 +151,19 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     userId,
   });
 
-  const issueTokens = (res: Response, subject: { userId: string; role: UserRole; sessionId: string }, refreshToken: string) => {
+  const issueTokens = (
+    res: Response,
+    subject: { userId: string; role: UserRole; sessionId: string },
+    refreshToken: string,
+  ) => {
     const accessToken = issueAccessToken(tokens, subject, clock(), newId());
     res.set('Cache-Control', 'no-store');
-    res.status(200).json({ access_token: accessToken, refresh_token: refreshToken, token_type: 'Bearer', expires_in: tokens.accessTtlSeconds });
+    res.status(200).json({
+      access_token: accessToken,
+      refresh_token: refreshToken,
+      token_type: 'Bearer',
+      expires_in: tokens.accessTtlSeconds,
+    });
   };
 
   api.route<{ email: string; password: string }>(
@@ -135,7 +177,11 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       responses: {
         201: {
           description: 'Registered',
-          schema: { type: 'object', required: ['id', 'email'], properties: { id: { type: 'string', format: 'uuid' }, email: { type: 'string' } } },
+          schema: {
+            type: 'object',
+            required: ['id', 'email'],
+            properties: { id: { type: 'string', format: 'uuid' }, email: { type: 'string' } },
+          },
           example: { id: '5b1f3c2e-8d5a-4f7e-9c61-0a2b3c4d5e6f', email: 'ann@example.com' },
         },
         400: problem('Invalid email or password (8 characters to 72 bytes)'),
@@ -145,7 +191,9 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     async (req, res) => {
       const email = normaliseEmail(req.body.email);
       if (Buffer.byteLength(req.body.password, 'utf8') > MAX_PASSWORD_BYTES)
-        throw new ValidationError([{ path: '/body/password', message: `must be at most ${MAX_PASSWORD_BYTES} bytes` }]);
+        throw new ValidationError([
+          { path: '/body/password', message: `must be at most ${MAX_PASSWORD_BYTES} bytes` },
+        ]);
       const passwordHash = await bcrypt.hash(req.body.password, deps.auth.bcryptCost);
       const userId = newId();
       const result = await handleCommand(
@@ -157,7 +205,8 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
         // A conflict here means someone else registered this email at the same moment: that is the answer.
         { maxAttempts: 2 },
       ).catch((error) => {
-        if (error instanceof ConflictError) throw new ConflictError('an account with this email already exists');
+        if (error instanceof ConflictError)
+          throw new ConflictError('an account with this email already exists');
         throw error;
       });
       res.set('X-Position', result.position ?? '');
@@ -186,22 +235,52 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       const { auth } = deps;
       const emailKey = `login-failures:email:${accountStreamId(email)}`;
       const addressKey = `login-failures:address:${clientAddress}`;
-      const [byEmail, byAddress] = await Promise.all([rateLimiter.count(emailKey), rateLimiter.count(addressKey)]);
+      const [byEmail, byAddress] = await Promise.all([
+        rateLimiter.count(emailKey),
+        rateLimiter.count(addressKey),
+      ]);
       if (byEmail.count >= auth.maxFailedLoginsPerEmail || byAddress.count >= auth.maxFailedLoginsPerAddress)
-        throw new TooManyRequestsError(Math.max(1, byEmail.resetInSeconds, byAddress.resetInSeconds), 'too many failed logins; try again later');
+        throw new TooManyRequestsError(
+          Math.max(1, byEmail.resetInSeconds, byAddress.resetInSeconds),
+          'too many failed logins; try again later',
+        );
 
       // Read from the log, not a read model: a login right after register must not depend on projection lag.
       const state = foldEvents(account, await store.readStream(accountStreamId(email)));
       const passwordMatches = await bcrypt.compare(req.body.password, state.passwordHash ?? dummyHash);
       if (!state.exists || !passwordMatches) {
-        await Promise.all([rateLimiter.record(emailKey, auth.failedLoginWindowSeconds), rateLimiter.record(addressKey, auth.failedLoginWindowSeconds)]);
+        await Promise.all([
+          rateLimiter.record(emailKey, auth.failedLoginWindowSeconds),
+          rateLimiter.record(addressKey, auth.failedLoginWindowSeconds),
+        ]);
         const failed: LoginFailed = {
           type: 'LoginFailed',
-          data: { email, reason: state.exists ? 'wrong_password' : 'unknown_email', clientAddress, failedAt: clock().toISOString() },
+          data: {
+            email,
+            reason: state.exists ? 'wrong_password' : 'unknown_email',
+            clientAddress,
+            failedAt: clock().toISOString(),
+          },
         };
         const ctx = context(req, state.userId);
         await store
-          .append(loginAttemptsStreamId(email), [{ eventId: newId(), type: failed.type, data: failed.data, metadata: { correlationId: ctx.correlationId, causationId: null, userId: state.userId, timestamp: failed.data.failedAt } }], { expectedRevision: 'any' })
+          .append(
+            loginAttemptsStreamId(email),
+            [
+              {
+                eventId: newId(),
+                type: failed.type,
+                data: failed.data,
+                metadata: {
+                  correlationId: ctx.correlationId,
+                  causationId: null,
+                  userId: state.userId,
+                  timestamp: failed.data.failedAt,
+                },
+              },
+            ],
+            { expectedRevision: 'any' },
+          )
           .catch((error) => logger.warn({ err: error }, 'could not record a failed login'));
         throw new UnauthorizedError('wrong email or password');
       }
@@ -255,7 +334,12 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
         session,
         (state) =>
           rotateRefreshToken(
-            { presentedTokenHash: hash, newTokenHash: next.hash, newExpiresAt: new Date(clock().getTime() + tokens.refreshTtlSeconds * 1000), now: clock() },
+            {
+              presentedTokenHash: hash,
+              newTokenHash: next.hash,
+              newExpiresAt: new Date(clock().getTime() + tokens.refreshTtlSeconds * 1000),
+              now: clock(),
+            },
             state,
           ),
         context(req),
@@ -304,12 +388,14 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
         sessionStreamId(sessionId),
         session,
         (state) => {
-          if (caller && state.exists && state.userId !== caller) throw new ForbiddenError('that session belongs to another user');
+          if (caller && state.exists && state.userId !== caller)
+            throw new ForbiddenError('that session belongs to another user');
           return endSession({ presentedTokenHash: hash, now: clock() }, state);
         },
         context(req, caller),
       );
-      if (detectsReuse(result.events)) throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
+      if (detectsReuse(result.events))
+        throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
       res.set('X-Position', result.position ?? '');
       res.status(204).end();
     },
@@ -325,11 +411,16 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       auth: 'bearer',
       responses: {
         200: {
-          description: 'The token\'s subject',
+          description: "The token's subject",
           schema: {
             type: 'object',
             required: ['id', 'role', 'session_id', 'expires_at'],
-            properties: { id: { type: 'string' }, role: { enum: ['user', 'auditor', 'admin'] }, session_id: { type: 'string' }, expires_at: { type: 'string', format: 'date-time' } },
+            properties: {
+              id: { type: 'string' },
+              role: { enum: ['user', 'auditor', 'admin'] },
+              session_id: { type: 'string' },
+              expires_at: { type: 'string', format: 'date-time' },
+            },
           },
         },
         401: problem('Missing, malformed, expired or wrongly signed access token'),
@@ -337,7 +428,12 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     },
     (req, res) => {
       const claims = req.auth!;
-      res.json({ id: claims.userId, role: claims.role, session_id: claims.sessionId, expires_at: claims.expiresAt.toISOString() });
+      res.json({
+        id: claims.userId,
+        role: claims.role,
+        session_id: claims.sessionId,
+        expires_at: claims.expiresAt.toISOString(),
+      });
     },
   );
 }

@@ -87,11 +87,21 @@ export const startSession = (command: StartSession, state: Session): SessionEven
 const reuseDetected = (presentedTokenHash: string, state: Session, now: Date): SessionEvent[] => [
   {
     type: 'RefreshTokenReuseDetected',
-    data: { sessionId: state.sessionId!, userId: state.userId!, presentedTokenHash, detectedAt: now.toISOString() },
+    data: {
+      sessionId: state.sessionId!,
+      userId: state.userId!,
+      presentedTokenHash,
+      detectedAt: now.toISOString(),
+    },
   },
   {
     type: 'SessionRevoked',
-    data: { sessionId: state.sessionId!, userId: state.userId!, reason: 'refresh_token_reuse', revokedAt: now.toISOString() },
+    data: {
+      sessionId: state.sessionId!,
+      userId: state.userId!,
+      reason: 'refresh_token_reuse',
+      revokedAt: now.toISOString(),
+    },
   },
 ];
 
@@ -112,7 +122,8 @@ export const rotateRefreshToken = (command: RotateRefreshToken, state: Session):
   if (state.revoked) throw new UnauthorizedError('this session has ended');
   if (isSpent) return reuseDetected(command.presentedTokenHash, state, command.now);
   if (!isCurrent) throw invalidToken();
-  if (command.now.getTime() >= Date.parse(state.expiresAt!)) throw new UnauthorizedError('the refresh token has expired');
+  if (command.now.getTime() >= Date.parse(state.expiresAt!))
+    throw new UnauthorizedError('the refresh token has expired');
   return [
     {
       type: 'RefreshTokenRotated',
@@ -143,9 +154,15 @@ export const endSession = (command: EndSession, state: Session): SessionEvent[] 
   return [
     {
       type: 'SessionRevoked',
-      data: { sessionId: state.sessionId!, userId: state.userId!, reason: 'logout', revokedAt: command.now.toISOString() },
+      data: {
+        sessionId: state.sessionId!,
+        userId: state.userId!,
+        reason: 'logout',
+        revokedAt: command.now.toISOString(),
+      },
     },
   ];
 };
 
-export const detectsReuse = (events: SessionEvent[]): boolean => events.some((e) => e.type === 'RefreshTokenReuseDetected');
+export const detectsReuse = (events: SessionEvent[]): boolean =>
+  events.some((e) => e.type === 'RefreshTokenReuseDetected');

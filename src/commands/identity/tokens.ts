@@ -30,13 +30,24 @@ export function issueAccessToken(
 ): string {
   const iat = Math.floor(now.getTime() / 1000);
   return jwt.sign(
-    { sub: subject.userId, role: subject.role, sid: subject.sessionId, jti, iat, exp: iat + settings.accessTtlSeconds },
+    {
+      sub: subject.userId,
+      role: subject.role,
+      sid: subject.sessionId,
+      jti,
+      iat,
+      exp: iat + settings.accessTtlSeconds,
+    },
     settings.secret,
     { algorithm: ALGORITHM, issuer: settings.issuer, audience: settings.audience },
   );
 }
 
-export function verifyAccessToken(settings: TokenSettings, token: string, now: Date = new Date()): AccessClaims {
+export function verifyAccessToken(
+  settings: TokenSettings,
+  token: string,
+  now: Date = new Date(),
+): AccessClaims {
   let payload: jwt.JwtPayload;
   try {
     const decoded = jwt.verify(token, settings.secret, {
@@ -49,7 +60,9 @@ export function verifyAccessToken(settings: TokenSettings, token: string, now: D
     payload = decoded;
   } catch (error) {
     const expired = (error as Error).name === 'TokenExpiredError';
-    throw new UnauthorizedError(expired ? 'the access token has expired' : 'the access token is not valid', { cause: error });
+    throw new UnauthorizedError(expired ? 'the access token has expired' : 'the access token is not valid', {
+      cause: error,
+    });
   }
   const { sub, role, sid, jti, exp, iat } = payload as Record<string, unknown>;
   if (

@@ -9,7 +9,10 @@ export class LogCheckpoints {
   constructor(private readonly pool: Pool) {}
 
   async load(name: string, client: Queryable = this.pool): Promise<Position | null> {
-    const { rows } = await client.query<{ position: string }>('SELECT position FROM log_checkpoints WHERE name = $1', [name]);
+    const { rows } = await client.query<{ position: string }>(
+      'SELECT position FROM log_checkpoints WHERE name = $1',
+      [name],
+    );
     return rows[0]?.position ?? null;
   }
 

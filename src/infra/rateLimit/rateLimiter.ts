@@ -36,7 +36,9 @@ export class MemoryRateLimiter implements RateLimiter {
 
   async count(key: string) {
     const window = this.current(key);
-    return window ? { count: window.count, resetInSeconds: Math.ceil((window.resetAt - this.now()) / 1000) } : { count: 0, resetInSeconds: 0 };
+    return window
+      ? { count: window.count, resetInSeconds: Math.ceil((window.resetAt - this.now()) / 1000) }
+      : { count: 0, resetInSeconds: 0 };
   }
 
   private sweep() {
@@ -58,7 +60,9 @@ export class RedisRateLimiter implements RateLimiter {
   private readonly fallback = new MemoryRateLimiter();
   private lastWarnAt = 0;
 
-  constructor(private readonly options: { url: string; keyPrefix: string; commandTimeoutMs: number; logger: Logger }) {
+  constructor(
+    private readonly options: { url: string; keyPrefix: string; commandTimeoutMs: number; logger: Logger },
+  ) {
     this.redis = new Redis(options.url, {
       keyPrefix: options.keyPrefix,
       enableOfflineQueue: false,
@@ -73,7 +77,10 @@ export class RedisRateLimiter implements RateLimiter {
   private fellBack(error: unknown) {
     if (Date.now() - this.lastWarnAt > 5000) {
       this.lastWarnAt = Date.now();
-      this.options.logger.warn({ err: error }, 'Redis unavailable; rate limits are per process until it is back');
+      this.options.logger.warn(
+        { err: error },
+        'Redis unavailable; rate limits are per process until it is back',
+      );
     }
   }
 

@@ -42,12 +42,17 @@ export class DirectBus implements EventBus {
     const loop = (async () => {
       for await (const event of store.subscribeToAll({ after: checkpoint, signal: controller.signal })) {
         const done = await handleUntilDone(handle, event, controller.signal, (error, attempt) =>
-          logger.warn({ err: error, group, position: event.position, type: event.type, attempt }, 'event handler failed; retrying'),
+          logger.warn(
+            { err: error, group, position: event.position, type: event.type, attempt },
+            'event handler failed; retrying',
+          ),
         );
         if (!done) break;
         checkpoint = event.position;
         if (Date.now() - lastSaveAt >= checkpointEveryMs) {
-          await flush().catch((error) => logger.warn({ err: error, group }, 'checkpoint save failed; will retry'));
+          await flush().catch((error) =>
+            logger.warn({ err: error, group }, 'checkpoint save failed; will retry'),
+          );
         }
       }
     })();

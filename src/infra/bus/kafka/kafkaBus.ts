@@ -68,11 +68,17 @@ export class KafkaBus implements EventBus {
           event = fromMessage(message.value);
         } catch (error) {
           // Not ours to repair, and throwing would stall the partition for ever: log it and move on.
-          logger.error({ err: error, group, partition, offset: message.offset }, 'undecodable Kafka message skipped');
+          logger.error(
+            { err: error, group, partition, offset: message.offset },
+            'undecodable Kafka message skipped',
+          );
           return;
         }
         const done = await handleUntilDone(handle, event, controller.signal, (error, attempt) =>
-          logger.warn({ err: error, group, position: event.position, type: event.type, attempt }, 'event handler failed; retrying'),
+          logger.warn(
+            { err: error, group, position: event.position, type: event.type, attempt },
+            'event handler failed; retrying',
+          ),
         );
         // Leave the offset unresolved so the next member of the group gets this event again.
         if (!done) throw new StoppedError(`consumer ${group} stopping`);

@@ -48,7 +48,9 @@ export async function ensureTopic(admin: Admin, settings: KafkaSettings, logger:
           topic: settings.topic,
           numPartitions: settings.partitions,
           replicationFactor: settings.replicationFactor,
-          configEntries: [{ name: 'min.insync.replicas', value: String(Math.min(2, settings.replicationFactor)) }],
+          configEntries: [
+            { name: 'min.insync.replicas', value: String(Math.min(2, settings.replicationFactor)) },
+          ],
         },
       ],
     });

@@ -67,7 +67,7 @@ export class KafkaRelay {
 
   private async run(signal: AbortSignal): Promise<void> {
     const { logger } = this.options;
-    for (let failures = 0; !signal.aborted; ) {
+    for (let failures = 0; !signal.aborted;) {
       try {
         await this.publishWhileHoldingLock(signal);
         failures = 0;
@@ -81,7 +81,10 @@ export class KafkaRelay {
 
   private async publishWhileHoldingLock(signal: AbortSignal): Promise<void> {
     const { logger, settings, checkpoints, store } = this.options;
-    const lockClient = new pg.Client({ connectionString: this.options.connectionString, application_name: 'task-manager-relay' });
+    const lockClient = new pg.Client({
+      connectionString: this.options.connectionString,
+      application_name: 'task-manager-relay',
+    });
     // If the lock's connection dies, PostgreSQL releases the lock: stop publishing at once.
     const lost = new AbortController();
     lockClient.on('error', (error) => {
@@ -94,7 +97,10 @@ export class KafkaRelay {
       await lockClient.connect();
       this.currentState = 'waiting_for_lock';
       while (!stop.aborted) {
-        const { rows } = await lockClient.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [RELAY_LOCK_KEY]);
+        const { rows } = await lockClient.query<{ locked: boolean }>(
+          'SELECT pg_try_advisory_lock($1) AS locked',
+          [RELAY_LOCK_KEY],
+        );
         if (rows[0]?.locked) break;
         await sleep(this.options.lockRetryMs, stop);
       }
@@ -122,7 +128,10 @@ export class KafkaRelay {
       const stopReading = () => reading.abort();
       stop.addEventListener('abort', stopReading, { once: true });
       try {
-        for await (const batch of asyncBatches(store.subscribeToAll({ after, signal: reading.signal }), this.options.batchSize)) {
+        for await (const batch of asyncBatches(
+          store.subscribeToAll({ after, signal: reading.signal }),
+          this.options.batchSize,
+        )) {
           // acks -1: every in-sync replica has the batch before we move the checkpoint past it.
           await producer.send({ topic: settings.topic, acks: -1, messages: batch.map(toMessage) });
           await this.options.afterProduce?.(batch);

@@ -53,7 +53,8 @@ const MAX_APPEND_ATTEMPTS = 50;
 const HEAD_PAGE = 100;
 const MAX_INT64 = 0x7fffffffffffffffn;
 
-const isSystemEvent = (event: StoredEvent): boolean => event.type.startsWith('$') || event.streamId.startsWith('$');
+const isSystemEvent = (event: StoredEvent): boolean =>
+  event.type.startsWith('$') || event.streamId.startsWith('$');
 
 const toClientPosition = (position: Position): EsdbPosition => {
   const { high, low } = decodePosition(position);
@@ -64,7 +65,12 @@ function positionOf(event: StoredEvent): Position {
   const position = event.position;
   // Servers that do not know an event's $all position (stream reads before 22.6) send 0/0 or uint64 max, and
   // a made-up position would silently corrupt checkpoints.
-  if (!position || position.commit > MAX_INT64 || position.prepare > MAX_INT64 || (position.commit === 0n && position.prepare === 0n))
+  if (
+    !position ||
+    position.commit > MAX_INT64 ||
+    position.prepare > MAX_INT64 ||
+    (position.commit === 0n && position.prepare === 0n)
+  )
     throw new Error(
       `EventStoreDB did not report the log position of ${event.streamId}@${event.revision}; this adapter needs a server that reports positions on stream reads (22.10 or later)`,
     );
@@ -86,8 +92,15 @@ function rawDataOf(event: StoredEvent): string {
 
 function storedMetadata(event: StoredEvent): Omit<EventMetadata, 'eventId'> {
   const metadata = event.metadata;
-  if (typeof metadata !== 'object' || metadata === null || metadata instanceof Uint8Array || Array.isArray(metadata))
-    throw new Error(`event ${event.id} in ${event.streamId} has no JSON metadata: it was not written by this store`);
+  if (
+    typeof metadata !== 'object' ||
+    metadata === null ||
+    metadata instanceof Uint8Array ||
+    Array.isArray(metadata)
+  )
+    throw new Error(
+      `event ${event.id} in ${event.streamId} has no JSON metadata: it was not written by this store`,
+    );
   return metadata as Omit<EventMetadata, 'eventId'>;
 }
 
@@ -212,9 +225,12 @@ export class EsdbEventStore implements EventStore {
     }
     const ids = events.map((event) => event.eventId);
     if (!window.some((stored) => ids.some((id) => sameId(id, stored.id)))) return null;
-    const sameAppend = window.length === events.length && window.every((stored, index) => sameId(stored.id, ids[index]!));
+    const sameAppend =
+      window.length === events.length && window.every((stored, index) => sameId(stored.id, ids[index]!));
     if (!sameAppend)
-      throw new Error(`stream ${streamId}: some of these event ids are already stored elsewhere in the stream`);
+      throw new Error(
+        `stream ${streamId}: some of these event ids are already stored elsewhere in the stream`,
+      );
     const last = window[window.length - 1]!;
     return { nextRevision: Number(last.revision), position: positionOf(last) };
   }
@@ -224,17 +240,27 @@ export class EsdbEventStore implements EventStore {
    * server recognises as a repeat it reports where the original was committed, which need not be the last
    * event's $all position, and repeats answered by findExisting must give the same result as the first time.
    */
-  private async appendedResult(streamId: string, events: NewEvent[], nextRevision: bigint): Promise<AppendResult> {
+  private async appendedResult(
+    streamId: string,
+    events: NewEvent[],
+    nextRevision: bigint,
+  ): Promise<AppendResult> {
     const [last] = await this.readEvents(streamId, { fromRevision: nextRevision, maxCount: 1 });
     const lastId = events[events.length - 1]!.eventId;
     if (!last || !sameId(last.id, lastId))
-      throw new Error(`stream ${streamId}: the append succeeded but revision ${nextRevision} is not event ${lastId}`);
+      throw new Error(
+        `stream ${streamId}: the append succeeded but revision ${nextRevision} is not event ${lastId}`,
+      );
     return { nextRevision: Number(nextRevision), position: positionOf(last) };
   }
 
   /** The newest `count` events of the stream, oldest first; [] when it does not exist. */
   private async readTail(streamId: string, count: number): Promise<StoredEvent[]> {
-    const newestFirst = await this.readEvents(streamId, { fromRevision: END, direction: BACKWARDS, maxCount: count });
+    const newestFirst = await this.readEvents(streamId, {
+      fromRevision: END,
+      direction: BACKWARDS,
+      maxCount: count,
+    });
     return newestFirst.reverse();
   }
 
@@ -309,7 +335,9 @@ export class EsdbEventStore implements EventStore {
         filter: excludeSystemEvents(),
       });
       // An error emitted after we stopped listening must not become an uncaught exception.
-      subscription.on('error', (error: Error) => this.options.logger.debug({ err: error }, 'event log subscription error'));
+      subscription.on('error', (error: Error) =>
+        this.options.logger.debug({ err: error }, 'event log subscription error'),
+      );
       try {
         for await (const event of this.untilAborted(subscription, signal)) {
           failures = 0;
@@ -338,7 +366,10 @@ export class EsdbEventStore implements EventStore {
    * The subscription's events until the signal aborts. Cancelling the gRPC call does not end the client's
    * readable, so a plain for-await over it could wait forever; each read is raced against the signal instead.
    */
-  private async *untilAborted(subscription: AllStreamSubscription, signal: AbortSignal): AsyncGenerator<StoredEvent> {
+  private async *untilAborted(
+    subscription: AllStreamSubscription,
+    signal: AbortSignal,
+  ): AsyncGenerator<StoredEvent> {
     let onAbort!: () => void;
     const aborted = new Promise<'aborted'>((resolve) => (onAbort = () => resolve('aborted')));
     if (signal.aborted) return;

@@ -98,20 +98,34 @@ export class PostgresEventStore implements EventStore {
           isUniqueViolation(error, 'events_event_id_key');
         if (!retryable || attempt >= 20) {
           if (isUniqueViolation(error, 'events_stream_revision_key'))
-            throw new WrongExpectedRevisionError(streamId, options.expectedRevision, await this.head(streamId));
+            throw new WrongExpectedRevisionError(
+              streamId,
+              options.expectedRevision,
+              await this.head(streamId),
+            );
           throw error;
         }
       }
     }
   }
 
-  private async tryAppend(streamId: string, events: NewEvent[], options: AppendOptions): Promise<AppendResult> {
+  private async tryAppend(
+    streamId: string,
+    events: NewEvent[],
+    options: AppendOptions,
+  ): Promise<AppendResult> {
     const client = await this.options.pool.connect();
     let broken = false;
     try {
       await client.query('BEGIN');
       const { rows } = await client.query<{
-        existing: Array<{ stream_id: string; revision: number; transaction_id: string; sequence: number; event_id: string }> | null;
+        existing: Array<{
+          stream_id: string;
+          revision: number;
+          transaction_id: string;
+          sequence: number;
+          event_id: string;
+        }> | null;
         head_revision: number | null;
         head_hash: string | null;
       }>(
@@ -142,7 +156,9 @@ export class PostgresEventStore implements EventStore {
         headHash ?? GENESIS_HASH,
         events.map((event, index) => ({ type: event.type, rawData: rawData[index]! })),
       );
-      const metadata = events.map((event, index) => JSON.stringify({ ...event.metadata, hash: hashes[index] }));
+      const metadata = events.map((event, index) =>
+        JSON.stringify({ ...event.metadata, hash: hashes[index] }),
+      );
       const inserted = await client.query<{ transaction_id: string; sequence: number }>(
         `INSERT INTO events (stream_id, revision, event_id, type, data, metadata)
          SELECT $1, $2::bigint + ordinality - 1, event_id, type, data, metadata::jsonb
@@ -173,7 +189,13 @@ export class PostgresEventStore implements EventStore {
   private idempotentResult(
     streamId: string,
     events: NewEvent[],
-    existing: Array<{ stream_id: string; revision: number; transaction_id: string; sequence: number; event_id: string }>,
+    existing: Array<{
+      stream_id: string;
+      revision: number;
+      transaction_id: string;
+      sequence: number;
+      event_id: string;
+    }>,
   ): AppendResult {
     const sameAppend =
       existing.length === events.length &&
@@ -263,13 +285,19 @@ export class PostgresEventStore implements EventStore {
   private async ensureListening(): Promise<void> {
     if (this.listener || this.closed) return;
     this.listenerStarting ??= (async () => {
-      const client = new pg.Client({ connectionString: this.options.connectionString, application_name: 'task-manager-listen' });
+      const client = new pg.Client({
+        connectionString: this.options.connectionString,
+        application_name: 'task-manager-listen',
+      });
       client.on('notification', () => {
         this.wakeupCount++;
         this.wakeups.emit('wake');
       });
       client.on('error', (error) => {
-        this.options.logger.warn({ err: error }, 'event log LISTEN connection lost; polling until it is back');
+        this.options.logger.warn(
+          { err: error },
+          'event log LISTEN connection lost; polling until it is back',
+        );
         if (this.listener === client) this.listener = null;
         client.end().catch(() => undefined);
       });
@@ -307,4 +335,3 @@ export class PostgresEventStore implements EventStore {
     this.wakeups.emit('wake');
   }
 }
-
