@@ -119,20 +119,26 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
     }
     closers.push(() => bus.close());
 
-    const cache: Cache = config.redisUrl
-      ? new RedisCache({
-          url: config.redisUrl,
-          keyPrefix: config.cache.keyPrefix,
-          defaultTtlSeconds: config.cache.ttlSeconds,
-          commandTimeoutMs: config.cache.commandTimeoutMs,
-          metrics: cacheMetrics(metrics),
-          logger,
-        })
-      : new MemoryCache({
-          maxEntries: config.cache.memoryMaxEntries,
-          defaultTtlSeconds: config.cache.ttlSeconds,
-          metrics: cacheMetrics(metrics),
-        });
+    let cache: Cache;
+    if (config.redisUrl) {
+      const redisCache = new RedisCache({
+        url: config.redisUrl,
+        keyPrefix: config.cache.keyPrefix,
+        defaultTtlSeconds: config.cache.ttlSeconds,
+        commandTimeoutMs: config.cache.commandTimeoutMs,
+        metrics: cacheMetrics(metrics),
+        logger,
+      });
+      if (!(await redisCache.waitUntilReady(3000)))
+        logger.warn('Redis is not reachable yet; starting with the cache bypassed');
+      cache = redisCache;
+    } else {
+      cache = new MemoryCache({
+        maxEntries: config.cache.memoryMaxEntries,
+        defaultTtlSeconds: config.cache.ttlSeconds,
+        metrics: cacheMetrics(metrics),
+      });
+    }
     closers.push(() => cache.close());
 
     const rateLimiter: RateLimiter = config.redisUrl

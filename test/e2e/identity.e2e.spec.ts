@@ -14,6 +14,11 @@ import {
 } from '../support/service.js';
 import { accountStreamId, loginAttemptsStreamId } from '../../src/commands/identity/account.js';
 import { sessionStreamId } from '../../src/commands/identity/session.js';
+import { applyOnce } from '../../src/projections/projectionRunner.js';
+import { PROJECTIONS } from '../../src/projections/index.js';
+import { silentLogger } from '../../src/infra/logger.js';
+import { createSiblingDatabase } from '../support/postgres.js';
+import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
 
 const run = promisify(execFile);
 const newEmail = () => `user-${randomBytes(5).toString('hex')}@example.com`;
@@ -325,6 +330,67 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         }).catch((e) => e);
         expect(refused.code).to.equal(1);
         expect(refused.stderr).to.include('must be one of');
+      });
+    });
+
+    describe('read models', () => {
+      it('equal a rebuild from the log: users and refresh_tokens', async () => {
+        const rebuilt = await createSiblingDatabase(
+          service.service.infrastructure.pool,
+          service.service.infrastructure.databaseUrl,
+        );
+        try {
+          const events: RecordedEvent[] = [];
+          for (let after: string | null = null; ;) {
+            const page = await service.service.infrastructure.store.readAll({ after, limit: 500 });
+            if (page.length === 0) break;
+            events.push(...page);
+            after = page[page.length - 1]!.position;
+          }
+          expect(events.length).to.be.greaterThan(20);
+          for (const event of events)
+            for (const projection of PROJECTIONS)
+              await applyOnce(rebuilt.pool, projection, event, silentLogger());
+          const snapshot = async (pool: typeof rebuilt.pool) => ({
+            users: (await pool.query('SELECT * FROM users ORDER BY id')).rows,
+            refreshTokens: (await pool.query('SELECT * FROM refresh_tokens ORDER BY session_id')).rows,
+          });
+          const expected = await snapshot(rebuilt.pool);
+          expect(expected.users.length).to.be.greaterThan(5);
+          // The live projections may still be catching up: they must converge on exactly the rebuilt rows.
+          await eventually(
+            async () => {
+              const live = await snapshot(service.service.infrastructure.pool);
+              return JSON.stringify(live) === JSON.stringify(expected) ? true : undefined;
+            },
+            20000,
+            'the live read models to equal the rebuilt ones',
+          );
+        } finally {
+          await rebuilt.drop();
+        }
+      });
+    });
+
+    // Last on purpose: it uses up this client address's failed-login allowance for the rest of the window.
+    describe('rate limit per client address', () => {
+      it('answers 429 to a fresh email once this address has failed too often', async () => {
+        let limited: Awaited<ReturnType<typeof login>> | undefined;
+        let freshEmail = '';
+        for (
+          let attempt = 0;
+          attempt <= service.config.auth.maxFailedLoginsPerAddress && !limited;
+          attempt++
+        ) {
+          freshEmail = newEmail();
+          const response = await login(freshEmail, 'wrong password!');
+          if (response.status === 429) limited = response;
+          else expect(response.status).to.equal(401);
+        }
+        expect(limited, 'a 429 within the per-address allowance').not.to.equal(undefined);
+        expect(Number(limited!.headers.get('retry-after'))).to.be.greaterThan(0);
+        // That email had never failed before: the limit that bit was the address's.
+        expect(await streamTypes(loginAttemptsStreamId(freshEmail))).to.deep.equal([]);
       });
     });
   });

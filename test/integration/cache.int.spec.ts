@@ -35,7 +35,9 @@ cacheContract(
   'Redis',
   async (context) => {
     skipSuiteUnless(context, Boolean(redisUrl), 'REDIS_URL is not set: no Redis server');
-    return (redis = new RedisCache(redisOptions(redisUrl!)));
+    redis = new RedisCache(redisOptions(redisUrl!));
+    if (!(await redis.waitUntilReady(5000))) throw new Error(`Redis at ${redisUrl} did not become ready`);
+    return redis;
   },
   async () => redis?.close(),
 );
@@ -65,6 +67,7 @@ describe('Redis cache when Redis cannot be reached', () => {
     // Port 1 on loopback: nothing listens there, so every connection is refused at once.
     const cache = new RedisCache(redisOptions('redis://127.0.0.1:1', registry));
     try {
+      expect(await cache.waitUntilReady(300)).to.equal(false);
       await cache.set('k', 'v');
       expect(await cache.get('k')).to.equal(undefined);
       await cache.delete('k');

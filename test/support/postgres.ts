@@ -52,3 +52,25 @@ export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
     },
   };
 }
+
+/** A fresh, migrated database on the same server as `pool` (the embedded one, say), dropped by `drop()`. */
+export async function createSiblingDatabase(pool: Pool, databaseUrl: string): Promise<TestDatabase> {
+  const name = `tm_sibling_${randomBytes(5).toString('hex')}`;
+  await pool.query(`CREATE DATABASE ${name}`);
+  const url = new URL(databaseUrl);
+  url.pathname = `/${name}`;
+  const sibling = createPool(
+    { connectionString: url.toString(), max: 5, statementTimeoutMs: 30000 },
+    silentLogger(),
+  );
+  await migrate(sibling, silentLogger());
+  return {
+    url: url.toString(),
+    name,
+    pool: sibling,
+    async drop() {
+      await sibling.end();
+      await pool.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    },
+  };
+}

@@ -83,6 +83,24 @@ export class RedisCache implements Cache {
     await this.redis.ping();
   }
 
+  /**
+   * Waits, bounded, for the first connection, so a fresh process does not bypass the cache for its first
+   * requests. Returns false (and the cache keeps bypassing until Redis is back) if it is not up in time.
+   */
+  async waitUntilReady(timeoutMs: number): Promise<boolean> {
+    if (this.redis.status === 'ready') return true;
+    return new Promise((resolve) => {
+      const done = (ready: boolean) => {
+        clearTimeout(timer);
+        this.redis.off('ready', onReady);
+        resolve(ready);
+      };
+      const onReady = () => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.redis.once('ready', onReady);
+    });
+  }
+
   async close(): Promise<void> {
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
