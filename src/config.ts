@@ -33,6 +33,34 @@ export interface Config {
     maxFailedLoginsPerAddress: number;
     failedLoginWindowSeconds: number;
   };
+  tasks: {
+    maxPayloadBytes: number;
+    maxResultBytes: number;
+    defaultTimeoutMs: number;
+    maxTimeoutMs: number;
+    defaultMaxAttempts: number;
+    idempotencyKeyTtlSeconds: number;
+    minPositionWaitMs: number;
+  };
+  workers: {
+    concurrency: number;
+    queues: Record<string, number>;
+    defaultQueueConcurrency: number;
+    pollIntervalMs: number;
+    leaseGraceMs: number;
+    backoff: { baseMs: number; maxMs: number; jitter: number };
+    shutdownGraceMs: number;
+    progressIntervalMs: number;
+    cancelCheckIntervalMs: number;
+  };
+  handlers: {
+    http: {
+      allowedHosts: string[];
+      allowPrivateAddresses: boolean;
+      maxResponseBytes: number;
+      maxRedirects: number;
+    };
+  };
   jwt: {
     secret: string;
     accessTtlSeconds: number;
@@ -69,6 +97,9 @@ export const configSchema = {
     'embedded',
     'http',
     'auth',
+    'tasks',
+    'workers',
+    'handlers',
     'jwt',
   ],
   properties: {
@@ -164,6 +195,85 @@ export const configSchema = {
         maxFailedLoginsPerEmail: positiveInt,
         maxFailedLoginsPerAddress: positiveInt,
         failedLoginWindowSeconds: positiveInt,
+      },
+    },
+    tasks: {
+      type: 'object',
+      additionalProperties: false,
+      required: [
+        'maxPayloadBytes',
+        'maxResultBytes',
+        'defaultTimeoutMs',
+        'maxTimeoutMs',
+        'defaultMaxAttempts',
+        'idempotencyKeyTtlSeconds',
+        'minPositionWaitMs',
+      ],
+      properties: {
+        maxPayloadBytes: positiveInt,
+        maxResultBytes: positiveInt,
+        defaultTimeoutMs: positiveInt,
+        maxTimeoutMs: positiveInt,
+        defaultMaxAttempts: { type: 'integer', minimum: 1, maximum: 100 },
+        idempotencyKeyTtlSeconds: positiveInt,
+        minPositionWaitMs: { type: 'integer', minimum: 0, maximum: 60000 },
+      },
+    },
+    workers: {
+      type: 'object',
+      additionalProperties: false,
+      required: [
+        'concurrency',
+        'queues',
+        'defaultQueueConcurrency',
+        'pollIntervalMs',
+        'leaseGraceMs',
+        'backoff',
+        'shutdownGraceMs',
+        'progressIntervalMs',
+        'cancelCheckIntervalMs',
+      ],
+      properties: {
+        concurrency: positiveInt,
+        queues: {
+          type: 'object',
+          propertyNames: { pattern: '^[a-z0-9][a-z0-9_.-]{0,63}$' },
+          additionalProperties: positiveInt,
+        },
+        defaultQueueConcurrency: positiveInt,
+        pollIntervalMs: positiveInt,
+        leaseGraceMs: positiveInt,
+        backoff: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['baseMs', 'maxMs', 'jitter'],
+          properties: {
+            baseMs: positiveInt,
+            maxMs: positiveInt,
+            jitter: { type: 'number', minimum: 0, maximum: 1 },
+          },
+        },
+        shutdownGraceMs: positiveInt,
+        progressIntervalMs: positiveInt,
+        cancelCheckIntervalMs: positiveInt,
+      },
+    },
+    handlers: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['http'],
+      properties: {
+        http: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['allowedHosts', 'allowPrivateAddresses', 'maxResponseBytes', 'maxRedirects'],
+          properties: {
+            allowedHosts: { type: 'array', items: { type: 'string', minLength: 1 } },
+            allowPrivateAddresses: { type: 'boolean' },
+            maxResponseBytes: positiveInt,
+            maxRedirects: { type: 'integer', minimum: 0, maximum: 20 },
+          },
+        },
       },
     },
     jwt: {

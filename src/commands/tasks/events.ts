@@ -1,0 +1,92 @@
+import type { DomainEvent } from '../commandHandler.js';
+import type { JsonObject, JsonValue } from '../../infra/eventStore/eventStore.js';
+
+/** Stream `task-<taskId>`: one task's whole life. */
+export const taskStreamId = (taskId: string): string => `task-${taskId}`;
+export const TASK_STREAM_PREFIX = 'task-';
+
+export type TaskStatus = 'pending' | 'in_progress' | 'done' | 'failed' | 'canceled';
+
+/** What the submitter chose; `priority` is 0 (lowest) to 10 (highest). */
+export interface TaskSpec extends JsonObject {
+  title: string;
+  description: string | null;
+  type: string;
+  payload: JsonValue;
+  priority: number;
+  queue: string;
+  /** Not before this time; null = as soon as a worker is free. */
+  runAt: string | null;
+  maxAttempts: number;
+  timeoutMs: number;
+}
+
+export interface TaskError extends JsonObject {
+  message: string;
+  /** `error`: the handler threw; `timeout`: timeout_ms passed; `lease_expired`: its worker vanished. */
+  kind: 'error' | 'timeout' | 'lease_expired' | 'unrecoverable';
+}
+
+export type TaskQueued = DomainEvent<
+  'TaskQueued',
+  { taskId: string; ownerId: string; spec: TaskSpec; queuedAt: string; idempotencyKey: string | null }
+>;
+export type TaskUpdated = DomainEvent<
+  'TaskUpdated',
+  { taskId: string; changes: { title?: string; description?: string | null; priority?: number }; updatedAt: string }
+>;
+/** The claim: appended with the expected revision, so two workers never run one attempt. */
+export type TaskStarted = DomainEvent<
+  'TaskStarted',
+  { taskId: string; attempt: number; workerId: string; leaseUntil: string; startedAt: string }
+>;
+export type TaskProgressed = DomainEvent<
+  'TaskProgressed',
+  { taskId: string; attempt: number; progress: number; message: string | null; progressedAt: string }
+>;
+export type TaskSucceeded = DomainEvent<
+  'TaskSucceeded',
+  { taskId: string; attempt: number; result: JsonValue; resultTruncated: boolean; finishedAt: string }
+>;
+export type TaskAttemptFailed = DomainEvent<
+  'TaskAttemptFailed',
+  { taskId: string; attempt: number; error: TaskError; nextRunAt: string; failedAt: string }
+>;
+/** Attempts used up, or an unrecoverable error: the dead-letter state. */
+export type TaskFailed = DomainEvent<'TaskFailed', { taskId: string; attempt: number; error: TaskError; failedAt: string }>;
+export type TaskCanceled = DomainEvent<
+  'TaskCanceled',
+  { taskId: string; canceledBy: string; wasRunning: boolean; canceledAt: string }
+>;
+/** A failed or canceled task queued again, with fresh attempts. */
+export type TaskRequeued = DomainEvent<'TaskRequeued', { taskId: string; requeuedBy: string; requeuedAt: string }>;
+/** Handed back by a stopping worker before it finished: the attempt does not count. */
+export type TaskReleased = DomainEvent<
+  'TaskReleased',
+  { taskId: string; attempt: number; workerId: string; reason: string; releasedAt: string }
+>;
+
+export type TaskEvent =
+  | TaskQueued
+  | TaskUpdated
+  | TaskStarted
+  | TaskProgressed
+  | TaskSucceeded
+  | TaskAttemptFailed
+  | TaskFailed
+  | TaskCanceled
+  | TaskRequeued
+  | TaskReleased;
+
+export const TASK_EVENT_TYPES: ReadonlySet<TaskEvent['type']> = new Set([
+  'TaskQueued',
+  'TaskUpdated',
+  'TaskStarted',
+  'TaskProgressed',
+  'TaskSucceeded',
+  'TaskAttemptFailed',
+  'TaskFailed',
+  'TaskCanceled',
+  'TaskRequeued',
+  'TaskReleased',
+]);
