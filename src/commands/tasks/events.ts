@@ -33,7 +33,11 @@ export type TaskQueued = DomainEvent<
 >;
 export type TaskUpdated = DomainEvent<
   'TaskUpdated',
-  { taskId: string; changes: { title?: string; description?: string | null; priority?: number }; updatedAt: string }
+  {
+    taskId: string;
+    changes: { title?: string; description?: string | null; priority?: number };
+    updatedAt: string;
+  }
 >;
 /** The claim: appended with the expected revision, so two workers never run one attempt. */
 export type TaskStarted = DomainEvent<
@@ -53,13 +57,19 @@ export type TaskAttemptFailed = DomainEvent<
   { taskId: string; attempt: number; error: TaskError; nextRunAt: string; failedAt: string }
 >;
 /** Attempts used up, or an unrecoverable error: the dead-letter state. */
-export type TaskFailed = DomainEvent<'TaskFailed', { taskId: string; attempt: number; error: TaskError; failedAt: string }>;
+export type TaskFailed = DomainEvent<
+  'TaskFailed',
+  { taskId: string; attempt: number; error: TaskError; failedAt: string }
+>;
 export type TaskCanceled = DomainEvent<
   'TaskCanceled',
   { taskId: string; canceledBy: string; wasRunning: boolean; canceledAt: string }
 >;
 /** A failed or canceled task queued again, with fresh attempts. */
-export type TaskRequeued = DomainEvent<'TaskRequeued', { taskId: string; requeuedBy: string; requeuedAt: string }>;
+export type TaskRequeued = DomainEvent<
+  'TaskRequeued',
+  { taskId: string; requeuedBy: string; requeuedAt: string }
+>;
 /** Handed back by a stopping worker before it finished: the attempt does not count. */
 export type TaskReleased = DomainEvent<
   'TaskReleased',

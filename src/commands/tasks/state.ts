@@ -68,7 +68,13 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
     case 'TaskProgressed':
       return { ...state, progress: event.data.progress, updatedAt: event.data.progressedAt };
     case 'TaskSucceeded':
-      return { ...state, ...notRunning, status: 'done', result: event.data.result, updatedAt: event.data.finishedAt };
+      return {
+        ...state,
+        ...notRunning,
+        status: 'done',
+        result: event.data.result,
+        updatedAt: event.data.finishedAt,
+      };
     case 'TaskAttemptFailed':
       return {
         ...state,
@@ -79,7 +85,13 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
         updatedAt: event.data.failedAt,
       };
     case 'TaskFailed':
-      return { ...state, ...notRunning, status: 'failed', lastError: event.data.error, updatedAt: event.data.failedAt };
+      return {
+        ...state,
+        ...notRunning,
+        status: 'failed',
+        lastError: event.data.error,
+        updatedAt: event.data.failedAt,
+      };
     case 'TaskCanceled':
       return { ...state, ...notRunning, status: 'canceled', updatedAt: event.data.canceledAt };
     case 'TaskRequeued':
@@ -109,4 +121,5 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
 
 export const task: Decider<Task, TaskEvent> = { initialState: initialTask, evolve: evolveTask };
 
-export const isFinished = (status: TaskStatus): boolean => status === 'done' || status === 'failed' || status === 'canceled';
+export const isFinished = (status: TaskStatus): boolean =>
+  status === 'done' || status === 'failed' || status === 'canceled';

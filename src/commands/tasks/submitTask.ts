@@ -1,0 +1,27 @@
+import { ConflictError } from '../../errors.js';
+import type { TaskQueued, TaskSpec } from './events.js';
+import type { Task } from './state.js';
+
+export interface SubmitTask {
+  taskId: string;
+  ownerId: string;
+  spec: TaskSpec;
+  idempotencyKey: string | null;
+  now: Date;
+}
+
+export const submitTask = (command: SubmitTask, state: Task): TaskQueued[] => {
+  if (state.exists) throw new ConflictError(`task ${command.taskId} already exists`);
+  return [
+    {
+      type: 'TaskQueued',
+      data: {
+        taskId: command.taskId,
+        ownerId: command.ownerId,
+        spec: command.spec,
+        queuedAt: command.now.toISOString(),
+        idempotencyKey: command.idempotencyKey,
+      },
+    },
+  ];
+};
