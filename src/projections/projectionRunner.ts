@@ -56,6 +56,7 @@ export async function applyOnce(
   projection: Projection,
   event: RecordedEvent,
   logger: Logger,
+  partition = 0,
 ): Promise<{ outcome: ApplyOutcome; staleKeys: string[] }> {
   if (!projection.eventTypes.has(event.type)) return { outcome: 'ignored', staleKeys: [] };
   return inTransaction(pool, async (client) => {
@@ -66,12 +67,7 @@ export async function applyOnce(
       [projection.name, event.streamId, event.revision, event.position],
     );
     if (guard.rowCount === 0) return { outcome: 'duplicate' as const, staleKeys: [] };
-    await client.query(
-      `INSERT INTO projection_positions (projection, position) VALUES ($1, $2)
-       ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at = now()
-       WHERE projection_positions.position < excluded.position`,
-      [projection.name, event.position],
-    );
+    await recordPartitionPosition(client, projection.name, partition, event.position);
     await client.query('SAVEPOINT apply_event');
     try {
       const staleKeys = await projection.apply(client, event);
@@ -97,6 +93,19 @@ export async function applyOnce(
   });
 }
 
+const recordPartitionPosition = (
+  client: Pool | PoolClient,
+  projection: string,
+  partition: number,
+  position: string,
+) =>
+  client.query(
+    `INSERT INTO projection_partition_positions (projection, partition, position) VALUES ($1, $2, $3)
+     ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
+     WHERE projection_partition_positions.position < excluded.position`,
+    [projection, partition, position],
+  );
+
 /** Errors about the event's content (bad JSON shapes, constraint or type violations), not about the database being down. */
 function isDataError(error: unknown): boolean {
   if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) return true;
@@ -113,10 +122,28 @@ export async function runProjection(options: {
   metrics: ProjectionMetrics;
 }): Promise<RunningConsumer> {
   const { bus, pool, cache, projection, logger, metrics } = options;
-  return bus.consume({
+  // Events this projection ignores still move its per-partition position (so readers waiting for a position are
+  // not kept waiting by someone else's events), but lazily: at most one write per partition every 100 ms.
+  // That is safe because a partition is consumed in order: everything before an ignored event is applied.
+  const ignoredUpTo = new Map<number, string>();
+  let flushTimer: NodeJS.Timeout | null = null;
+  const flushIgnored = async () => {
+    flushTimer = null;
+    const pending = [...ignoredUpTo];
+    ignoredUpTo.clear();
+    for (const [partition, position] of pending)
+      await recordPartitionPosition(pool, projection.name, partition, position).catch((error) =>
+        logger.warn({ err: error, projection: projection.name }, 'could not record a projection position'),
+      );
+  };
+  const consumer = await bus.consume({
     group: `projection.${projection.name}`,
-    handle: async (event) => {
-      const { outcome, staleKeys } = await applyOnce(pool, projection, event, logger);
+    handle: async (event, { partition }) => {
+      const { outcome, staleKeys } = await applyOnce(pool, projection, event, logger, partition);
+      if (outcome === 'ignored') {
+        ignoredUpTo.set(partition, event.position);
+        flushTimer ??= setTimeout(() => void flushIgnored(), 100);
+      }
       if (outcome === 'applied') metrics.applied.inc({ projection: projection.name });
       else if (outcome !== 'ignored') metrics.skipped.inc({ projection: projection.name, reason: outcome });
       // After the commit: a reader between commit and delete sees the old cached value for an instant, never
@@ -124,4 +151,11 @@ export async function runProjection(options: {
       if (staleKeys.length > 0) await cache.delete(...staleKeys);
     },
   });
+  return {
+    stop: async () => {
+      await consumer.stop();
+      if (flushTimer) clearTimeout(flushTimer);
+      await flushIgnored();
+    },
+  };
 }

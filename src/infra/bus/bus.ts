@@ -5,7 +5,12 @@ import type { RecordedEvent } from '../eventStore/eventStore.js';
  * handlers must be idempotent. Two adapters: Kafka (a relay publishes the log; consumer groups read it) and
  * direct (each consumer group reads the event store's log itself, from its own checkpoint).
  */
-export type EventHandler = (event: RecordedEvent) => Promise<void>;
+/** Where an event came from: the Kafka partition (always 0 on the direct bus, which has one ordered log). */
+export interface Delivery {
+  partition: number;
+}
+
+export type EventHandler = (event: RecordedEvent, delivery: Delivery) => Promise<void>;
 
 export interface ConsumeOptions {
   /** Members of one group share the work; each group sees every event. */
@@ -33,13 +38,14 @@ export interface EventBus {
 export async function handleUntilDone(
   handle: EventHandler,
   event: RecordedEvent,
+  delivery: Delivery,
   signal: AbortSignal,
   onFailure: (error: unknown, attempt: number) => void,
 ): Promise<boolean> {
   const { sleep, backoffMs } = await import('../abort.js');
   for (let attempt = 1; !signal.aborted; attempt++) {
     try {
-      await handle(event);
+      await handle(event, delivery);
       return true;
     } catch (error) {
       onFailure(error, attempt);

@@ -41,7 +41,7 @@ export class DirectBus implements EventBus {
 
     const loop = (async () => {
       for await (const event of store.subscribeToAll({ after: checkpoint, signal: controller.signal })) {
-        const done = await handleUntilDone(handle, event, controller.signal, (error, attempt) =>
+        const done = await handleUntilDone(handle, event, { partition: 0 }, controller.signal, (error, attempt) =>
           logger.warn(
             { err: error, group, position: event.position, type: event.type, attempt },
             'event handler failed; retrying',

@@ -74,11 +74,16 @@ export class KafkaBus implements EventBus {
           );
           return;
         }
-        const done = await handleUntilDone(handle, event, controller.signal, (error, attempt) =>
-          logger.warn(
-            { err: error, group, position: event.position, type: event.type, attempt },
-            'event handler failed; retrying',
-          ),
+        const done = await handleUntilDone(
+          handle,
+          event,
+          { partition },
+          controller.signal,
+          (error, attempt) =>
+            logger.warn(
+              { err: error, group, position: event.position, type: event.type, attempt },
+              'event handler failed; retrying',
+            ),
         );
         // Leave the offset unresolved so the next member of the group gets this event again.
         if (!done) throw new StoppedError(`consumer ${group} stopping`);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Kafka, logLevel as KafkaLogLevel, Partitioners, type Admin, type Message } from 'kafkajs';
 import type { Logger } from '../../logger.js';
 import type { RecordedEvent } from '../../eventStore/eventStore.js';
@@ -76,7 +77,21 @@ interface WireEvent {
   recordedAt: string;
 }
 
-export function toMessage(event: RecordedEvent): Message {
+/**
+ * The relay picks each event's partition itself (a stable hash of the stream id), so it knows where every event
+ * went: that is what lets readers tell when a read model has caught up in every partition.
+ */
+export const partitionFor = (streamId: string, partitions: number): number =>
+  createHash('sha1').update(streamId).digest().readUInt32BE(0) % partitions;
+
+/** The topic's real partition count (it may differ from the configured one if the topic already existed). */
+export async function topicPartitionCount(admin: Admin, topic: string): Promise<number> {
+  const [metadata] = (await admin.fetchTopicMetadata({ topics: [topic] })).topics;
+  if (!metadata || metadata.partitions.length === 0) throw new Error(`topic ${topic} has no partitions`);
+  return metadata.partitions.length;
+}
+
+export function toMessage(event: RecordedEvent, partition: number): Message {
   const wire: WireEvent = {
     streamId: event.streamId,
     revision: event.revision,
@@ -88,6 +103,7 @@ export function toMessage(event: RecordedEvent): Message {
   };
   return {
     key: event.streamId,
+    partition,
     value: JSON.stringify(wire),
     headers: { type: event.type, position: event.position },
   };

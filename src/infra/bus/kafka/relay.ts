@@ -5,7 +5,14 @@ import type { Logger } from '../../logger.js';
 import type { LogCheckpoints } from '../checkpoints.js';
 import { asyncBatches } from '../../asyncBatches.js';
 import { backoffMs, sleep } from '../../abort.js';
-import { defaultPartitioner, ensureTopic, toMessage, type KafkaSettings } from './kafkaClient.js';
+import {
+  defaultPartitioner,
+  ensureTopic,
+  partitionFor,
+  toMessage,
+  topicPartitionCount,
+  type KafkaSettings,
+} from './kafkaClient.js';
 
 // Any fixed 64-bit number distinct from the service's other advisory locks.
 const RELAY_LOCK_KEY = 7_426_002;
@@ -79,6 +86,28 @@ export class KafkaRelay {
     }
   }
 
+  /** The checkpoint and the per-partition heads move together, in one transaction, through the lock's connection. */
+  private async recordPublished(
+    client: pg.Client,
+    heads: Map<number, string>,
+    checkpoint: string,
+  ): Promise<void> {
+    await client.query('BEGIN');
+    try {
+      await client.query(
+        `INSERT INTO relay_partition_heads (partition, position) SELECT * FROM unnest($1::int[], $2::text[])
+         ON CONFLICT (partition) DO UPDATE SET position = excluded.position
+         WHERE relay_partition_heads.position < excluded.position`,
+        [[...heads.keys()], [...heads.values()]],
+      );
+      await this.options.checkpoints.save(RELAY_CHECKPOINT, checkpoint, client);
+      await client.query('COMMIT');
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    }
+  }
+
   private async publishWhileHoldingLock(signal: AbortSignal): Promise<void> {
     const { logger, settings, checkpoints, store } = this.options;
     const lockClient = new pg.Client({
@@ -109,8 +138,10 @@ export class KafkaRelay {
 
       const admin = this.options.kafka.admin();
       await admin.connect();
+      let partitions: number;
       try {
         await ensureTopic(admin, settings, logger);
+        partitions = await topicPartitionCount(admin, settings.topic);
       } finally {
         await admin.disconnect();
       }
@@ -133,10 +164,16 @@ export class KafkaRelay {
           this.options.batchSize,
         )) {
           // acks -1: every in-sync replica has the batch before we move the checkpoint past it.
-          await producer.send({ topic: settings.topic, acks: -1, messages: batch.map(toMessage) });
+          const heads = new Map<number, string>();
+          const messages = batch.map((event) => {
+            const partition = partitionFor(event.streamId, partitions);
+            heads.set(partition, event.position); // the batch is in log order, so the last one wins
+            return toMessage(event, partition);
+          });
+          await producer.send({ topic: settings.topic, acks: -1, messages });
           await this.options.afterProduce?.(batch);
           if (stop.aborted) break; // lock possibly lost: do not store a checkpoint through a dead connection
-          await checkpoints.save(RELAY_CHECKPOINT, batch[batch.length - 1]!.position, lockClient);
+          await this.recordPublished(lockClient, heads, batch[batch.length - 1]!.position);
           this.published += batch.length;
         }
       } finally {

@@ -1,0 +1,161 @@
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
+import formatsPlugin from 'ajv-formats';
+import type { FieldError } from '../../errors.js';
+import type { JsonValue } from '../../infra/eventStore/eventStore.js';
+import type { JSONSchema } from '../../infra/http/api.js';
+import type { Logger } from '../../infra/logger.js';
+
+export interface TaskHandlerContext {
+  taskId: string;
+  /** 1 for the first run of the task. */
+  attempt: number;
+  /** Aborts when the task is canceled, its timeout passes or the worker stops: handlers must stop promptly. */
+  signal: AbortSignal;
+  /** `fraction` is 0..1; the worker coalesces calls, so handlers may call it as often as is natural. */
+  progress(fraction: number, message?: string): void;
+  logger: Logger;
+}
+
+export interface TaskHandler<Payload = unknown> {
+  /** The task `type` that selects this handler. */
+  type: string;
+  description: string;
+  /**
+   * JSON Schema 2020-12 for the payload, compiled by ajv in strict mode when the registry is built and
+   * shown in the OpenAPI document. An absent payload is validated as `null`.
+   */
+  payloadSchema: JSONSchema;
+  /**
+   * Resolves with the task's result. Rejecting with UnrecoverableError fails the task at once; any other
+   * error is retried while attempts remain. When `context.signal` aborts, rejects with an AbortError.
+   */
+  // Method syntax on purpose: its parameter is bivariant, so a TaskHandler<SleepPayload> can sit in a
+  // TaskHandler[] (the registry validates the payload before any handler sees it).
+  run(payload: Payload, context: TaskHandlerContext): Promise<JsonValue>;
+}
+
+/** Retrying cannot help (a bad payload, a forbidden host, a 4xx answer): the task goes straight to failed. */
+export class UnrecoverableError extends Error {
+  override name = 'UnrecoverableError';
+}
+
+export const isUnrecoverableError = (error: unknown): error is UnrecoverableError =>
+  error instanceof UnrecoverableError;
+
+/**
+ * The error a handler rejects with when its signal aborts: always named `AbortError`, whatever reason the
+ * worker aborted with, so callers test one name; the reason stays available as `cause`.
+ */
+export function abortError(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  if (isAbortError(reason)) return reason as Error;
+  const error = new Error(
+    reason instanceof Error ? `aborted: ${reason.message}` : 'the operation was aborted',
+    reason === undefined ? undefined : { cause: reason },
+  );
+  error.name = 'AbortError';
+  return error;
+}
+
+export function throwIfAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw abortError(signal);
+}
+
+/** Covers DOMException('AbortError') from fetch and timers as well as our own. */
+export const isAbortError = (error: unknown): boolean =>
+  typeof error === 'object' && error !== null && (error as { name?: unknown }).name === 'AbortError';
+
+/**
+ * Settles like `promise`, or rejects with an AbortError as soon as `signal` aborts. The underlying work is
+ * not stopped (use this for things that take no signal, such as a DNS lookup); its late outcome is ignored.
+ */
+export function abortable<T>(signal: AbortSignal, promise: Promise<T>): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => {});
+    return Promise.reject(abortError(signal));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/** The ajv that payload schemas are compiled with: strict, like the HTTP layer's body validator. */
+export function createPayloadAjv(): Ajv2020 {
+  const ajv = new Ajv2020({ allErrors: true, strict: true, allowUnionTypes: true });
+  // ajv-formats is CommonJS with a `default` property; under NodeNext the default import is module.exports.
+  (formatsPlugin as unknown as (ajv: Ajv2020) => void)(ajv);
+  return ajv;
+}
+
+const PAYLOAD_PATH = '/body/payload';
+
+const escapePointer = (segment: string): string => segment.replace(/~/g, '~0').replace(/\//g, '~1');
+
+function toFieldErrors(errors: ErrorObject[] | null | undefined): FieldError[] {
+  return (errors ?? []).map((error) => {
+    const path = `${PAYLOAD_PATH}${error.instancePath}`;
+    const params = error.params as Record<string, unknown>;
+    switch (error.keyword) {
+      case 'required':
+        return { path: `${path}/${escapePointer(String(params.missingProperty))}`, message: 'is required' };
+      case 'additionalProperties':
+        return {
+          path: `${path}/${escapePointer(String(params.additionalProperty))}`,
+          message: 'is not an allowed field',
+        };
+      default:
+        return { path, message: error.message ?? 'is invalid' };
+    }
+  });
+}
+
+export class HandlerRegistry {
+  private readonly handlers = new Map<string, { handler: TaskHandler; validate: ValidateFunction }>();
+
+  /** Compiles every payload schema now, so a bad schema or a duplicate type stops start-up. */
+  constructor(handlers: TaskHandler[]) {
+    const ajv = createPayloadAjv();
+    for (const handler of handlers) {
+      if (this.handlers.has(handler.type)) throw new Error(`two task handlers for type "${handler.type}"`);
+      let validate: ValidateFunction;
+      try {
+        validate = ajv.compile(handler.payloadSchema);
+      } catch (error) {
+        throw new Error(`task handler "${handler.type}": invalid payload schema: ${(error as Error).message}`, {
+          cause: error,
+        });
+      }
+      this.handlers.set(handler.type, { handler, validate });
+    }
+  }
+
+  get(type: string): TaskHandler | undefined {
+    return this.handlers.get(type)?.handler;
+  }
+
+  types(): string[] {
+    return [...this.handlers.keys()].sort();
+  }
+
+  /**
+   * Errors in the shape of a 400 problem's `errors`, with paths under `/body/payload` (or `/body/type` for
+   * a type no handler runs); empty when the payload is fine. An absent payload is checked as `null`.
+   */
+  validatePayload(type: string, payload: unknown): FieldError[] {
+    const entry = this.handlers.get(type);
+    if (!entry)
+      return [{ path: '/body/type', message: `is not a known task type (known: ${this.types().join(', ')})` }];
+    return entry.validate(payload === undefined ? null : payload) ? [] : toFieldErrors(entry.validate.errors);
+  }
+}

@@ -1,0 +1,49 @@
+import { abortError, throwIfAborted, type TaskHandler } from './handler.js';
+
+export interface SleepPayload {
+  ms: number;
+}
+
+export const MAX_SLEEP_MS = 3_600_000;
+const PROGRESS_EVERY_MS = 1000;
+
+/** Waits `ms`, or rejects with an AbortError the moment `signal` aborts. */
+function wait(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(abortError(signal));
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortError(signal));
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export const sleepHandler: TaskHandler<SleepPayload> = {
+  type: 'sleep',
+  description: 'Waits `ms` milliseconds, reporting progress about every second. For smoke tests.',
+  payloadSchema: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['ms'],
+    properties: { ms: { type: 'integer', minimum: 0, maximum: MAX_SLEEP_MS } },
+    examples: [{ ms: 1000 }],
+  },
+  async run({ ms }, { signal, progress }) {
+    throwIfAborted(signal);
+    const started = performance.now();
+    // Measured against the clock, not summed from timer delays: timers may fire a little early, and the
+    // task must not finish before `ms` has passed.
+    for (let elapsed = 0; elapsed < ms; elapsed = performance.now() - started) {
+      await wait(Math.max(1, Math.min(PROGRESS_EVERY_MS, Math.ceil(ms - elapsed))), signal);
+      const slept = Math.min(ms, Math.round(performance.now() - started));
+      if (slept < ms) progress(slept / ms, `slept ${slept} of ${ms} ms`);
+    }
+    progress(1, `slept ${ms} ms`);
+    return { slept_ms: ms };
+  },
+};
