@@ -46,6 +46,7 @@ export interface Config {
     concurrency: number;
     queues: Record<string, number>;
     defaultQueueConcurrency: number;
+    onlyQueues: string[];
     pollIntervalMs: number;
     leaseGraceMs: number;
     backoff: { baseMs: number; maxMs: number; jitter: number };
@@ -226,6 +227,7 @@ export const configSchema = {
         'concurrency',
         'queues',
         'defaultQueueConcurrency',
+        'onlyQueues',
         'pollIntervalMs',
         'leaseGraceMs',
         'backoff',
@@ -241,6 +243,7 @@ export const configSchema = {
           additionalProperties: positiveInt,
         },
         defaultQueueConcurrency: positiveInt,
+        onlyQueues: { type: 'array', items: { type: 'string', pattern: '^[a-z0-9][a-z0-9_.-]{0,63}$' } },
         pollIntervalMs: positiveInt,
         leaseGraceMs: positiveInt,
         backoff: {

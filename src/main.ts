@@ -22,6 +22,11 @@ import { MemoryRateLimiter, RedisRateLimiter, type RateLimiter } from './infra/r
 import { bearerAuthenticator, registerIdentityRoutes } from './commands/identity/routes.js';
 import { projectionMetrics, runProjection } from './projections/projectionRunner.js';
 import { PROJECTIONS } from './projections/index.js';
+import { projectionReached } from './projections/watermark.js';
+import { createHandlerRegistry } from './workers/handlers/index.js';
+import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
+import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/route.js';
+import { TaskWorker } from './workers/taskWorker.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -191,6 +196,23 @@ export function buildHttpApp(infra: Infrastructure, clock: () => Date = () => ne
     newId: randomUUID,
     logger: infra.logger,
   });
+  const schemas = ensureTaskSchemas(api);
+  registerTaskCommandRoutes(api, {
+    store: infra.store,
+    handlers: createHandlerRegistry(config.handlers),
+    settings: config.tasks,
+    clock,
+    newId: randomUUID,
+    taskSchema: schemas.task,
+  });
+  registerTaskQueryRoutes(api, {
+    pool: infra.pool,
+    cache: infra.cache,
+    store: infra.store,
+    readModelReached: (position) => projectionReached(infra.pool, 'tasks', position, infra.bus.name),
+    minPositionWaitMs: config.tasks.minPositionWaitMs,
+    clock,
+  });
   const readiness = [
     { name: 'postgres', check: async () => void (await infra.pool.query('SELECT 1')) },
     { name: `event_store_${infra.store.name}`, check: () => infra.store.ping() },
@@ -233,7 +255,22 @@ export async function startService(
         stops.push(() => consumer.stop());
       }
     }
-    // Workers join here with the tasks issue: a bus consumer group reacting to TaskQueued.
+    if (roles.includes('worker')) {
+      const worker = new TaskWorker({
+        store: infrastructure.store,
+        pool: infrastructure.pool,
+        bus: infrastructure.bus,
+        handlers: createHandlerRegistry(config.handlers),
+        settings: config.workers,
+        tasks: config.tasks,
+        metrics: infrastructure.metrics,
+        logger: logger.child({ role: 'worker' }),
+        clock: options.clock,
+        newId: randomUUID,
+      });
+      await worker.start();
+      stops.push(() => worker.stop());
+    }
     if (roles.includes('api')) {
       const app = buildHttpApp(infrastructure, options.clock);
       const server = await listen(app, config.port, config.host);

@@ -136,9 +136,10 @@ export const tasksProjection: Projection = {
     if (typeof taskId !== 'string' || recorded.streamId !== taskStreamId(taskId))
       throw new TypeError(`${recorded.type} in ${recorded.streamId} names task ${String(taskId)}`);
 
-    const { rows } = await client.query<TaskRow>(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE`, [
-      taskId,
-    ]);
+    const { rows } = await client.query<TaskRow>(
+      `SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE`,
+      [taskId],
+    );
     const row = rows[0];
     // The runner's stream guard already skips duplicates; this also holds if that table and this one were
     // restored or rebuilt apart, so an old event never rolls a row back.

@@ -103,21 +103,32 @@ const PAYLOAD_PATH = '/body/payload';
 const escapePointer = (segment: string): string => segment.replace(/~/g, '~0').replace(/\//g, '~1');
 
 function toFieldErrors(errors: ErrorObject[] | null | undefined): FieldError[] {
-  return (errors ?? []).map((error) => {
-    const path = `${PAYLOAD_PATH}${error.instancePath}`;
-    const params = error.params as Record<string, unknown>;
-    switch (error.keyword) {
-      case 'required':
-        return { path: `${path}/${escapePointer(String(params.missingProperty))}`, message: 'is required' };
-      case 'additionalProperties':
+  // `if` and `propertyNames` only say that something inside failed; that inner error, reported too, says
+  // where and why.
+  return (errors ?? [])
+    .filter((error) => error.keyword !== 'if' && error.keyword !== 'propertyNames')
+    .map((error) => {
+      const path = `${PAYLOAD_PATH}${error.instancePath}`;
+      const params = error.params as Record<string, unknown>;
+      if (error.propertyName !== undefined)
         return {
-          path: `${path}/${escapePointer(String(params.additionalProperty))}`,
-          message: 'is not an allowed field',
+          path: `${path}/${escapePointer(error.propertyName)}`,
+          message: `is not an allowed name: ${error.message ?? 'is invalid'}`,
         };
-      default:
-        return { path, message: error.message ?? 'is invalid' };
-    }
-  });
+      switch (error.keyword) {
+        case 'required':
+          return { path: `${path}/${escapePointer(String(params.missingProperty))}`, message: 'is required' };
+        case 'additionalProperties':
+          return {
+            path: `${path}/${escapePointer(String(params.additionalProperty))}`,
+            message: 'is not an allowed field',
+          };
+        case 'false schema':
+          return { path, message: 'is not allowed here' };
+        default:
+          return { path, message: error.message ?? 'is invalid' };
+      }
+    });
 }
 
 export class HandlerRegistry {
@@ -132,9 +143,12 @@ export class HandlerRegistry {
       try {
         validate = ajv.compile(handler.payloadSchema);
       } catch (error) {
-        throw new Error(`task handler "${handler.type}": invalid payload schema: ${(error as Error).message}`, {
-          cause: error,
-        });
+        throw new Error(
+          `task handler "${handler.type}": invalid payload schema: ${(error as Error).message}`,
+          {
+            cause: error,
+          },
+        );
       }
       this.handlers.set(handler.type, { handler, validate });
     }
@@ -155,7 +169,9 @@ export class HandlerRegistry {
   validatePayload(type: string, payload: unknown): FieldError[] {
     const entry = this.handlers.get(type);
     if (!entry)
-      return [{ path: '/body/type', message: `is not a known task type (known: ${this.types().join(', ')})` }];
+      return [
+        { path: '/body/type', message: `is not a known task type (known: ${this.types().join(', ')})` },
+      ];
     return entry.validate(payload === undefined ? null : payload) ? [] : toFieldErrors(entry.validate.errors);
   }
 }

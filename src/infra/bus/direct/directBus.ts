@@ -41,11 +41,16 @@ export class DirectBus implements EventBus {
 
     const loop = (async () => {
       for await (const event of store.subscribeToAll({ after: checkpoint, signal: controller.signal })) {
-        const done = await handleUntilDone(handle, event, { partition: 0 }, controller.signal, (error, attempt) =>
-          logger.warn(
-            { err: error, group, position: event.position, type: event.type, attempt },
-            'event handler failed; retrying',
-          ),
+        const done = await handleUntilDone(
+          handle,
+          event,
+          { partition: 0 },
+          controller.signal,
+          (error, attempt) =>
+            logger.warn(
+              { err: error, group, position: event.position, type: event.type, attempt },
+              'event handler failed; retrying',
+            ),
         );
         if (!done) break;
         checkpoint = event.position;

@@ -1,0 +1,358 @@
+import type { Request, Response } from 'express';
+import { PayloadTooLargeError, UnprocessableError, ValidationError } from '../../errors.js';
+import type { Api, JSONSchema } from '../../infra/http/api.js';
+import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
+import type { Config } from '../../config.js';
+import type { HandlerRegistry } from '../../workers/handlers/handler.js';
+import { requireRole } from '../identity/routes.js';
+import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
+import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';
+import { task, type Task } from './state.js';
+import { submitTask } from './submitTask.js';
+import { cancelTask, retryTask, updateTask } from './ownerCommands.js';
+import { taskResource, type TaskResource } from './resource.js';
+import {
+  idempotencyKey,
+  idempotencyStreamId,
+  isLive,
+  requestHash,
+  useIdempotencyKey,
+} from './idempotency.js';
+import { workerControl, workerControlStreamId, pauseWorkers, resumeWorkers } from './workerControl.js';
+
+export interface TaskCommandDeps {
+  store: EventStore;
+  handlers: HandlerRegistry;
+  settings: Config['tasks'];
+  clock: () => Date;
+  newId: () => string;
+  /** The shared `Task` schema ref, so the command and query routes document one representation. */
+  taskSchema: JSONSchema;
+}
+
+/** Names the seed's clients may send instead of numbers; stored and shown as the number. */
+export const PRIORITY_NAMES: Record<string, number> = {
+  lowest: 0,
+  low: 2,
+  normal: 5,
+  medium: 5,
+  high: 8,
+  urgent: 10,
+};
+
+const priority: JSONSchema = {
+  description:
+    'Higher runs first: 0 (lowest) to 10 (highest), or one of the names (shown as their number afterwards).',
+  oneOf: [{ type: 'integer', minimum: 0, maximum: 10 }, { enum: Object.keys(PRIORITY_NAMES) }],
+};
+const toPriority = (value: number | string | undefined): number | undefined =>
+  typeof value === 'string' ? PRIORITY_NAMES[value] : value;
+
+const QUEUE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
+
+interface SubmitBody {
+  title: string;
+  description?: string | null;
+  type?: string;
+  payload?: JsonValue;
+  priority?: number | string;
+  queue?: string;
+  run_at?: string;
+  max_attempts?: number;
+  timeout_ms?: number;
+}
+
+const problem = (description: string) => ({ description });
+const positionHeader = {
+  'X-Position': {
+    description: 'Log position of this change: send it as X-Min-Position to read your own write.',
+    schema: { type: 'string' },
+  },
+};
+
+export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void {
+  const { store, handlers, settings, clock, newId } = deps;
+  const submitSchema = api.addSchema('SubmitTask', {
+    type: 'object',
+    additionalProperties: false,
+    required: ['title'],
+    properties: {
+      title: { type: 'string', minLength: 1, maxLength: 200 },
+      description: { type: ['string', 'null'], maxLength: 5000 },
+      type: { enum: handlers.types(), description: 'The handler that runs the task (default echo).' },
+      payload: { description: "The handler's input, any JSON; each type checks its own shape." },
+      priority,
+      queue: { type: 'string', pattern: QUEUE_PATTERN, description: 'Named queue (default "default").' },
+      run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
+      max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
+      timeout_ms: { type: 'integer', minimum: 1, maximum: settings.maxTimeoutMs },
+    },
+    examples: [{ title: 'Write the report', description: 'Quarterly numbers', priority: 5 }],
+  });
+  const editSchema = api.addSchema('EditTask', {
+    type: 'object',
+    additionalProperties: false,
+    minProperties: 1,
+    properties: {
+      title: { type: 'string', minLength: 1, maxLength: 200 },
+      description: { type: ['string', 'null'], maxLength: 5000 },
+      priority,
+    },
+    examples: [{ priority: 'high' }],
+  });
+  const idParams: JSONSchema = {
+    type: 'object',
+    required: ['id'],
+    properties: { id: { type: 'string', format: 'uuid' } },
+  };
+  const idempotencyHeader: JSONSchema = {
+    type: 'object',
+    properties: {
+      'idempotency-key': { type: 'string', minLength: 1, maxLength: 200, pattern: '^[\\x21-\\x7e]+$' },
+    },
+  };
+
+  const context = (req: Request): CommandContext => ({
+    now: clock,
+    newId,
+    correlationId: req.id ?? newId(),
+    causationId: null,
+    userId: req.auth!.userId,
+  });
+
+  const answer = (res: Response, status: number, resource: TaskResource, position: string | null) => {
+    if (position) res.set('X-Position', position);
+    res.status(status).json(resource);
+  };
+
+  /** The submitted task as it was right after TaskQueued: the same answer however often the request is replayed. */
+  const asQueued = async (taskId: string): Promise<{ resource: TaskResource; position: string } | null> => {
+    const [queued] = await store.readStream(taskStreamId(taskId));
+    if (!queued) return null;
+    return { resource: taskResource(foldEvents(task, [queued]), queued.revision), position: queued.position };
+  };
+
+  const queueTask = async (req: Request, taskId: string, spec: TaskSpec, key: string | null) => {
+    const result = await handleCommand(
+      store,
+      taskStreamId(taskId),
+      task,
+      (state) =>
+        submitTask({ taskId, ownerId: req.auth!.userId, spec, idempotencyKey: key, now: clock() }, state),
+      context(req),
+    );
+    return { resource: taskResource(result.state, result.revision!), position: result.position! };
+  };
+
+  api.route<SubmitBody>(
+    {
+      method: 'post',
+      path: '/tasks',
+      operationId: 'submitTask',
+      summary: 'Submit a task',
+      description:
+        'Queues the task and answers at once (202). Send an `Idempotency-Key` to make retries safe: the same key and body give the same task; the same key with another body is 422. Keys live 24 hours.',
+      tags: ['tasks'],
+      auth: 'bearer',
+      body: submitSchema,
+      headers: idempotencyHeader,
+      responses: {
+        202: {
+          description: 'Queued',
+          schema: deps.taskSchema,
+          headers: { ...positionHeader, Location: { description: 'The task', schema: { type: 'string' } } },
+        },
+        400: problem('Invalid task'),
+        401: problem('No valid access token'),
+        413: problem('Payload larger than allowed'),
+        422: problem('Idempotency-Key reused with a different request'),
+      },
+    },
+    async (req, res) => {
+      const body = req.body;
+      const type = body.type ?? 'echo';
+      const payload = body.payload ?? null;
+      if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
+        throw new PayloadTooLargeError(`payload is larger than ${settings.maxPayloadBytes} bytes`);
+      const payloadErrors = handlers.validatePayload(type, payload);
+      if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
+      const spec: TaskSpec = {
+        title: body.title,
+        description: body.description ?? null,
+        type,
+        payload,
+        priority: toPriority(body.priority) ?? 5,
+        queue: body.queue ?? 'default',
+        runAt: body.run_at ? new Date(body.run_at).toISOString() : null,
+        maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
+        timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
+      };
+      const key = req.get('idempotency-key') ?? null;
+      let outcome: { resource: TaskResource; position: string };
+      if (!key) {
+        outcome = await queueTask(req, newId(), spec, null);
+      } else {
+        const hash = requestHash(body);
+        const claim = await handleCommand(
+          store,
+          idempotencyStreamId(req.auth!.userId, key),
+          idempotencyKey,
+          (state) =>
+            useIdempotencyKey(
+              {
+                taskId: newId(),
+                requestHash: hash,
+                now: clock(),
+                ttlSeconds: settings.idempotencyKeyTtlSeconds,
+              },
+              state,
+            ),
+          context(req),
+        );
+        if (!isLive(claim.state, clock())) throw new Error('idempotency key claim did not take');
+        if (claim.state.requestHash !== hash)
+          throw new UnprocessableError('this Idempotency-Key was already used with a different request');
+        const taskId = claim.state.taskId!;
+        // Either this request just claimed the key, or an earlier one did (and may have crashed before queueing).
+        outcome =
+          (claim.events.length === 0 ? await asQueued(taskId) : null) ??
+          (await queueTask(req, taskId, spec, key));
+      }
+      res.set('Location', `/tasks/${outcome.resource.id}`);
+      answer(res, 202, outcome.resource, outcome.position);
+    },
+  );
+
+  const ownerCommand =
+    (decide: (req: Request, state: Task) => TaskEvent[], status: number) =>
+    async (req: Request, res: Response) => {
+      const id = String(req.params.id);
+      const result = await handleCommand(
+        store,
+        taskStreamId(id),
+        task,
+        (state) => decide(req, state),
+        context(req),
+      );
+      answer(res, status, taskResource(result.state, result.revision!), result.position);
+    };
+
+  api.route<{ title?: string; description?: string | null; priority?: number | string }>(
+    {
+      method: 'patch',
+      path: '/tasks/:id',
+      operationId: 'editTask',
+      summary: 'Edit the title, description or priority of a pending task',
+      tags: ['tasks'],
+      auth: 'bearer',
+      params: idParams,
+      body: editSchema,
+      responses: {
+        200: { description: 'Edited', schema: deps.taskSchema, headers: positionHeader },
+        404: problem('No such task (or not yours)'),
+        409: problem('The task is no longer pending'),
+      },
+    },
+    ownerCommand(
+      (req, state) =>
+        updateTask(
+          {
+            actorId: req.auth!.userId,
+            changes: {
+              title: req.body.title,
+              description: req.body.description,
+              priority: toPriority(req.body.priority),
+            },
+            now: clock(),
+          },
+          state,
+        ),
+      200,
+    ),
+  );
+
+  api.route(
+    {
+      method: 'delete',
+      path: '/tasks/:id',
+      operationId: 'cancelTask',
+      summary: 'Cancel a task; its history stays',
+      description: "A pending task is canceled at once; a running one's handler is aborted by its worker.",
+      tags: ['tasks'],
+      auth: 'bearer',
+      params: idParams,
+      responses: {
+        200: { description: 'Canceled', schema: deps.taskSchema, headers: positionHeader },
+        404: problem('No such task (or not yours)'),
+        409: problem('The task has already finished'),
+      },
+    },
+    ownerCommand((req, state) => cancelTask({ actorId: req.auth!.userId, now: clock() }, state), 200),
+  );
+
+  api.route(
+    {
+      method: 'post',
+      path: '/tasks/:id/retry',
+      operationId: 'retryTask',
+      summary: 'Queue a failed or canceled task again, with fresh attempts',
+      tags: ['tasks'],
+      auth: 'bearer',
+      params: idParams,
+      responses: {
+        202: { description: 'Queued again', schema: deps.taskSchema, headers: positionHeader },
+        404: problem('No such task (or not yours)'),
+        409: problem('The task is not failed or canceled'),
+      },
+    },
+    ownerCommand((req, state) => retryTask({ actorId: req.auth!.userId, now: clock() }, state), 202),
+  );
+
+  const workerState = {
+    type: 'object',
+    required: ['paused'],
+    properties: {
+      paused: { type: 'boolean' },
+      changed_at: { type: ['string', 'null'] },
+      changed_by: { type: ['string', 'null'] },
+    },
+  };
+  const controlRoute = (path: string, operationId: string, summary: string, pause: boolean) =>
+    api.route(
+      {
+        method: 'post',
+        path,
+        operationId,
+        summary,
+        tags: ['admin'],
+        auth: 'bearer',
+        responses: {
+          200: { description: "The workers' state", schema: workerState },
+          403: problem('Needs the admin role'),
+        },
+      },
+      async (req, res) => {
+        const admin = requireRole(req, 'admin');
+        const command = { by: admin.userId, now: clock() };
+        const result = await handleCommand(
+          store,
+          workerControlStreamId,
+          workerControl,
+          (state) => (pause ? pauseWorkers(command, state) : resumeWorkers(command, state)),
+          context(req),
+        );
+        res.json({
+          paused: result.state.paused,
+          changed_at: result.state.changedAt,
+          changed_by: result.state.changedBy,
+        });
+      },
+    );
+  controlRoute(
+    '/admin/workers/pause',
+    'pauseWorkers',
+    'Pause every worker: running tasks finish, no new ones start',
+    true,
+  );
+  controlRoute('/admin/workers/resume', 'resumeWorkers', 'Resume the workers', false);
+}

@@ -1,0 +1,189 @@
+import { ValidationError } from '../../errors.js';
+import type { Cache } from '../../infra/cache/cache.js';
+import type { Pool } from '../../infra/db/pool.js';
+import type { JsonValue, Position } from '../../infra/eventStore/eventStore.js';
+import type { TaskError, TaskStatus } from '../../commands/tasks/events.js';
+import type { Task } from '../../commands/tasks/state.js';
+import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from '../../projections/tasks/projection.js';
+
+/** A task as the API shows it. */
+export interface TaskView {
+  id: string;
+  owner_id: string;
+  title: string;
+  description: string | null;
+  type: string;
+  payload: JsonValue;
+  priority: number;
+  queue: string;
+  status: TaskStatus;
+  attempt: number;
+  max_attempts: number;
+  timeout_ms: number;
+  run_at: string | null;
+  progress: number | null;
+  result: JsonValue | null;
+  error: TaskError | null;
+  created_at: string;
+  updated_at: string;
+  /** The task stream's revision this view reflects. */
+  revision: number;
+}
+
+/** A view and the log position of the last event it reflects, which read-your-writes compares against. */
+export interface TaskSnapshot {
+  task: TaskView;
+  position: Position;
+}
+
+export interface TaskPage {
+  items: TaskView[];
+  next_cursor: string | null;
+}
+
+export interface TaskListFilter {
+  /** null = every owner's tasks (auditors, admins). */
+  ownerId: string | null;
+  status?: TaskStatus;
+  type?: string;
+  queue?: string;
+  /** 1 to 100; 20 when absent. */
+  limit?: number;
+  cursor?: string | null;
+}
+
+export const DEFAULT_PAGE_SIZE = 20;
+export const MAX_PAGE_SIZE = 100;
+
+/**
+ * The API view of a domain state, so a command route can answer with the same shape the queries serve
+ * (`revision` is the stream revision after the command).
+ */
+export function taskView(state: Task, revision: number): TaskView {
+  if (!state.exists || state.spec === null) throw new Error('a task that does not exist has no view');
+  const spec = state.spec;
+  return {
+    id: state.id!,
+    owner_id: state.ownerId!,
+    title: spec.title,
+    description: spec.description,
+    type: spec.type,
+    payload: spec.payload,
+    priority: spec.priority,
+    queue: spec.queue,
+    status: state.status,
+    attempt: state.attempt,
+    max_attempts: spec.maxAttempts,
+    timeout_ms: spec.timeoutMs,
+    run_at: state.runAt,
+    progress: state.progress,
+    result: state.result,
+    error: state.lastError,
+    created_at: state.createdAt!,
+    updated_at: state.updatedAt!,
+    revision,
+  };
+}
+
+const rowView = (row: TaskRow): TaskView => taskView(rowToTask(row), row.revision);
+
+// created_at is kept to the microsecond: a cursor rounded to JavaScript's milliseconds could skip or repeat rows.
+const CURSOR_CREATED_AT = `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_created_at`;
+const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export function encodeCursor(createdAt: string, id: string): string {
+  return Buffer.from(JSON.stringify([createdAt, id]), 'utf8').toString('base64url');
+}
+
+/** Throws a 400 for anything this service did not issue (or could not have issued). */
+export function decodeCursor(cursor: string): { createdAt: string; id: string } {
+  const invalid = () => new ValidationError([{ path: '/query/cursor', message: 'is not a valid cursor' }]);
+  if (!/^[A-Za-z0-9_-]{1,200}$/.test(cursor)) throw invalid();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    throw invalid();
+  }
+  if (!Array.isArray(parsed) || parsed.length !== 2) throw invalid();
+  const [createdAt, id] = parsed as unknown[];
+  if (typeof createdAt !== 'string' || !CURSOR_TIME.test(createdAt) || Number.isNaN(Date.parse(createdAt)))
+    throw invalid();
+  if (typeof id !== 'string' || !UUID.test(id)) throw invalid();
+  return { createdAt, id };
+}
+
+export interface TaskQueries {
+  /**
+   * The task, or null when there is no such row. With `minPosition`, a cached view older than it is not served:
+   * the row is read again (the caller decides whether that row is new enough).
+   */
+  getTask(id: string, options?: { minPosition?: Position | null }): Promise<TaskSnapshot | null>;
+  /** Newest first, keyset-paged on (created_at, id). */
+  listTasks(filter: TaskListFilter): Promise<TaskPage>;
+}
+
+export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeconds?: number }): TaskQueries {
+  const { pool, cache } = deps;
+
+  const readRow = async (id: string): Promise<TaskSnapshot | null> => {
+    const { rows } = await pool.query<TaskRow>(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1`, [id]);
+    const row = rows[0];
+    return row ? { task: rowView(row), position: row.last_position } : null;
+  };
+
+  return {
+    async getTask(id, options = {}) {
+      const key = taskCacheKey(id);
+      const minPosition = options.minPosition ?? null;
+      const cached = await cache.get<TaskSnapshot>(key);
+      if (cached && (minPosition === null || cached.position >= minPosition)) return cached;
+      const fresh = await readRow(id);
+      // Absent tasks are not cached: one submitted a moment ago would stay invisible until the entry expired.
+      // Caveat: a read that overlaps a projection commit can put the older row back after the projection
+      // deleted the key; the TTL bounds that, and callers passing a min position never get it.
+      if (fresh) await cache.set(key, fresh, deps.cacheTtlSeconds);
+      return fresh;
+    },
+
+    // Lists are not cached: every submit and every status change of any task on a page changes them, so entries
+    // would be invalidated about as often as read, and the keyset query is one index range scan anyway.
+    async listTasks(filter) {
+      const limit = filter.limit ?? DEFAULT_PAGE_SIZE;
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE)
+        throw new ValidationError([
+          { path: '/query/limit', message: `must be an integer from 1 to ${MAX_PAGE_SIZE}` },
+        ]);
+      const where: string[] = [];
+      const values: unknown[] = [];
+      const add = (condition: (placeholder: string) => string, value: unknown) => {
+        values.push(value);
+        where.push(condition(`$${values.length}`));
+      };
+      if (filter.ownerId !== null) add((p) => `owner_id = ${p}`, filter.ownerId);
+      if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
+      if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
+      if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
+      if (filter.cursor) {
+        const after = decodeCursor(filter.cursor);
+        values.push(after.createdAt, after.id);
+        // A row-value comparison, so PostgreSQL can start the index scan right after the cursor.
+        where.push(`(created_at, id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`);
+      }
+      values.push(limit + 1);
+      const { rows } = await pool.query<TaskRow & { cursor_created_at: string }>(
+        `SELECT ${TASK_COLUMNS}, ${CURSOR_CREATED_AT} FROM tasks
+         ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
+         ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
+        values,
+      );
+      const page = rows.slice(0, limit);
+      const last = page[page.length - 1];
+      return {
+        items: page.map(rowView),
+        next_cursor: rows.length > limit && last ? encodeCursor(last.cursor_created_at, last.id) : null,
+      };
+    },
+  };
+}

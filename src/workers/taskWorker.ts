@@ -1,0 +1,478 @@
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Config } from '../config.js';
+import type { EventBus, RunningConsumer } from '../infra/bus/bus.js';
+import type { Pool } from '../infra/db/pool.js';
+import type { EventStore, JsonValue } from '../infra/eventStore/eventStore.js';
+import type { Logger } from '../infra/logger.js';
+import { sleep } from '../infra/abort.js';
+import { ConflictError, IllegalStateError } from '../errors.js';
+import { foldEvents, handleCommand, type CommandContext } from '../commands/commandHandler.js';
+import { taskStreamId, type TaskEvent } from '../commands/tasks/events.js';
+import { task, type Task } from '../commands/tasks/state.js';
+import {
+  expireLease,
+  finishAttempt,
+  releaseTask,
+  reportProgress,
+  retryDelayMs,
+  startTask,
+  type AttemptOutcome,
+} from '../commands/tasks/workerCommands.js';
+import { workerControl, workerControlStreamId } from '../commands/tasks/workerControl.js';
+import { isUnrecoverableError, type HandlerRegistry } from './handlers/handler.js';
+
+export interface TaskWorkerOptions {
+  store: EventStore;
+  pool: Pool;
+  bus: EventBus;
+  handlers: HandlerRegistry;
+  settings: Config['workers'];
+  tasks: Config['tasks'];
+  metrics: Registry;
+  logger: Logger;
+  clock?: () => Date;
+  newId: () => string;
+  random?: () => number;
+}
+
+/** Why a running handler was aborted: each ends the attempt differently. */
+type AbortReason = 'timeout' | 'canceled' | 'release';
+
+interface RunningAttempt {
+  taskId: string;
+  queue: string;
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+/** Events after which a pending task may be startable: each wakes the dispatcher early. */
+const WAKING_EVENTS = new Set([
+  'TaskQueued',
+  'TaskRequeued',
+  'TaskAttemptFailed',
+  'TaskReleased',
+  'TaskUpdated',
+  'WorkersResumed',
+]);
+
+interface WorkerMetrics {
+  started: Counter;
+  finished: Counter<'outcome'>;
+  running: Gauge;
+}
+
+const metricsByRegistry = new WeakMap<Registry, WorkerMetrics>();
+function workerMetrics(registry: Registry): WorkerMetrics {
+  let metrics = metricsByRegistry.get(registry);
+  if (!metrics) {
+    metrics = {
+      started: new Counter({
+        name: 'task_attempts_started_total',
+        help: 'Task attempts this process claimed',
+        registers: [registry],
+      }),
+      finished: new Counter({
+        name: 'task_attempts_finished_total',
+        help: 'Task attempts this process ended',
+        labelNames: ['outcome'],
+        registers: [registry],
+      }),
+      running: new Gauge({
+        name: 'task_attempts_running',
+        help: 'Handlers running in this process',
+        registers: [registry],
+      }),
+    };
+    metricsByRegistry.set(registry, metrics);
+  }
+  return metrics;
+}
+
+/**
+ * Runs queued tasks. It picks due tasks from the `tasks` read model in priority order and claims each with an
+ * append of TaskStarted at the revision it read: a stale read model can only cost a lost claim, never a second
+ * run of one attempt. The bus wakes it when something becomes startable; delays and back-offs are waited out
+ * here, against the clock, so nothing ever sits blocking a Kafka partition. It also reaps expired leases.
+ */
+export class TaskWorker {
+  readonly workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  private readonly running = new Map<string, RunningAttempt>();
+  private readonly clock: () => Date;
+  private readonly random: () => number;
+  private readonly metrics: WorkerMetrics;
+  private stopping = new AbortController();
+  private wakeup: (() => void) | null = null;
+  private wokenSinceLastLook = false;
+  private loops: Promise<void>[] = [];
+  private consumer: RunningConsumer | null = null;
+  private pausedCache: { paused: boolean; readAt: number } = { paused: false, readAt: 0 };
+
+  constructor(private readonly options: TaskWorkerOptions) {
+    this.clock = options.clock ?? (() => new Date());
+    this.random = options.random ?? Math.random;
+    this.metrics = workerMetrics(options.metrics);
+  }
+
+  get runningTaskIds(): string[] {
+    return [...this.running.keys()];
+  }
+
+  async start(): Promise<void> {
+    this.stopping = new AbortController();
+    this.consumer = await this.options.bus.consume({
+      group: 'workers',
+      handle: async (event) => {
+        if (WAKING_EVENTS.has(event.type)) {
+          if (event.type === 'WorkersResumed') this.pausedCache.readAt = 0;
+          this.wake();
+        }
+      },
+    });
+    this.loops = [this.dispatchLoop(), this.reapLoop()];
+  }
+
+  /**
+   * Graceful stop: no new claims; running handlers get `shutdownGraceMs` to finish; the rest are aborted and
+   * handed back (TaskReleased, the attempt not counted) so another worker picks them up at once.
+   */
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    this.wake();
+    await this.consumer?.stop();
+    await Promise.all(this.loops);
+    const deadline = sleep(this.options.settings.shutdownGraceMs);
+    const allDone = Promise.all([...this.running.values()].map((attempt) => attempt.done));
+    if (
+      (await Promise.race([allDone.then(() => 'done' as const), deadline.then(() => 'late' as const)])) ===
+      'late'
+    ) {
+      for (const attempt of this.running.values()) attempt.controller.abort('release' satisfies AbortReason);
+      await allDone;
+    }
+  }
+
+  private wake(): void {
+    this.wokenSinceLastLook = true;
+    this.wakeup?.();
+  }
+
+  private waitForWakeup(ms: number): Promise<void> {
+    if (this.wokenSinceLastLook) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakeup = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakeup = done;
+    });
+  }
+
+  private context(): CommandContext {
+    return {
+      now: this.clock,
+      newId: this.options.newId,
+      correlationId: this.options.newId(),
+      causationId: null,
+      userId: null,
+    };
+  }
+
+  private queueLimit(queue: string): number {
+    return this.options.settings.queues[queue] ?? this.options.settings.defaultQueueConcurrency;
+  }
+
+  private async paused(): Promise<boolean> {
+    // The switch is one tiny stream; reading it once a second is cheaper than a projection for it.
+    if (Date.now() - this.pausedCache.readAt > 1000) {
+      const state = foldEvents(workerControl, await this.options.store.readStream(workerControlStreamId));
+      this.pausedCache = { paused: state.paused, readAt: Date.now() };
+    }
+    return this.pausedCache.paused;
+  }
+
+  private async dispatchLoop(): Promise<void> {
+    const { settings, logger } = this.options;
+    // After a wake-up that found nothing (the read model may lag the bus by a moment), look again soon.
+    let quickRetries = 0;
+    while (!this.stopping.signal.aborted) {
+      this.wokenSinceLastLook = false;
+      let claimed = 0;
+      let nextDueMs: number | null = null;
+      try {
+        if (!(await this.paused()) && this.running.size < settings.concurrency) {
+          ({ claimed, nextDueMs } = await this.claimDueTasks());
+        }
+      } catch (error) {
+        logger.warn({ err: error }, 'dispatch failed; retrying');
+        await sleep(settings.pollIntervalMs, this.stopping.signal);
+        continue;
+      }
+      if (claimed > 0) {
+        quickRetries = 0;
+        continue;
+      }
+      if (this.wokenSinceLastLook) quickRetries = 4;
+      let waitMs = settings.pollIntervalMs;
+      if (quickRetries > 0) waitMs = Math.min(waitMs, 25 * 2 ** (4 - quickRetries--));
+      if (nextDueMs !== null) waitMs = Math.min(waitMs, Math.max(1, nextDueMs));
+      await this.waitForWakeup(waitMs);
+    }
+  }
+
+  /** One look at the read model: claim as many due tasks as there are free slots, highest priority first. */
+  private async claimDueTasks(): Promise<{ claimed: number; nextDueMs: number | null }> {
+    const { settings, pool } = this.options;
+    const free = settings.concurrency - this.running.size;
+    const busyQueues = new Map<string, number>();
+    for (const attempt of this.running.values())
+      busyQueues.set(attempt.queue, (busyQueues.get(attempt.queue) ?? 0) + 1);
+    const fullQueues = [...busyQueues]
+      .filter(([queue, count]) => count >= this.queueLimit(queue))
+      .map(([queue]) => queue);
+    const now = this.clock();
+    const { rows } = await pool.query<{ id: string; queue: string }>(
+      `SELECT id, queue FROM tasks
+        WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[])) AND NOT (id = ANY($3::uuid[]))
+          AND (cardinality($5::text[]) = 0 OR queue = ANY($5::text[]))
+        ORDER BY priority DESC, run_at, created_at
+        LIMIT $4`,
+      [now, fullQueues, [...this.running.keys()], free * 3 + 5, settings.onlyQueues],
+    );
+    let claimed = 0;
+    for (const row of rows) {
+      if (this.stopping.signal.aborted || this.running.size >= settings.concurrency) break;
+      if ((busyQueues.get(row.queue) ?? 0) >= this.queueLimit(row.queue)) continue;
+      if (await this.claim(row.id)) {
+        claimed++;
+        busyQueues.set(row.queue, (busyQueues.get(row.queue) ?? 0) + 1);
+      }
+    }
+    let nextDueMs: number | null = null;
+    if (claimed === 0) {
+      const next = await pool.query<{ run_at: Date | null }>(
+        `SELECT min(run_at) AS run_at FROM tasks WHERE status = 'pending' AND run_at > $1
+           AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
+        [now, settings.onlyQueues],
+      );
+      const runAt = next.rows[0]?.run_at;
+      if (runAt) nextDueMs = runAt.getTime() - now.getTime();
+    }
+    return { claimed, nextDueMs };
+  }
+
+  /** The claim; false when another worker got there first or the task is no longer startable. */
+  private async claim(taskId: string): Promise<boolean> {
+    const { settings, store, logger } = this.options;
+    let claimed;
+    try {
+      claimed = await handleCommand(
+        store,
+        taskStreamId(taskId),
+        task,
+        (state) =>
+          startTask(
+            {
+              workerId: this.workerId,
+              leaseMs: (state.spec?.timeoutMs ?? 0) + settings.leaseGraceMs,
+              now: this.clock(),
+            },
+            state,
+          ),
+        this.context(),
+        { maxAttempts: 1 },
+      );
+    } catch (error) {
+      if (error instanceof IllegalStateError || error instanceof ConflictError) return false;
+      throw error;
+    }
+    const state = claimed.state;
+    this.metrics.started.inc();
+    logger.debug({ taskId, attempt: state.attempt, workerId: this.workerId }, 'task claimed');
+    const controller = new AbortController();
+    const attempt: RunningAttempt = { taskId, queue: state.spec!.queue, controller, done: Promise.resolve() };
+    attempt.done = this.run(state, claimed.revision!, controller)
+      .catch((error) =>
+        logger.error(
+          { err: error, taskId },
+          'task attempt ended with an internal error; its lease will expire',
+        ),
+      )
+      .finally(() => {
+        this.running.delete(taskId);
+        this.metrics.running.set(this.running.size);
+        this.wake(); // a slot is free
+      });
+    this.running.set(taskId, attempt);
+    this.metrics.running.set(this.running.size);
+    return true;
+  }
+
+  private async run(state: Task, claimedRevision: number, controller: AbortController): Promise<void> {
+    const { handlers, settings, store, logger } = this.options;
+    const spec = state.spec!;
+    const taskId = state.id!;
+    const attempt = state.attempt;
+    const handler = handlers.get(spec.type);
+    const timers: NodeJS.Timeout[] = [];
+    const abort = (reason: AbortReason) => {
+      if (!controller.signal.aborted) controller.abort(reason);
+    };
+    timers.push(setTimeout(() => abort('timeout'), spec.timeoutMs));
+    // Cancellation reaches whichever worker runs the task: it watches the task's own stream.
+    timers.push(
+      setInterval(() => {
+        void store
+          .readStream(taskStreamId(taskId), { fromRevision: claimedRevision + 1 })
+          .then((events) => {
+            if (
+              events.some(
+                (event) =>
+                  event.type === 'TaskCanceled' ||
+                  event.type === 'TaskAttemptFailed' ||
+                  event.type === 'TaskFailed',
+              )
+            )
+              abort('canceled');
+          })
+          .catch(() => undefined); // a missed check is retried at the next tick
+      }, settings.cancelCheckIntervalMs),
+    );
+    let latestProgress: { fraction: number; message: string | null } | null = null;
+    let progressWrite: Promise<unknown> = Promise.resolve();
+    timers.push(
+      setInterval(() => {
+        if (!latestProgress) return;
+        const { fraction, message } = latestProgress;
+        latestProgress = null;
+        progressWrite = progressWrite.then(() =>
+          handleCommand(
+            store,
+            taskStreamId(taskId),
+            task,
+            (s) =>
+              reportProgress(
+                { workerId: this.workerId, attempt, progress: fraction, message, now: this.clock() },
+                s,
+              ),
+            this.context(),
+          ).catch((error) => logger.warn({ err: error, taskId }, 'progress not recorded')),
+        );
+      }, settings.progressIntervalMs),
+    );
+
+    let outcome: AttemptOutcome | 'release' | 'canceled';
+    try {
+      if (!handler)
+        throw Object.assign(new Error(`no handler for type ${spec.type}`), { unrecoverable: true });
+      const result = await handler.run(spec.payload, {
+        taskId,
+        attempt,
+        signal: controller.signal,
+        logger: logger.child({ taskId, attempt }),
+        progress: (fraction, message) => (latestProgress = { fraction, message: message ?? null }),
+      });
+      outcome =
+        controller.signal.aborted && controller.signal.reason !== 'timeout'
+          ? (controller.signal.reason as 'canceled' | 'release')
+          : this.succeeded(result);
+    } catch (error) {
+      const reason = controller.signal.reason as AbortReason | undefined;
+      if (controller.signal.aborted && reason && reason !== 'timeout') outcome = reason;
+      else if (controller.signal.aborted)
+        outcome = {
+          kind: 'failed',
+          retryable: true,
+          error: { kind: 'timeout', message: `timed out after ${spec.timeoutMs} ms` },
+        };
+      else if (isUnrecoverableError(error) || (error as { unrecoverable?: boolean }).unrecoverable)
+        outcome = {
+          kind: 'failed',
+          retryable: false,
+          error: { kind: 'unrecoverable', message: messageOf(error) },
+        };
+      else outcome = { kind: 'failed', retryable: true, error: { kind: 'error', message: messageOf(error) } };
+    } finally {
+      for (const timer of timers) clearInterval(timer);
+      await progressWrite;
+    }
+
+    if (outcome === 'canceled') {
+      this.metrics.finished.inc({ outcome: 'canceled' });
+      return; // TaskCanceled (or the reaper's failure) is already in the stream
+    }
+    const decide =
+      outcome === 'release'
+        ? (s: Task): TaskEvent[] =>
+            releaseTask({ workerId: this.workerId, attempt, reason: 'worker stopping', now: this.clock() }, s)
+        : (s: Task): TaskEvent[] =>
+            finishAttempt(
+              {
+                workerId: this.workerId,
+                attempt,
+                outcome,
+                retryDelayMs: retryDelayMs(attempt, settings.backoff, this.random),
+                now: this.clock(),
+              },
+              s,
+            );
+    const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context());
+    this.metrics.finished.inc({ outcome: finished.events[0]?.type ?? 'superseded' });
+  }
+
+  /** Results are stored up to `maxResultBytes`; a larger one keeps a prefix of its JSON, flagged as truncated. */
+  private succeeded(result: JsonValue): AttemptOutcome {
+    const json = JSON.stringify(result ?? null);
+    const limit = this.options.tasks.maxResultBytes;
+    if (Buffer.byteLength(json, 'utf8') <= limit)
+      return { kind: 'succeeded', result: result ?? null, resultTruncated: false };
+    return {
+      kind: 'succeeded',
+      result: { truncated_json: Buffer.from(json).subarray(0, limit).toString('utf8') },
+      resultTruncated: true,
+    };
+  }
+
+  /** Any worker may reap: the append's expected revision makes a race between reapers harmless. */
+  private async reapLoop(): Promise<void> {
+    const { pool, store, settings, logger } = this.options;
+    while (!this.stopping.signal.aborted) {
+      try {
+        const now = this.clock();
+        const { rows } = await pool.query<{ id: string }>(
+          `SELECT id FROM tasks WHERE status = 'in_progress' AND lease_until < $1 LIMIT 100`,
+          [now],
+        );
+        for (const row of rows) {
+          await handleCommand(
+            store,
+            taskStreamId(row.id),
+            task,
+            (state) =>
+              expireLease(
+                {
+                  retryDelayMs: retryDelayMs(state.attempt, settings.backoff, this.random),
+                  now: this.clock(),
+                },
+                state,
+              ),
+            this.context(),
+          ).then(
+            (result) =>
+              result.events.length > 0 && logger.warn({ taskId: row.id }, 'lease expired; attempt failed'),
+            (error) => logger.warn({ err: error, taskId: row.id }, 'could not reap an expired lease'),
+          );
+        }
+      } catch (error) {
+        logger.warn({ err: error }, 'lease reaper failed; retrying');
+      }
+      await sleep(Math.max(1000, settings.pollIntervalMs), this.stopping.signal);
+    }
+  }
+}
+
+const messageOf = (error: unknown): string =>
+  (error instanceof Error ? error.message : String(error)).slice(0, 2000);
