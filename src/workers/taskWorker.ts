@@ -124,10 +124,9 @@ export class TaskWorker {
     this.consumer = await this.options.bus.consume({
       group: 'workers',
       handle: async (event) => {
-        if (WAKING_EVENTS.has(event.type)) {
-          if (event.type === 'WorkersResumed') this.pausedCache.readAt = 0;
-          this.wake();
-        }
+        // The switch is cached for a second; its events make every worker look again at once.
+        if (event.type === 'WorkersPaused' || event.type === 'WorkersResumed') this.pausedCache.readAt = 0;
+        if (WAKING_EVENTS.has(event.type)) this.wake();
       },
     });
     this.loops = [this.dispatchLoop(), this.reapLoop()];

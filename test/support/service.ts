@@ -126,3 +126,21 @@ export async function eventually<T>(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
+
+/** Fast retries and leases, so the suite exercises them in seconds. */
+export const quickWorkerSettings = (config: Config) => {
+  config.workers.backoff = { baseMs: 50, maxMs: 200, jitter: 0.2 };
+  config.workers.pollIntervalMs = 100;
+  config.workers.leaseGraceMs = 500;
+  config.workers.cancelCheckIntervalMs = 100;
+  config.workers.progressIntervalMs = 200;
+  config.workers.shutdownGraceMs = 2000;
+  config.workers.concurrency = 4;
+  config.workers.queues = { default: 4 };
+  config.handlers.http = {
+    allowedHosts: ['127.0.0.1'],
+    allowPrivateAddresses: true,
+    maxResponseBytes: 65536,
+    maxRedirects: 3,
+  };
+};

@@ -1,34 +1,13 @@
 import { ValidationError } from '../../errors.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
-import type { JsonValue, Position } from '../../infra/eventStore/eventStore.js';
-import type { TaskError, TaskStatus } from '../../commands/tasks/events.js';
-import type { Task } from '../../commands/tasks/state.js';
+import type { Position } from '../../infra/eventStore/eventStore.js';
+import type { TaskStatus } from '../../commands/tasks/events.js';
+import { taskResource, type TaskResource } from '../../commands/tasks/resource.js';
 import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from '../../projections/tasks/projection.js';
 
-/** A task as the API shows it. */
-export interface TaskView {
-  id: string;
-  owner_id: string;
-  title: string;
-  description: string | null;
-  type: string;
-  payload: JsonValue;
-  priority: number;
-  queue: string;
-  status: TaskStatus;
-  attempt: number;
-  max_attempts: number;
-  timeout_ms: number;
-  run_at: string | null;
-  progress: number | null;
-  result: JsonValue | null;
-  error: TaskError | null;
-  created_at: string;
-  updated_at: string;
-  /** The task stream's revision this view reflects. */
-  revision: number;
-}
+/** The same representation the task commands answer with: one definition, so the two cannot drift apart. */
+export type TaskView = TaskResource;
 
 /** A view and the log position of the last event it reflects, which read-your-writes compares against. */
 export interface TaskSnapshot {
@@ -55,37 +34,7 @@ export interface TaskListFilter {
 export const DEFAULT_PAGE_SIZE = 20;
 export const MAX_PAGE_SIZE = 100;
 
-/**
- * The API view of a domain state, so a command route can answer with the same shape the queries serve
- * (`revision` is the stream revision after the command).
- */
-export function taskView(state: Task, revision: number): TaskView {
-  if (!state.exists || state.spec === null) throw new Error('a task that does not exist has no view');
-  const spec = state.spec;
-  return {
-    id: state.id!,
-    owner_id: state.ownerId!,
-    title: spec.title,
-    description: spec.description,
-    type: spec.type,
-    payload: spec.payload,
-    priority: spec.priority,
-    queue: spec.queue,
-    status: state.status,
-    attempt: state.attempt,
-    max_attempts: spec.maxAttempts,
-    timeout_ms: spec.timeoutMs,
-    run_at: state.runAt,
-    progress: state.progress,
-    result: state.result,
-    error: state.lastError,
-    created_at: state.createdAt!,
-    updated_at: state.updatedAt!,
-    revision,
-  };
-}
-
-const rowView = (row: TaskRow): TaskView => taskView(rowToTask(row), row.revision);
+const rowView = (row: TaskRow): TaskView => taskResource(rowToTask(row), row.revision);
 
 // created_at is kept to the microsecond: a cursor rounded to JavaScript's milliseconds could skip or repeat rows.
 const CURSOR_CREATED_AT = `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_created_at`;

@@ -1,0 +1,156 @@
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { skipSuiteUnless } from '../support/skips.js';
+import {
+  call,
+  quickWorkerSettings,
+  eventually,
+  startTestService,
+  unavailableReason,
+  type StackMode,
+  type TestService,
+} from '../support/service.js';
+import { startRoleProcess, type RoleProcess } from '../support/processes.js';
+import type { Config } from '../../src/config.js';
+
+/** Workers as separate processes (`task-manager start --roles worker`), so kills are real. */
+for (const mode of ['embedded', 'full'] as StackMode[]) {
+  describe(`worker processes (${mode === 'embedded' ? 'embedded default' : 'full stack'})`, function () {
+    this.timeout(120000);
+    let service: TestService;
+    let token: string;
+    const children: RoleProcess[] = [];
+
+    before(async function () {
+      const missing = unavailableReason(mode);
+      skipSuiteUnless(this, missing === null, missing ?? '');
+      // The in-process worker serves only "default", so tasks on other queues go to the child processes.
+      service = await startTestService(mode, (config) => {
+        quickWorkerSettings(config);
+        config.workers.onlyQueues = ['default'];
+      });
+      const email = `workers-${randomBytes(5).toString('hex')}@example.com`;
+      await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
+      token = (await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } })).body
+        .access_token;
+    });
+    afterEach(async () => {
+      await Promise.all(children.splice(0).map((child) => child.stop()));
+    });
+    after(async () => service?.stop());
+
+    const workerProcess = async (queue: string, concurrency: number) => {
+      const config: Config = structuredClone(service.config);
+      config.workers.onlyQueues = [queue];
+      config.workers.concurrency = concurrency;
+      config.workers.queues = { [queue]: concurrency };
+      const child = await startRoleProcess(config, ['worker']);
+      children.push(child);
+      return child;
+    };
+    const submit = (body: unknown) => call(service.url, 'POST', '/tasks', { body, token });
+    const history = async (id: string) =>
+      (await call(service.url, 'GET', `/tasks/${id}/events`, { token })).body.items as Array<{
+        type: string;
+        data: any;
+      }>;
+    const statusOf = async (id: string) =>
+      (await call(service.url, 'GET', `/tasks/${id}`, { token })).body.status as string;
+
+    it('shares the load between two worker processes, each attempt run once', async () => {
+      const queue = `shared-${randomBytes(3).toString('hex')}`;
+      await Promise.all([workerProcess(queue, 2), workerProcess(queue, 2)]);
+      const ids = await Promise.all(
+        Array.from(
+          { length: 16 },
+          async (_, i) =>
+            (await submit({ title: `shared ${i}`, queue, type: 'sleep', payload: { ms: 150 } })).body
+              .id as string,
+        ),
+      );
+      await eventually(
+        async () => ((await Promise.all(ids.map(statusOf))).every((s) => s === 'done') ? true : undefined),
+        60000,
+        'all shared tasks done',
+      );
+      const starts = (await Promise.all(ids.map(history))).flatMap((events) =>
+        events.filter((e) => e.type === 'TaskStarted'),
+      );
+      expect(starts, 'one start per task: no attempt ran twice').to.have.length(16);
+      expect(new Set(starts.map((e) => e.data.workerId)).size, 'both processes took work').to.equal(2);
+    });
+
+    it('retries the task of a worker killed mid-task on another worker, after its lease expires', async () => {
+      const queue = `victim-${randomBytes(3).toString('hex')}`;
+      const doomed = await workerProcess(queue, 1);
+      const submitted = await submit({
+        title: 'outlives its worker',
+        queue,
+        type: 'sleep',
+        payload: { ms: 2500 },
+        timeout_ms: 4000,
+      });
+      const id = submitted.body.id as string;
+      await eventually(
+        async () => ((await statusOf(id)) === 'in_progress' ? true : undefined),
+        30000,
+        'the task to start',
+      );
+      await doomed.kill();
+      children.splice(children.indexOf(doomed), 1);
+      await workerProcess(queue, 1);
+      await eventually(
+        async () => ((await statusOf(id)) === 'done' ? true : undefined),
+        60000,
+        'the task to finish on the other worker',
+      );
+      const events = await history(id);
+      const starts = events.filter((e) => e.type === 'TaskStarted');
+      expect(starts.map((e) => e.data.attempt)).to.deep.equal([1, 2]);
+      expect(starts[0]!.data.workerId).not.to.equal(starts[1]!.data.workerId);
+      const expired = events.find((e) => e.type === 'TaskAttemptFailed')!;
+      expect(expired.data.error.kind).to.equal('lease_expired');
+    });
+
+    it('lets running handlers finish on SIGTERM, and hands back what cannot finish in time', async () => {
+      const queue = `drain-${randomBytes(3).toString('hex')}`;
+      const config: Config = structuredClone(service.config);
+      config.workers.onlyQueues = [queue];
+      config.workers.concurrency = 2;
+      config.workers.queues = { [queue]: 2 };
+      config.workers.shutdownGraceMs = 1500;
+      const child = await startRoleProcess(config, ['worker']);
+      const quick = (
+        await submit({ title: 'finishes in the grace', queue, type: 'sleep', payload: { ms: 500 } })
+      ).body.id as string;
+      const slow = (
+        await submit({
+          title: 'outlasts the grace',
+          queue,
+          type: 'sleep',
+          payload: { ms: 30000 },
+          timeout_ms: 60000,
+        })
+      ).body.id as string;
+      await eventually(
+        async () =>
+          (await statusOf(quick)) === 'in_progress' && (await statusOf(slow)) === 'in_progress'
+            ? true
+            : undefined,
+        30000,
+        'both to start',
+      );
+      expect(await child.stop()).to.equal(0);
+      await eventually(
+        async () => ((await statusOf(quick)) === 'done' ? true : undefined),
+        10000,
+        'the quick one to be done',
+      );
+      const slowEvents = await history(slow);
+      const released = slowEvents.find((e) => e.type === 'TaskReleased');
+      expect(released, 'the slow task was handed back').not.to.equal(undefined);
+      expect(await statusOf(slow)).to.equal('pending');
+      await call(service.url, 'DELETE', `/tasks/${slow}`, { token });
+    });
+  });
+}
