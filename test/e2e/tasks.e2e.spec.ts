@@ -125,6 +125,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     it('retries a failing attempt with back-off, fails for good when attempts run out, and runs again on retry', async () => {
       webhookFailuresLeft = 100;
+      const callsBefore = webhookCalls;
       const url = `http://127.0.0.1:${(webhook.address() as AddressInfo).port}/hook`;
       const submitted = await submit({
         title: 'flaky webhook',
@@ -149,6 +150,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       expect(retried.status).to.equal(202);
       const done = await untilStatus(submitted.body.id, 'done');
       expect(done.result.status).to.equal(200);
+      expect(webhookCalls - callsBefore, 'two failed attempts and one that succeeded').to.equal(3);
       expect(done.attempt).to.equal(1);
     });
 
