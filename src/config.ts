@@ -62,6 +62,7 @@ export interface Config {
       maxRedirects: number;
     };
   };
+  audit: { privateKey: string | null; publicKey: string | null; anchorIntervalSeconds: number };
   jwt: {
     secret: string;
     accessTtlSeconds: number;
@@ -101,6 +102,7 @@ export const configSchema = {
     'tasks',
     'workers',
     'handlers',
+    'audit',
     'jwt',
   ],
   properties: {
@@ -279,6 +281,16 @@ export const configSchema = {
         },
       },
     },
+    audit: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['privateKey', 'publicKey', 'anchorIntervalSeconds'],
+      properties: {
+        privateKey: { type: ['string', 'null'], pattern: '-----BEGIN PRIVATE KEY-----' },
+        publicKey: { type: ['string', 'null'], pattern: '-----BEGIN PUBLIC KEY-----' },
+        anchorIntervalSeconds: positiveInt,
+      },
+    },
     jwt: {
       type: 'object',
       additionalProperties: false,
@@ -339,6 +351,10 @@ const ENV_OVERRIDES: Record<string, (config: RawConfig, value: string) => void> 
   KAFKA_TOPIC: (c, v) => (c.kafka.topic = v),
   JWT_SECRET: (c, v) => (c.jwt.secret = v),
   DATA_DIR: (c, v) => (c.embedded.dataDir = v),
+  AUDIT_PRIVATE_KEY: (c, v) => (c.audit.privateKey = emptyToNull(v)),
+  AUDIT_PUBLIC_KEY: (c, v) => (c.audit.publicKey = emptyToNull(v)),
+  AUDIT_PRIVATE_KEY_FILE: (c, v) => (c.audit.privateKey = v ? readFileSync(v, 'utf8') : null),
+  AUDIT_PUBLIC_KEY_FILE: (c, v) => (c.audit.publicKey = v ? readFileSync(v, 'utf8') : null),
 };
 
 function describeError(error: ErrorObject): string {
