@@ -27,6 +27,7 @@ import { createHandlerRegistry } from './workers/handlers/index.js';
 import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
 import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
+import { registerAuditRoutes } from './queries/audit/route.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -213,6 +214,7 @@ export function buildHttpApp(infra: Infrastructure, clock: () => Date = () => ne
     minPositionWaitMs: config.tasks.minPositionWaitMs,
     clock,
   });
+  registerAuditRoutes(api, { store: infra.store });
   const readiness = [
     { name: 'postgres', check: async () => void (await infra.pool.query('SELECT 1')) },
     { name: `event_store_${infra.store.name}`, check: () => infra.store.ping() },

@@ -127,7 +127,7 @@ export function bearerAuthenticator(tokens: TokenSettings, clock: () => Date) {
   };
 }
 
-export const requireRole = (req: Request, ...roles: UserRole[]): AccessClaims => {
+export const requireRole = (req: { auth?: AccessClaims }, ...roles: UserRole[]): AccessClaims => {
   const claims = req.auth;
   if (!claims) throw new UnauthorizedError();
   if (!roles.includes(claims.role)) throw new ForbiddenError(`this needs the role ${roles.join(' or ')}`);

@@ -12,6 +12,9 @@ import {
 } from '../../infra/eventStore/eventStore.js';
 import type { AccessClaims } from '../../commands/identity/tokens.js';
 import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
+import { foldEvents } from '../../commands/commandHandler.js';
+import { task as taskDecider } from '../../commands/tasks/state.js';
+import { taskResource } from '../../commands/tasks/resource.js';
 import {
   createTaskQueries,
   DEFAULT_PAGE_SIZE,
@@ -250,6 +253,25 @@ const claimsOf = (req: { auth?: AccessClaims }): AccessClaims => {
 const seesAllTasks = (claims: AccessClaims): boolean => claims.role === 'auditor' || claims.role === 'admin';
 
 /** The newer of `X-Min-Position` and `min_position`, or null when neither is sent; 400 for a malformed one. */
+/**
+ * The task as it was at a time or log position: its own events up to that point, folded by the domain's evolve,
+ * so history answers exactly as the live task would have then.
+ */
+async function taskAsOf(store: EventStore, id: string, asOf: string) {
+  let upTo: (event: { position: string; metadata: { timestamp: string } }) => boolean;
+  if (isPosition(asOf)) upTo = (event) => event.position <= asOf;
+  else if (/^\d{4}-\d{2}-\d{2}T/.test(asOf) && !Number.isNaN(Date.parse(asOf))) {
+    const time = Date.parse(asOf);
+    upTo = (event) => Date.parse(event.metadata.timestamp) <= time;
+  } else
+    throw new ValidationError([
+      { path: '/query/as_of', message: 'must be an RFC 3339 time or a log position' },
+    ]);
+  const events = (await store.readStream(taskStreamId(id))).filter(upTo);
+  if (events.length === 0) return null;
+  return taskResource(foldEvents(taskDecider, events), events[events.length - 1]!.revision);
+}
+
 function requestedMinPosition(req: Pick<Request, 'get'>, query: { min_position?: unknown }): Position | null {
   const candidates: Array<[string, unknown]> = [
     ['/headers/x-min-position', req.get('x-min-position')],
@@ -299,7 +321,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): voi
     }
   };
 
-  api.route<unknown, { min_position?: string }, { id: string }>(
+  api.route<unknown, { min_position?: string; as_of?: string }, { id: string }>(
     {
       method: 'get',
       path: '/tasks/:id',
@@ -311,7 +333,19 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): voi
       tags: ['tasks'],
       auth: 'bearer',
       params: idParams,
-      query: { type: 'object', additionalProperties: false, properties: { min_position: minPositionQuery } },
+      query: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          min_position: minPositionQuery,
+          as_of: {
+            type: 'string',
+            maxLength: 64,
+            description:
+              'Time travel: the task as it was at this RFC 3339 time or log position, folded from its events (not the read model).',
+          },
+        },
+      },
       headers: minPositionHeaders,
       responses: {
         200: { description: 'The task', schema: refs.task, example: taskExample },
@@ -322,8 +356,15 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): voi
     },
     async (req, res) => {
       const claims = claimsOf(req);
-      const minPosition = requestedMinPosition(req, req.query);
       const id = req.params.id.toLowerCase();
+      if (typeof req.query.as_of === 'string') {
+        const asOf = await taskAsOf(deps.store, id, req.query.as_of);
+        if (!asOf || (asOf.owner_id !== claims.userId && !seesAllTasks(claims)))
+          throw new NotFoundError(`there was no task ${id} then`);
+        res.set('Cache-Control', 'no-store').json(asOf);
+        return;
+      }
+      const minPosition = requestedMinPosition(req, req.query);
       // A task the caller may not see is treated exactly as an absent one, waits included, so neither the
       // status nor the timing reveals that it exists.
       const visible = (snapshot: TaskSnapshot | null): TaskSnapshot | null =>

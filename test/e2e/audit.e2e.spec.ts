@@ -1,0 +1,146 @@
+import { expect } from 'chai';
+import { createHash, randomBytes } from 'node:crypto';
+import { skipSuiteUnless } from '../support/skips.js';
+import {
+  call,
+  eventually,
+  quickWorkerSettings,
+  startTestService,
+  unavailableReason,
+  type StackMode,
+  type TestService,
+} from '../support/service.js';
+import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
+import { accountStreamId } from '../../src/commands/identity/account.js';
+
+const newEmail = () => `audit-${randomBytes(5).toString('hex')}@example.com`;
+const PASSWORD = 'password for audit';
+
+for (const mode of ['embedded', 'full'] as StackMode[]) {
+  describe(`auditors over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack'})`, function () {
+    this.timeout(60000);
+    let service: TestService;
+    let base: string;
+    let userEmail: string;
+    let user: { access_token: string; refresh_token: string };
+    let auditor: string;
+    let taskId: string;
+
+    const login = async (email: string) =>
+      (await call(base, 'POST', '/login', { body: { email, password: PASSWORD } })).body;
+
+    before(async function () {
+      const missing = unavailableReason(mode);
+      skipSuiteUnless(this, missing === null, missing ?? '');
+      service = await startTestService(mode, quickWorkerSettings);
+      base = service.url;
+      userEmail = newEmail();
+      await call(base, 'POST', '/register', { body: { email: userEmail, password: PASSWORD } });
+      user = await login(userEmail);
+      // A rotation, so the log holds refresh-token hashes that must never be shown.
+      user = (await call(base, 'POST', '/refresh', { body: { refresh_token: user.refresh_token } })).body;
+      const auditorEmail = newEmail();
+      await call(base, 'POST', '/register', { body: { email: auditorEmail, password: PASSWORD } });
+      await grantRoleByEmail(service.service.infrastructure.store, auditorEmail, 'auditor');
+      auditor = (await login(auditorEmail)).access_token;
+      taskId = (
+        await call(base, 'POST', '/tasks', { body: { title: 'audited work' }, token: user.access_token })
+      ).body.id;
+      await eventually(async () => {
+        const task = await call(base, 'GET', `/tasks/${taskId}`, { token: user.access_token });
+        return task.body.status === 'done' ? true : undefined;
+      });
+    });
+    after(async () => service?.stop());
+
+    const audit = (query: string, token = auditor) => call(base, 'GET', `/audit/events${query}`, { token });
+
+    it('refuses the log to a plain user (403) and to no one (401)', async () => {
+      expect((await audit('', user.access_token)).status).to.equal(403);
+      expect((await call(base, 'GET', '/audit/events')).status).to.equal(401);
+    });
+
+    it('pages the whole log in order, each event with its metadata and hash', async () => {
+      const all: Array<{ position: string; metadata: Record<string, unknown> }> = [];
+      let after = '';
+      for (;;) {
+        const page = await audit(`?limit=3${after ? `&after=${after}` : ''}`);
+        expect(page.status).to.equal(200);
+        all.push(...page.body.items);
+        if (page.body.at_end || page.body.items.length === 0) break;
+        after = page.body.next_after;
+      }
+      const positions = all.map((e) => e.position);
+      expect(positions).to.deep.equal([...positions].sort());
+      expect(new Set(positions).size).to.equal(positions.length);
+      const total = (await service.service.infrastructure.store.readAll({ after: null, limit: 100000 }))
+        .length;
+      expect(all).to.have.length(total);
+      for (const event of all)
+        expect(event.metadata).to.include.keys(
+          'event_id',
+          'correlation_id',
+          'causation_id',
+          'user_id',
+          'timestamp',
+          'hash',
+        );
+    });
+
+    it('filters by stream, type, user and time', async () => {
+      const byStream = await audit(`?stream=task-${taskId}`);
+      expect(byStream.body.items.map((e: { type: string }) => e.type)).to.deep.equal([
+        'TaskQueued',
+        'TaskStarted',
+        'TaskSucceeded',
+      ]);
+      const byType = await audit('?type=UserRegistered&limit=1000');
+      expect(byType.body.items.length).to.be.greaterThan(0);
+      expect(byType.body.items.every((e: { type: string }) => e.type === 'UserRegistered')).to.equal(true);
+      const queued = byStream.body.items[0];
+      const byUser = await audit(`?user_id=${queued.metadata.user_id}&limit=1000`);
+      expect(byUser.body.items.map((e: { position: string }) => e.position)).to.include(queued.position);
+      expect(
+        byUser.body.items.every(
+          (e: { metadata: { user_id: string } }) => e.metadata.user_id === queued.metadata.user_id,
+        ),
+      ).to.equal(true);
+      const future = await audit(
+        `?from=${encodeURIComponent(new Date(Date.now() + 3600_000).toISOString())}`,
+      );
+      expect(future.body.items).to.deep.equal([]);
+      expect((await audit('?after=not-a-position')).status).to.equal(400);
+    });
+
+    it('never shows password hashes, refresh tokens or their hashes', async () => {
+      const account = await service.service.infrastructure.store.readStream(accountStreamId(userEmail));
+      const passwordHash = account[0]!.data.passwordHash as string;
+      const everything = JSON.stringify((await audit('?limit=1000')).body);
+      expect(everything).to.include('UserRegistered').and.include('RefreshTokenRotated');
+      expect(everything).not.to.include(passwordHash);
+      expect(everything).not.to.include(user.refresh_token);
+      expect(everything).not.to.include(createHash('sha256').update(user.refresh_token).digest('hex'));
+      expect(everything).not.to.match(/\$2[aby]\$\d\d\$/);
+    });
+
+    it('shows a task as it was at a log position or a time (as_of)', async () => {
+      const history = (await audit(`?stream=task-${taskId}`)).body.items as Array<{
+        position: string;
+        type: string;
+        metadata: { timestamp: string };
+      }>;
+      const asOf = async (value: string, token = user.access_token) =>
+        call(base, 'GET', `/tasks/${taskId}?as_of=${encodeURIComponent(value)}`, { token });
+      expect((await asOf(history[0]!.position)).body.status).to.equal('pending');
+      expect((await asOf(history[1]!.position)).body.status).to.equal('in_progress');
+      expect((await asOf(history[2]!.position)).body).to.include({ status: 'done', revision: 2 });
+      expect((await asOf(history[0]!.metadata.timestamp)).body.status).to.equal('pending');
+      expect((await asOf('2000-01-01T00:00:00Z')).status, 'before it existed').to.equal(404);
+      expect((await asOf(history[2]!.position, auditor)).status, 'auditors too').to.equal(200);
+      expect((await asOf('yesterday')).status).to.equal(400);
+      const stranger = newEmail();
+      await call(base, 'POST', '/register', { body: { email: stranger, password: PASSWORD } });
+      expect((await asOf(history[2]!.position, (await login(stranger)).access_token)).status).to.equal(404);
+    });
+  });
+}
