@@ -6,7 +6,7 @@ import type { EventBus, RunningConsumer } from '../infra/bus/bus.js';
 import type { Pool } from '../infra/db/pool.js';
 import type { EventStore, JsonValue } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
-import { sleep } from '../infra/abort.js';
+import { backoffMs, sleep } from '../infra/abort.js';
 import { ConflictError, IllegalStateError } from '../errors.js';
 import { foldEvents, handleCommand, type CommandContext } from '../commands/commandHandler.js';
 import { taskStreamId, type TaskEvent } from '../commands/tasks/events.js';
@@ -374,10 +374,9 @@ export class TaskWorker {
         logger: logger.child({ taskId, attempt }),
         progress: (fraction, message) => (latestProgress = { fraction, message: message ?? null }),
       });
-      outcome =
-        controller.signal.aborted && controller.signal.reason !== 'timeout'
-          ? (controller.signal.reason as 'canceled' | 'release')
-          : this.succeeded(result);
+      // A handler that returned has done its work, whatever arrived meanwhile: record it. If the task was
+      // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
+      outcome = this.succeeded(result);
     } catch (error) {
       const reason = controller.signal.reason as AbortReason | undefined;
       if (controller.signal.aborted && reason && reason !== 'timeout') outcome = reason;
@@ -395,7 +394,7 @@ export class TaskWorker {
         };
       else outcome = { kind: 'failed', retryable: true, error: { kind: 'error', message: messageOf(error) } };
     } finally {
-      for (const timer of timers) clearInterval(timer);
+      for (const timer of timers) clearTimeout(timer); // clears intervals too
       await progressWrite;
     }
 
@@ -403,6 +402,7 @@ export class TaskWorker {
       this.metrics.finished.inc({ outcome: 'canceled' });
       return; // TaskCanceled (or the reaper's failure) is already in the stream
     }
+    const leaseEndsAt = Date.parse(state.leaseUntil!);
     const decide =
       outcome === 'release'
         ? (s: Task): TaskEvent[] =>
@@ -418,8 +418,19 @@ export class TaskWorker {
               },
               s,
             );
-    const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context());
-    this.metrics.finished.inc({ outcome: finished.events[0]?.type ?? 'superseded' });
+    // The outcome must not be lost to a passing database error: without it the lease would expire and the task
+    // run again. Keep trying while the lease holds; a late write is harmless, as the decider ignores it.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context());
+        this.metrics.finished.inc({ outcome: finished.events[0]?.type ?? 'superseded' });
+        return;
+      } catch (error) {
+        if (this.clock().getTime() >= leaseEndsAt) throw error;
+        logger.warn({ err: error, taskId, attempt }, "could not record the attempt's outcome; retrying");
+        await sleep(backoffMs(attempt, 100, 2000));
+      }
+    }
   }
 
   /** Results are stored up to `maxResultBytes`; a larger one keeps a prefix of its JSON, flagged as truncated. */

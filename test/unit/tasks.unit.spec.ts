@@ -135,7 +135,46 @@ describe('task decider', () => {
         failed,
         { type: 'TaskRequeued', data: { taskId: 't1', requeuedBy: 'ann', requeuedAt: iso(10) } },
       ]);
-      expect(state).to.include({ status: 'pending', attempt: 0, runAt: iso(10) });
+      expect(state).to.include({ status: 'pending', attempt: 2, attemptsBefore: 2, runAt: iso(10) });
+    });
+    it('numbers the fresh attempts after the old ones, and gives the full allowance again', () => {
+      const requeued: TaskEvent = {
+        type: 'TaskRequeued',
+        data: { taskId: 't1', requeuedBy: 'ann', requeuedAt: iso(10) },
+      };
+      const history = [queued, started(1), attemptFailed, started(2, 6), failed, requeued];
+      given(task, history)
+        .when((s) => startTask({ workerId: 'w2', leaseMs: 1000, now: at(11) }, s))
+        .then([
+          {
+            type: 'TaskStarted',
+            data: { taskId: 't1', attempt: 3, workerId: 'w2', leaseUntil: iso(12), startedAt: iso(11) },
+          },
+        ]);
+      const third: TaskEvent = {
+        type: 'TaskStarted',
+        data: { taskId: 't1', attempt: 3, workerId: 'w2', leaseUntil: iso(12), startedAt: iso(11) },
+      };
+      const error = { kind: 'error' as const, message: 'again' };
+      given(task, [...history, third])
+        .when((s) =>
+          finishAttempt(
+            {
+              workerId: 'w2',
+              attempt: 3,
+              outcome: { kind: 'failed', error, retryable: true },
+              retryDelayMs: 1000,
+              now: at(12),
+            },
+            s,
+          ),
+        )
+        .then([
+          {
+            type: 'TaskAttemptFailed',
+            data: { taskId: 't1', attempt: 3, error, nextRunAt: iso(13), failedAt: iso(12) },
+          },
+        ]);
     });
     it('refuses to retry a task that is pending or running', () => {
       given(task, [queued])

@@ -235,11 +235,13 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       const { auth } = deps;
       const emailKey = `login-failures:email:${accountStreamId(email)}`;
       const addressKey = `login-failures:address:${clientAddress}`;
+      // Each attempt is counted BEFORE the password is checked, and given back if it succeeds: checking first and
+      // counting after would let a burst of parallel guesses all pass the check.
       const [byEmail, byAddress] = await Promise.all([
-        rateLimiter.count(emailKey),
-        rateLimiter.count(addressKey),
+        rateLimiter.record(emailKey, auth.failedLoginWindowSeconds),
+        rateLimiter.record(addressKey, auth.failedLoginWindowSeconds),
       ]);
-      if (byEmail.count >= auth.maxFailedLoginsPerEmail || byAddress.count >= auth.maxFailedLoginsPerAddress)
+      if (byEmail.count > auth.maxFailedLoginsPerEmail || byAddress.count > auth.maxFailedLoginsPerAddress)
         throw new TooManyRequestsError(
           Math.max(1, byEmail.resetInSeconds, byAddress.resetInSeconds),
           'too many failed logins; try again later',
@@ -249,10 +251,6 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       const state = foldEvents(account, await store.readStream(accountStreamId(email)));
       const passwordMatches = await bcrypt.compare(req.body.password, state.passwordHash ?? dummyHash);
       if (!state.exists || !passwordMatches) {
-        await Promise.all([
-          rateLimiter.record(emailKey, auth.failedLoginWindowSeconds),
-          rateLimiter.record(addressKey, auth.failedLoginWindowSeconds),
-        ]);
         const failed: LoginFailed = {
           type: 'LoginFailed',
           data: {
@@ -285,6 +283,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
         throw new UnauthorizedError('wrong email or password');
       }
 
+      await Promise.all([rateLimiter.release(emailKey), rateLimiter.release(addressKey)]);
       const sessionId = newId();
       const refresh = newRefreshToken(sessionId);
       await handleCommand(
@@ -388,9 +387,11 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
         sessionStreamId(sessionId),
         session,
         (state) => {
-          if (caller && state.exists && state.userId !== caller)
+          // The token is checked first, so a 403 cannot be used to learn whose session an id is.
+          const events = endSession({ presentedTokenHash: hash, now: clock() }, state);
+          if (caller && state.userId !== caller)
             throw new ForbiddenError('that session belongs to another user');
-          return endSession({ presentedTokenHash: hash, now: clock() }, state);
+          return events;
         },
         context(req, caller),
       );

@@ -36,7 +36,7 @@ export function taskResource(state: Task, revision: number): TaskResource {
     priority: spec.priority,
     queue: spec.queue,
     status: state.status,
-    attempt: state.attempt,
+    attempt: state.attempt - state.attemptsBefore,
     max_attempts: spec.maxAttempts,
     timeout_ms: spec.timeoutMs,
     run_at: state.runAt,

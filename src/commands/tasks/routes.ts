@@ -1,5 +1,5 @@
 import type { Request, Response } from 'express';
-import { PayloadTooLargeError, UnprocessableError, ValidationError } from '../../errors.js';
+import { ConflictError, PayloadTooLargeError, UnprocessableError, ValidationError } from '../../errors.js';
 import type { Api, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
@@ -216,7 +216,12 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void
         // Either this request just claimed the key, or an earlier one did (and may have crashed before queueing).
         outcome =
           (claim.events.length === 0 ? await asQueued(taskId) : null) ??
-          (await queueTask(req, taskId, spec, key));
+          (await queueTask(req, taskId, spec, key).catch(async (error) => {
+            // Two identical requests at once: the other one queued this very task a moment ago.
+            const queued = error instanceof ConflictError ? await asQueued(taskId) : null;
+            if (!queued) throw error;
+            return queued;
+          }));
       }
       res.set('Location', `/tasks/${outcome.resource.id}`);
       answer(res, 202, outcome.resource, outcome.position);

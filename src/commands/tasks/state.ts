@@ -8,8 +8,10 @@ export interface Task {
   ownerId: string | null;
   spec: TaskSpec | null;
   status: TaskStatus;
-  /** The attempt now running, or the number of attempts used so far in this round. */
+  /** The attempt now running, or the last one; never reused, even across retries (TaskRequeued). */
   attempt: number;
+  /** Attempts made before the current round (before the last TaskRequeued): this round's are the rest. */
+  attemptsBefore: number;
   /** When the task may next start (pending tasks only). */
   runAt: string | null;
   workerId: string | null;
@@ -28,6 +30,7 @@ export const initialTask: Task = {
   spec: null,
   status: 'pending',
   attempt: 0,
+  attemptsBefore: 0,
   runAt: null,
   workerId: null,
   leaseUntil: null,
@@ -99,7 +102,7 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
         ...state,
         ...notRunning,
         status: 'pending',
-        attempt: 0,
+        attemptsBefore: state.attempt,
         runAt: event.data.requeuedAt,
         result: null,
         progress: null,

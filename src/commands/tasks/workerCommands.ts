@@ -91,7 +91,7 @@ function failAttempt(
   now: Date,
 ): Array<TaskAttemptFailed | TaskFailed> {
   const failedAt = now.toISOString();
-  if (retryable && attempt < state.spec!.maxAttempts)
+  if (retryable && attempt - state.attemptsBefore < state.spec!.maxAttempts)
     return [
       {
         type: 'TaskAttemptFailed',

@@ -41,6 +41,8 @@ export async function handleUntilDone(
   delivery: Delivery,
   signal: AbortSignal,
   onFailure: (error: unknown, attempt: number) => void,
+  /** Kafka only sends heartbeats between messages: a long retry must send them itself or lose its partitions. */
+  beforeRetry?: () => Promise<void>,
 ): Promise<boolean> {
   const { sleep, backoffMs } = await import('../abort.js');
   for (let attempt = 1; !signal.aborted; attempt++) {
@@ -50,6 +52,7 @@ export async function handleUntilDone(
     } catch (error) {
       onFailure(error, attempt);
       await sleep(backoffMs(attempt, 100, 5000), signal);
+      await beforeRetry?.().catch(() => undefined);
     }
   }
   return false;

@@ -10,6 +10,8 @@ export interface RateLimiter {
   /** Records one more event and returns the count in the window, with the window's remaining seconds. */
   record(key: string, windowSeconds: number): Promise<{ count: number; resetInSeconds: number }>;
   count(key: string): Promise<{ count: number; resetInSeconds: number }>;
+  /** Takes back one recorded event (a reserved attempt that turned out fine). */
+  release(key: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -39,6 +41,11 @@ export class MemoryRateLimiter implements RateLimiter {
     return window
       ? { count: window.count, resetInSeconds: Math.ceil((window.resetAt - this.now()) / 1000) }
       : { count: 0, resetInSeconds: 0 };
+  }
+
+  async release(key: string) {
+    const window = this.current(key);
+    if (window && window.count > 0) window.count--;
   }
 
   private sweep() {
@@ -103,6 +110,15 @@ export class RedisRateLimiter implements RateLimiter {
     } catch (error) {
       this.fellBack(error);
       return this.fallback.count(key);
+    }
+  }
+
+  async release(key: string) {
+    try {
+      await this.redis.decr(key);
+    } catch (error) {
+      this.fellBack(error);
+      await this.fallback.release(key);
     }
   }
 

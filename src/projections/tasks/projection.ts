@@ -24,6 +24,7 @@ export interface TaskRow {
   queue: string;
   status: TaskStatus;
   attempt: number;
+  attempts_before: number;
   max_attempts: number;
   timeout_ms: number;
   run_at: Date | null;
@@ -40,7 +41,8 @@ export interface TaskRow {
 
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
-  'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position';
+  'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
+  'attempts_before';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
@@ -66,6 +68,7 @@ export function rowToTask(row: TaskRow): Task {
     },
     status: row.status,
     attempt: row.attempt,
+    attemptsBefore: row.attempts_before,
     runAt: iso(row.run_at),
     workerId: row.worker_id,
     leaseUntil: iso(row.lease_until),
@@ -86,7 +89,7 @@ async function upsertTask(client: PoolClient, task: Task, revision: number, posi
   const spec = task.spec!;
   await client.query(
     `INSERT INTO tasks (${TASK_COLUMNS})
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
      ON CONFLICT (id) DO UPDATE SET
        owner_id = excluded.owner_id, title = excluded.title, description = excluded.description,
        type = excluded.type, payload = excluded.payload, priority = excluded.priority, queue = excluded.queue,
@@ -94,7 +97,7 @@ async function upsertTask(client: PoolClient, task: Task, revision: number, posi
        timeout_ms = excluded.timeout_ms, run_at = excluded.run_at, worker_id = excluded.worker_id,
        lease_until = excluded.lease_until, progress = excluded.progress, result = excluded.result,
        last_error = excluded.last_error, created_at = excluded.created_at, updated_at = excluded.updated_at,
-       revision = excluded.revision, last_position = excluded.last_position`,
+       revision = excluded.revision, last_position = excluded.last_position, attempts_before = excluded.attempts_before`,
     [
       task.id,
       task.ownerId,
@@ -118,6 +121,7 @@ async function upsertTask(client: PoolClient, task: Task, revision: number, posi
       task.updatedAt,
       revision,
       position,
+      task.attemptsBefore,
     ],
   );
 }

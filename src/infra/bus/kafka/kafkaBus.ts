@@ -61,7 +61,7 @@ export class KafkaBus implements EventBus {
     await consumer.run({
       autoCommit: true,
       autoCommitInterval: 500,
-      eachMessage: async ({ message, partition }) => {
+      eachMessage: async ({ message, partition, heartbeat }) => {
         if (!message.value) return;
         let event;
         try {
@@ -84,6 +84,7 @@ export class KafkaBus implements EventBus {
               { err: error, group, position: event.position, type: event.type, attempt },
               'event handler failed; retrying',
             ),
+          heartbeat,
         );
         // Leave the offset unresolved so the next member of the group gets this event again.
         if (!done) throw new StoppedError(`consumer ${group} stopping`);

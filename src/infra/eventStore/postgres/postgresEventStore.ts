@@ -241,6 +241,8 @@ export class PostgresEventStore implements EventStore {
   async *subscribeToAll({ after, signal }: SubscribeOptions): AsyncGenerator<RecordedEvent> {
     let checkpoint: Position | null = after;
     let failures = 0;
+    let wakeupsSeen = this.wakeupCount;
+    let quickPolls = 0;
     while (!signal.aborted) {
       let batch: RecordedEvent[];
       // Noted before reading, so a commit between the read and the wait is not slept through.
@@ -261,7 +263,13 @@ export class PostgresEventStore implements EventStore {
         checkpoint = event.position;
       }
       if (batch.length < this.options.batchSize && this.wakeupCount === wakeupsBeforeRead) {
-        await this.waitForWakeup(this.options.pollIntervalMs, signal);
+        // Woken, yet nothing to read: the new event sits behind an older transaction that is still open (below
+        // the xmin horizon). That one usually ends within milliseconds, so look again soon instead of waiting
+        // out the poll interval.
+        if (batch.length === 0 && wakeupsBeforeRead !== wakeupsSeen) quickPolls = 4;
+        wakeupsSeen = wakeupsBeforeRead;
+        const waitMs = quickPolls > 0 ? 5 * 2 ** (4 - quickPolls--) : this.options.pollIntervalMs;
+        await this.waitForWakeup(waitMs, signal);
       }
     }
   }
