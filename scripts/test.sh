@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command (`npm test`): sets up every service the tests need, runs the suites, stops what it
-# started. Usage: scripts/test.sh [all|unit|integration|e2e] [extra mocha args...]
+# started. Usage: scripts/test.sh [all|unit|integration|e2e|fuzz|faults] [extra mocha args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,8 +10,10 @@ case "$tier" in
   unit) specs=('test/unit/**/*.spec.ts') ;;
   integration) specs=('test/integration/**/*.spec.ts') ;;
   e2e) specs=('test/e2e/**/*.spec.ts') ;;
-  all) specs=('test/unit/**/*.spec.ts' 'test/integration/**/*.spec.ts' 'test/e2e/**/*.spec.ts') ;;
-  *) echo "usage: $0 [all|unit|integration|e2e] [mocha args...]" >&2; exit 2 ;;
+  fuzz) specs=('test/fuzz/**/*.spec.ts') ;;
+  faults) specs=('test/faults/**/*.spec.ts') ;;
+  all) specs=('test/unit/**/*.spec.ts' 'test/integration/**/*.spec.ts' 'test/e2e/**/*.spec.ts' 'test/fuzz/**/*.spec.ts' 'test/faults/**/*.spec.ts') ;;
+  *) echo "usage: $0 [all|unit|integration|e2e|fuzz|faults] [mocha args...]" >&2; exit 2 ;;
 esac
 
 if [ "$tier" = all ]; then
@@ -35,7 +37,9 @@ if [ "$tier" != unit ]; then
     exit 1
   fi
   eval "$exports"
-  if [ "$tier" != integration ]; then
+  # The fault suite stops and starts this run's services (never anyone else's).
+  export TM_SERVICES_DIR="$run_dir"
+  if [ "$tier" = e2e ] || [ "$tier" = all ]; then
     chromium_path="$(bash scripts/services.sh chromium)" && [ -n "$chromium_path" ] && export CHROMIUM_PATH="$chromium_path"
   fi
   echo "test: DATABASE_URL=${DATABASE_URL:-unset} REDIS_URL=${REDIS_URL:-unset} KAFKA_BROKERS=${KAFKA_BROKERS:-unset} EVENTSTORE_URL=${EVENTSTORE_URL:-unset}" >&2
