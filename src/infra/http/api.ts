@@ -1,9 +1,9 @@
 import express, { type Request, type Response, type Router } from 'express';
 import type { ParamsDictionary, Query } from 'express-serve-static-core';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import formatsPlugin from 'ajv-formats';
 import { MethodNotAllowedError, ValidationError, type FieldError } from '../../errors.js';
 import { PROBLEM_CONTENT_TYPE } from './problemDetails.js';
+import { createAjv as createValidator, toFieldErrors as fieldErrors } from './validation.js';
 
 /**
  * The one place a route is declared. The same schema objects drive request validation (ajv) and the
@@ -139,46 +139,15 @@ interface Validators {
 }
 
 function createAjv(coerce: boolean): Ajv2020 {
-  const ajv = new Ajv2020({
-    allErrors: true,
-    strict: true,
-    allowUnionTypes: true,
-    useDefaults: true,
-    // Query strings and path segments are always strings; a JSON body already has its types.
-    coerceTypes: coerce ? 'array' : false,
-  });
-  // ajv-formats is CommonJS with a `default` property; under NodeNext the default import is module.exports.
-  (formatsPlugin as unknown as (ajv: Ajv2020) => void)(ajv);
+  const ajv = createValidator({ coerce, useDefaults: true });
   // Route schemas are compiled inside a wrapper that carries `components`, so `#/components/schemas/X`
   // resolves in ajv exactly as it does in the OpenAPI document.
   ajv.addKeyword({ keyword: 'components' });
   return ajv;
 }
 
-const escapePointer = (segment: string): string => segment.replace(/~/g, '~0').replace(/\//g, '~1');
-
-function toFieldErrors(source: Source, errors: ErrorObject[] | null | undefined): FieldError[] {
-  return (errors ?? []).map((error) => {
-    const path = `/${source}${error.instancePath}`;
-    const params = error.params as Record<string, unknown>;
-    switch (error.keyword) {
-      case 'required':
-        return { path: `${path}/${escapePointer(String(params.missingProperty))}`, message: 'is required' };
-      case 'additionalProperties':
-        return {
-          path: `${path}/${escapePointer(String(params.additionalProperty))}`,
-          message: 'is not an allowed field',
-        };
-      case 'unevaluatedProperties':
-        return {
-          path: `${path}/${escapePointer(String(params.unevaluatedProperty))}`,
-          message: 'is not an allowed field',
-        };
-      default:
-        return { path, message: error.message ?? 'is invalid' };
-    }
-  });
-}
+const toFieldErrors = (source: Source, errors: ErrorObject[] | null | undefined): FieldError[] =>
+  fieldErrors(`/${source}`, errors);
 
 const pathParamNames = (path: string): string[] => [...path.matchAll(PARAM_PATTERN)].map((m) => m[1]!);
 

@@ -1,5 +1,5 @@
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import formatsPlugin from 'ajv-formats';
+import { createAjv, toFieldErrors as fieldErrors } from '../../infra/http/validation.js';
 import type { FieldError } from '../../errors.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { JSONSchema } from '../../infra/http/api.js';
@@ -90,46 +90,12 @@ export function abortable<T>(signal: AbortSignal, promise: Promise<T>): Promise<
   });
 }
 
-/** The ajv that payload schemas are compiled with: strict, like the HTTP layer's body validator. */
-export function createPayloadAjv(): Ajv2020 {
-  const ajv = new Ajv2020({ allErrors: true, strict: true, allowUnionTypes: true });
-  // ajv-formats is CommonJS with a `default` property; under NodeNext the default import is module.exports.
-  (formatsPlugin as unknown as (ajv: Ajv2020) => void)(ajv);
-  return ajv;
-}
+/** The ajv that payload schemas are compiled with: the HTTP layer's, without coercion or defaults. */
+export const createPayloadAjv = (): Ajv2020 => createAjv();
 
 const PAYLOAD_PATH = '/body/payload';
-
-const escapePointer = (segment: string): string => segment.replace(/~/g, '~0').replace(/\//g, '~1');
-
-function toFieldErrors(errors: ErrorObject[] | null | undefined): FieldError[] {
-  // `if` and `propertyNames` only say that something inside failed; that inner error, reported too, says
-  // where and why.
-  return (errors ?? [])
-    .filter((error) => error.keyword !== 'if' && error.keyword !== 'propertyNames')
-    .map((error) => {
-      const path = `${PAYLOAD_PATH}${error.instancePath}`;
-      const params = error.params as Record<string, unknown>;
-      if (error.propertyName !== undefined)
-        return {
-          path: `${path}/${escapePointer(error.propertyName)}`,
-          message: `is not an allowed name: ${error.message ?? 'is invalid'}`,
-        };
-      switch (error.keyword) {
-        case 'required':
-          return { path: `${path}/${escapePointer(String(params.missingProperty))}`, message: 'is required' };
-        case 'additionalProperties':
-          return {
-            path: `${path}/${escapePointer(String(params.additionalProperty))}`,
-            message: 'is not an allowed field',
-          };
-        case 'false schema':
-          return { path, message: 'is not allowed here' };
-        default:
-          return { path, message: error.message ?? 'is invalid' };
-      }
-    });
-}
+const toFieldErrors = (errors: ErrorObject[] | null | undefined): FieldError[] =>
+  fieldErrors(PAYLOAD_PATH, errors);
 
 export class HandlerRegistry {
   private readonly handlers = new Map<string, { handler: TaskHandler; validate: ValidateFunction }>();
