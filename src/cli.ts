@@ -5,6 +5,12 @@ import { ROLES, startService, connectDatabase, createEventStore, type Role } fro
 import type { EventStore } from './infra/eventStore/eventStore.js';
 import { AppError } from './errors.js';
 import { grantRoleByEmail } from './commands/identity/grantRoleCommand.js';
+import { randomUUID } from 'node:crypto';
+import { isPosition } from './infra/eventStore/eventStore.js';
+import { verifyLog } from './audit/verify.js';
+import { exportLog } from './audit/export.js';
+import { createAnchor, generateAuditKeyPair } from './audit/anchors.js';
+import { createProgressReporter } from './audit/progress.js';
 import { createPool } from './infra/db/pool.js';
 import { migrate } from './infra/db/migrate.js';
 
@@ -13,11 +19,18 @@ const USAGE = `usage: task-manager <command>
   start [--roles api,relay,projector,worker]   run the chosen roles (all by default)
   migrate                                      apply database migrations and exit
   users grant-role <email> <role>              roles: user, auditor, admin
+  projections rebuild [--verify] [--no-swap]   rebuild every read model from the log beside the live one,
+                                               compare (--verify), and swap it in atomically
+  audit verify [--stream S]                    recompute hash chains and check signed anchors; exits 1
+                                               naming the first bad event
+  audit export [--from P] [--to P]             the log as NDJSON on stdout
+  audit anchor                                 sign and append an anchor of the stream heads now
+  audit keygen                                 print a new Ed25519 key pair (PEM) for anchors
 
 Settings come from config.yml and the environment (see README, "Settings").`;
 
 /** Commands DESIGN.md lists that later issues build; saying so beats a silent "unknown command". */
-const NOT_YET = new Set(['projections', 'audit']);
+const NOT_YET = new Set<string>();
 
 class UsageError extends Error {}
 
@@ -111,6 +124,87 @@ async function usersCommand(config: Config, logger: Logger, args: string[]): Pro
   );
 }
 
+async function auditCommand(config: Config, logger: Logger, args: string[]): Promise<number> {
+  const [subcommand, ...rest] = args;
+  const { values } = parseArgs({
+    args: rest,
+    options: { stream: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' } },
+    strict: true,
+  });
+  switch (subcommand) {
+    case 'keygen': {
+      const { privateKey, publicKey } = generateAuditKeyPair();
+      process.stdout.write(`${privateKey}\n${publicKey}\n`);
+      process.stderr.write(
+        'Keep the private key out of the database: set AUDIT_PRIVATE_KEY (or _FILE) for the service\n' +
+          'and give AUDIT_PUBLIC_KEY to whoever verifies.\n',
+      );
+      return 0;
+    }
+    case 'verify':
+      return withEventStore(config, logger, async (store) => {
+        const progress = createProgressReporter({ label: 'verify' });
+        const report = await verifyLog(store, {
+          stream: values.stream,
+          publicKey: config.audit.publicKey,
+          onProgress: progress.update,
+        });
+        progress.done();
+        const counts =
+          `${report.events} events, ${report.streams} streams, anchors ${report.anchors}` +
+          (report.anchors === 'on'
+            ? ` (${report.anchorsChecked} checked)`
+            : ' (no public key configured: AUDIT_PUBLIC_KEY)');
+        if (report.ok) {
+          process.stdout.write(`ok: ${counts}\n`);
+          return 0;
+        }
+        const { problem } = report;
+        process.stdout.write(
+          `FAILED at stream ${problem.streamId} revision ${problem.revision} (position ${problem.position}): ${problem.kind}: ${problem.detail}\n${counts}\n`,
+        );
+        return 1;
+      });
+    case 'export':
+      return withEventStore(config, logger, async (store) => {
+        for (const [name, value] of [
+          ['--from', values.from],
+          ['--to', values.to],
+        ] as const)
+          if (value !== undefined && !isPosition(value)) throw new UsageError(`${name} takes a log position`);
+        const progress = createProgressReporter({ label: 'export' });
+        await exportLog(store, {
+          from: values.from,
+          to: values.to,
+          out: process.stdout,
+          onProgress: progress.update,
+        });
+        progress.done();
+        return 0;
+      });
+    case 'anchor':
+      return withEventStore(config, logger, async (store) => {
+        if (!config.audit.privateKey)
+          throw new UsageError('anchors need a private key: set AUDIT_PRIVATE_KEY or AUDIT_PRIVATE_KEY_FILE');
+        const anchor = await createAnchor(store, {
+          privateKey: config.audit.privateKey,
+          now: () => new Date(),
+          newId: randomUUID,
+        });
+        process.stdout.write(
+          anchor
+            ? `anchored ${anchor.heads.length} stream heads at ${anchor.position}\n`
+            : 'nothing changed since the last anchor\n',
+        );
+        return 0;
+      });
+    default:
+      throw new UsageError(
+        'usage: task-manager audit verify [--stream S] | export [--from P] [--to P] | anchor | keygen',
+      );
+  }
+}
+
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const [command, ...args] = argv;
   if (!command || command === '--help' || command === 'help') {
@@ -139,6 +233,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       case 'users':
         await usersCommand(config, logger, args);
         return 0;
+      case 'audit':
+        return await auditCommand(config, logger, args);
       default:
         if (NOT_YET.has(command)) {
           process.stderr.write(`task-manager: "${command}" is not built yet (see README, "Not yet done")\n`);

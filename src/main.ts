@@ -28,6 +28,7 @@ import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
 import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
+import { startAnchorSchedule } from './audit/anchors.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -256,6 +257,21 @@ export async function startService(
         const consumer = await runProjection({ ...infrastructure, projection, metrics });
         stops.push(() => consumer.stop());
       }
+    }
+    // Signed anchors of the log, on a schedule. Several processes doing it is harmless (expected revisions).
+    if (roles.includes('projector') && config.audit.privateKey) {
+      const anchoring = new AbortController();
+      const schedule = startAnchorSchedule({
+        store: infrastructure.store,
+        privateKey: config.audit.privateKey,
+        intervalSeconds: config.audit.anchorIntervalSeconds,
+        logger: logger.child({ role: 'anchors' }),
+        signal: anchoring.signal,
+      });
+      stops.push(async () => {
+        anchoring.abort();
+        await schedule;
+      });
     }
     if (roles.includes('worker')) {
       const worker = new TaskWorker({

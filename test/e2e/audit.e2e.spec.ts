@@ -12,6 +12,11 @@ import {
 } from '../support/service.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { accountStreamId } from '../../src/commands/identity/account.js';
+import { generateAuditKeyPair } from '../../src/audit/anchors.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
 
 const newEmail = () => `audit-${randomBytes(5).toString('hex')}@example.com`;
 const PASSWORD = 'password for audit';
@@ -144,3 +149,69 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
   });
 }
+
+describe('audit commands (task-manager audit ...)', function () {
+  this.timeout(90000);
+  let service: TestService;
+  let keys: { privateKey: string; publicKey: string };
+
+  const cli = async (args: string[]) => {
+    const env = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      LOG_LEVEL: 'silent',
+      DATA_DIR: service.config.embedded.dataDir,
+      AUDIT_PRIVATE_KEY: keys.privateKey,
+      AUDIT_PUBLIC_KEY: keys.publicKey,
+    };
+    return run('node', ['bin/task-manager.mjs', ...args], { env, maxBuffer: 64 * 1024 * 1024 }).then(
+      ({ stdout }) => ({ code: 0, stdout }),
+      (error: { code: number; stdout: string }) => ({ code: error.code, stdout: error.stdout }),
+    );
+  };
+
+  before(async () => {
+    keys = generateAuditKeyPair();
+    service = await startTestService('embedded', quickWorkerSettings);
+    const email = newEmail();
+    await call(service.url, 'POST', '/register', { body: { email, password: PASSWORD } });
+    const token = (await call(service.url, 'POST', '/login', { body: { email, password: PASSWORD } })).body
+      .access_token;
+    for (let i = 0; i < 3; i++)
+      await call(service.url, 'POST', '/tasks', { body: { title: `audited ${i}` }, token });
+  });
+  after(async () => service?.stop());
+
+  it('verifies an untouched log, anchors it, and exports it as NDJSON', async () => {
+    const anchored = await cli(['audit', 'anchor']);
+    expect(anchored.stdout).to.match(/anchored \d+ stream heads/);
+    const verified = await cli(['audit', 'verify']);
+    expect(verified.code, verified.stdout).to.equal(0);
+    expect(verified.stdout).to.match(/^ok: \d+ events, \d+ streams, anchors on \(1 checked\)/);
+    const exported = await cli(['audit', 'export']);
+    const lines = exported.stdout
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line));
+    const log = await service.service.infrastructure.store.readAll({ after: null, limit: 100000 });
+    expect(lines.map((line) => line.position)).to.deep.equal(log.map((event) => event.position));
+    expect(lines[0]).to.include.keys('stream_id', 'revision', 'type', 'raw_data', 'metadata');
+  });
+
+  it('names the stream and revision of an event whose data was changed by one byte in PostgreSQL', async () => {
+    const { pool } = service.service.infrastructure;
+    const { rows } = await pool.query<{ stream_id: string; revision: number }>(
+      `SELECT stream_id, revision FROM events WHERE stream_id LIKE 'task-%' AND revision = 0 LIMIT 1`,
+    );
+    const victim = rows[0]!;
+    await pool.query('ALTER TABLE events DISABLE TRIGGER events_append_only');
+    await pool.query(
+      `UPDATE events SET data = replace(data, 'audited', 'audiTed') WHERE stream_id = $1 AND revision = 0`,
+      [victim.stream_id],
+    );
+    await pool.query('ALTER TABLE events ENABLE TRIGGER events_append_only');
+    const verified = await cli(['audit', 'verify']);
+    expect(verified.code).to.equal(1);
+    expect(verified.stdout).to.include(`stream ${victim.stream_id} revision 0`).and.include('hash_mismatch');
+  });
+});
