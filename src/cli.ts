@@ -11,6 +11,9 @@ import { verifyLog } from './audit/verify.js';
 import { exportLog } from './audit/export.js';
 import { createAnchor, generateAuditKeyPair } from './audit/anchors.js';
 import { createProgressReporter } from './audit/progress.js';
+import { describeDifference, rebuildReadModels } from './projections/rebuild.js';
+import { PROJECTIONS } from './projections/index.js';
+import type { Pool } from './infra/db/pool.js';
 import { createPool } from './infra/db/pool.js';
 import { migrate } from './infra/db/migrate.js';
 
@@ -98,15 +101,16 @@ async function migrateCommand(config: Config, logger: Logger): Promise<void> {
 async function withEventStore<T>(
   config: Config,
   logger: Logger,
-  work: (store: EventStore) => Promise<T>,
+  work: (store: EventStore, pool: Pool) => Promise<T>,
 ): Promise<T> {
   const { databaseUrl, embedded } = await connectDatabase(config, logger);
-  const pool = createPool({ connectionString: databaseUrl, max: 2, statementTimeoutMs: 60000 }, logger);
+  // Room for a rebuild's parallel transactions; long statements are expected from one-shot commands.
+  const pool = createPool({ connectionString: databaseUrl, max: 8, statementTimeoutMs: 600000 }, logger);
   let store: EventStore | null = null;
   try {
     await migrate(pool, logger);
     store = await createEventStore(config, pool, databaseUrl, logger);
-    return await work(store);
+    return await work(store, pool);
   } finally {
     await store?.close();
     await pool.end();
@@ -122,6 +126,54 @@ async function usersCommand(config: Config, logger: Logger, args: string[]): Pro
   process.stdout.write(
     result.changed ? `${email} is now ${role}\n` : `${email} already has the role ${role}\n`,
   );
+}
+
+async function projectionsCommand(config: Config, logger: Logger, args: string[]): Promise<number> {
+  const [subcommand, ...rest] = args;
+  if (subcommand !== 'rebuild')
+    throw new UsageError('usage: task-manager projections rebuild [--verify] [--no-swap]');
+  const { values } = parseArgs({
+    args: rest,
+    options: { verify: { type: 'boolean', default: false }, 'no-swap': { type: 'boolean', default: false } },
+    strict: true,
+  });
+  return withEventStore(config, logger, async (store, pool) => {
+    // Made on the first report, which brings the total (null on EventStoreDB) for the time left.
+    const shown: { progress: ReturnType<typeof createProgressReporter> | null } = { progress: null };
+    const report = await rebuildReadModels({
+      pool,
+      store,
+      projections: PROJECTIONS,
+      verify: values.verify,
+      swap: !values['no-swap'],
+      logger,
+      onProgress: ({ events, total }) => {
+        shown.progress ??= createProgressReporter({ label: 'rebuild', total });
+        shown.progress.update({ events });
+      },
+    });
+    shown.progress?.done();
+    process.stdout.write(
+      `rebuilt ${report.events} events in ${(report.durationMs / 1000).toFixed(1)} s (${Math.round(report.eventsPerSecond)} events/s)\n`,
+    );
+    if (report.verified) {
+      if (report.differences.length === 0)
+        process.stdout.write('verify: the rebuilt read models equal the live ones\n');
+      for (const table of report.differences) {
+        process.stdout.write(
+          `verify: ${table.table}: ${table.missingInLive} rows only rebuilt, ${table.missingInRebuild} only live, ${table.changed} changed\n`,
+        );
+        for (const sample of table.samples)
+          process.stdout.write(`  ${describeDifference(table.table, sample)}\n`);
+      }
+    }
+    process.stdout.write(
+      report.swapped
+        ? `swapped in; the previous tables are kept in schema ${report.oldSchema} for rollback\n`
+        : `not swapped: the rebuilt tables are in schema ${report.schema}\n`,
+    );
+    return 0;
+  });
 }
 
 async function auditCommand(config: Config, logger: Logger, args: string[]): Promise<number> {
@@ -235,6 +287,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         return 0;
       case 'audit':
         return await auditCommand(config, logger, args);
+      case 'projections':
+        return await projectionsCommand(config, logger, args);
       default:
         if (NOT_YET.has(command)) {
           process.stderr.write(`task-manager: "${command}" is not built yet (see README, "Not yet done")\n`);
