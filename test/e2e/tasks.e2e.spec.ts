@@ -334,7 +334,18 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           }
         }
         const high = await submit({ title: 'urgent', priority: 'urgent' });
-        await getTask(high.body.id, token, { 'X-Min-Position': high.headers.get('x-position')! });
+        // Every task in the read model before looking (under load the projection may lag by seconds).
+        await eventually(
+          async () => {
+            const { rows } = await service.service.infrastructure.pool.query<{ n: number }>(
+              `SELECT count(*)::int AS n FROM tasks WHERE id = ANY($1::uuid[])`,
+              [[...low, high.body.id]],
+            );
+            return rows[0]!.n === low.length + 1 ? true : undefined;
+          },
+          60000,
+          'every task in the read model',
+        );
         // A worker may have claimed a few before it saw the pause: the backlog is what is still pending now.
         const backlog = (
           await service.service.infrastructure.pool.query<{ id: string }>(

@@ -131,6 +131,7 @@ function expectedRow(state: Task, revision: number, position: string): Record<st
     queue: spec.queue,
     status: state.status,
     attempt: state.attempt,
+    attempts_before: state.attemptsBefore,
     max_attempts: spec.maxAttempts,
     timeout_ms: spec.timeoutMs,
     run_at: state.runAt,
