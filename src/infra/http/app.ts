@@ -1,4 +1,4 @@
-import http from 'node:http';
+import http, { STATUS_CODES } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import express, {
@@ -14,6 +14,7 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 import type { Logger } from '../logger.js';
 import type { Api, JSONSchema, OpenApiInfo } from './api.js';
 import { JSON_MEDIA_TYPES, notFound, problemDetails, requireJsonBody } from './problemDetails.js';
+import { refuseUnstorableInput } from './inputSanity.js';
 
 declare module 'express-serve-static-core' {
   interface Request {
@@ -190,6 +191,9 @@ function swaggerUiRouter(title: string): express.Router {
     }
     page(req, res, next);
   });
+  // Only the UI's own assets: anything else (swagger-ui-dist's package.json, say) falls through to our 404
+  // problem document instead of the static server's plain-text one.
+  router.use((req, _res, next) => (/^\/[\w.-]+\.(js|css|png|map)$/.test(req.path) ? next() : next('router')));
   router.use(swaggerUi.serveFiles(undefined, options));
   return router;
 }
@@ -342,6 +346,7 @@ export function createHttpApp(deps: HttpAppDeps): Express {
   if (deps.corsOrigins !== undefined && deps.corsOrigins.length > 0) app.use(cors(deps.corsOrigins));
   app.use(requireJsonBody());
   app.use(express.json({ limit: deps.bodyLimit, type: JSON_MEDIA_TYPES, strict: true }));
+  app.use(refuseUnstorableInput());
 
   app.use('/swagger', swaggerUiRouter(deps.info.title));
   registerOperationalRoutes(deps);
@@ -362,6 +367,37 @@ export interface RunningServer {
 export function listen(app: Express, port: number, host: string): Promise<RunningServer> {
   return new Promise((resolve, reject) => {
     const server = http.createServer(app);
+    // Requests Node's parser refuses (an overlong header, a malformed request line) never reach express: answer
+    // them with a problem document too, rather than an empty response.
+    server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable) return socket.destroy();
+      const status = error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+      const body = JSON.stringify({
+        type: 'about:blank',
+        title: STATUS_CODES[status],
+        status,
+        detail: 'The request could not be parsed',
+      });
+      socket.end(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    });
+    // An `Expect` header we cannot meet: answered like any other client error, with a problem document.
+    server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      const body = JSON.stringify({
+        type: 'about:blank',
+        title: STATUS_CODES[417],
+        status: 417,
+        detail: 'Only "Expect: 100-continue" is supported',
+      });
+      res
+        .writeHead(417, {
+          'Content-Type': 'application/problem+json',
+          'Content-Length': Buffer.byteLength(body),
+          Connection: 'close',
+        })
+        .end(body);
+    });
     server.once('error', reject);
     server.listen(port, host, () => {
       server.off('error', reject);

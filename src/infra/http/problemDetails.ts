@@ -94,6 +94,9 @@ function fromHttpError(error: HttpErrorLike): AppError | undefined {
     case 'request.size.invalid':
       return new BadRequestError('The request body does not match its Content-Length');
   }
+  // The router cannot decode a path parameter such as `%zz`: the client's mistake, said plainly.
+  if (error instanceof URIError)
+    return new BadRequestError('The request path has an escape sequence that does not decode (%XX)');
   const status = error.status ?? error.statusCode;
   // http-errors marks 4xx messages as safe to show (`expose`); 5xx ones are not.
   if (typeof status === 'number' && status >= 400 && status < 500 && error.expose === true)
