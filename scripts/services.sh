@@ -404,7 +404,9 @@ kafka_java() { # kafka_java MAIN_CLASS ARGS...
 kafka_format() {
   local k="$DIR/kafka" id
   # A Kafka cluster id is a base64url-encoded random 16-byte UUID (what `StorageTool random-uuid` prints).
-  id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+  # An id starting with "-" would be read by StorageTool as an option (about 1 in 64 draws): draw again.
+  id=-
+  while [ "${id#-}" != "$id" ]; do id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'); done
   rm -rf "$k/data"
   if ! kafka_java kafka.tools.StorageTool format -t "$id" -c "$k/server.properties" </dev/null >"$k/format.log" 2>&1; then
     warn "kafka.tools.StorageTool format failed:" "$(tail -n 20 "$k/format.log")"

@@ -215,9 +215,17 @@ export function eventStoreContract(
         }
         const read: RecordedEvent[] = [];
         let after = start;
-        for (;;) {
+        const last = appended[appended.length - 1]!;
+        // An empty page is not the end: the PostgreSQL store withholds committed events while an older
+        // transaction anywhere on the server is open (it could still commit before them). Page up to our last one.
+        const deadline = Date.now() + 30000;
+        while (after === null || after < last) {
           const page = await store.readAll({ after, limit: 2 });
-          if (page.length === 0) break;
+          if (page.length === 0) {
+            if (Date.now() > deadline) expect.fail(`the log stayed short of ${last}`);
+            await delay(20);
+            continue;
+          }
           read.push(...page);
           after = page[page.length - 1]!.position;
         }

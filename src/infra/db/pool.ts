@@ -29,6 +29,11 @@ export function createPool(options: PoolOptions, logger: Logger): Pool {
   });
   // An idle client whose server connection dies emits 'error' on the pool; unhandled, it would crash the process.
   pool.on('error', (error) => logger.warn({ err: error }, 'idle PostgreSQL client lost'));
+  // A client in use (inside a transaction, say) whose connection is killed also emits 'error'; without a
+  // listener that would crash the process. The query in flight fails anyway, and the caller answers 503.
+  pool.on('connect', (client) =>
+    client.on('error', (error) => logger.warn({ err: error }, 'PostgreSQL connection lost')),
+  );
   return pool;
 }
 
@@ -76,6 +81,9 @@ export function isConnectionError(error: unknown): boolean {
       '08006',
       '08001',
       '08004',
+      // The database does not accept connections now; too many clients. Both pass, neither is the request's fault.
+      '55000',
+      '53300',
     ].includes(code) ||
     /Connection terminated|connection timeout|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(
       message,
