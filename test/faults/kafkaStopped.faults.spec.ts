@@ -1,0 +1,65 @@
+import { expect } from 'chai';
+import { skipSuiteUnless } from '../support/skips.js';
+import { unavailableReason } from '../support/service.js';
+import {
+  checkHistories,
+  kafkaReport,
+  readLog,
+  readModelDifferences,
+  sleep,
+  startFaultStack,
+  startLoad,
+  waitFor,
+  waitUntilAllTerminal,
+  type FaultStack,
+} from './support/stack.js';
+import { OwnKafka } from './support/processes.js';
+
+describe('fault: the Kafka broker stopped for 10 seconds', function () {
+  this.timeout(240000);
+  let kafka: OwnKafka | null = null;
+  let stack: FaultStack | null = null;
+
+  before(async function () {
+    const missing = unavailableReason('full');
+    skipSuiteUnless(this, missing === null, missing ?? '');
+    // A broker of this suite's own: stopping the shared one would break every other suite running beside it.
+    this.timeout(180000);
+    kafka = await OwnKafka.start();
+    stack = await startFaultStack(['api', 'relay', 'projector', 'worker'], (config) => {
+      config.kafka.brokers = kafka!.brokers;
+    });
+  });
+  after(async () => {
+    await stack?.stop();
+    await kafka?.down();
+  });
+
+  it('keeps accepting tasks while the broker is down, and catches up once it is back', async () => {
+    const s = stack!;
+    const load = startLoad(s, { count: 300, concurrency: 8, perSecond: 15 });
+    await waitFor('a quarter of the load', async () => load.submitted >= 75 || undefined, 60000);
+    await kafka!.stopBroker();
+    const stoppedAt = Date.now();
+    const submittedAtStop = load.submitted;
+    await sleep(10000);
+    const acceptedWhileDown = load.submitted - submittedAtStop;
+    await kafka!.startBroker();
+    const downForMs = Date.now() - stoppedAt;
+    // The API never needed Kafka: commands only append to the log.
+    expect(acceptedWhileDown, 'tasks accepted while the broker was down').to.be.greaterThan(50);
+
+    await load.done;
+    expect(load.failures, 'every submission accepted').to.deep.equal([]);
+    expect(await waitUntilAllTerminal(s.db, load.ids, 120000)).to.deep.equal({ done: 300 });
+    const events = await readLog(s);
+    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
+    expect(await readModelDifferences(s, events)).to.deep.equal([]);
+    const report = await kafkaReport(s, events);
+    expect(report.missing, 'log events missing from Kafka').to.deep.equal([]);
+    console.log(
+      `      [kafka stopped] down ${downForMs} ms, ${acceptedWhileDown} tasks accepted meanwhile; ${events.length} events, ` +
+        `${report.messages} Kafka messages, ${report.duplicated} re-published`,
+    );
+  });
+});

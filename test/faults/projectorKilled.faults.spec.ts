@@ -1,0 +1,84 @@
+import { expect } from 'chai';
+import { skipSuiteUnless } from '../support/skips.js';
+import { unavailableReason } from '../support/service.js';
+import {
+  checkHistories,
+  kafkaReport,
+  readLog,
+  readModelDifferences,
+  sleep,
+  startFaultStack,
+  startLoad,
+  waitFor,
+  waitUntilAllTerminal,
+  type FaultStack,
+} from './support/stack.js';
+
+describe('fault: a projector process killed mid-batch', function () {
+  this.timeout(180000);
+  let stack: FaultStack;
+
+  before(async function () {
+    const missing = unavailableReason('full');
+    skipSuiteUnless(this, missing === null, missing ?? '');
+    // The projector only in its own processes.
+    stack = await startFaultStack(['api', 'relay', 'worker']);
+  });
+  after(async () => stack?.stop());
+
+  it('resumes from the committed offsets, re-applying nothing twice and skipping nothing', async () => {
+    const projectedOfLoad = async () => {
+      const { rows } = await stack.db.query<{ applied: number }>(
+        `SELECT count(*)::int AS applied FROM projection_stream_progress WHERE projection = 'tasks'`,
+      );
+      return rows[0]!.applied;
+    };
+    const appliedEvents = async () => {
+      const { rows } = await stack.db.query<{ applied: number }>(
+        `SELECT coalesce(sum(revision + 1), 0)::int AS applied FROM projection_stream_progress WHERE projection = 'tasks'`,
+      );
+      return rows[0]!.applied;
+    };
+
+    const first = await stack.roleProcess(['projector']);
+    const load = startLoad(stack, { count: 300, concurrency: 8, perSecond: 30 });
+    await waitFor(
+      '60 tasks projected',
+      async () => ((await projectedOfLoad()) >= 60 ? true : undefined),
+      60000,
+    );
+    await first.kill('SIGKILL');
+    const atFirstKill = await appliedEvents();
+
+    // While no projector runs, the backlog grows; the next one is killed while it works through it.
+    await sleep(2000);
+    const second = await stack.roleProcess(['projector']);
+    await waitFor(
+      'the second projector to be working through the backlog',
+      async () => ((await appliedEvents()) >= atFirstKill + 20 ? true : undefined),
+      60000,
+      undefined,
+      10,
+    );
+    await second.kill('SIGKILL');
+    const atSecondKill = await appliedEvents();
+    const logged = (await readLog(stack)).filter((event) => event.streamId.startsWith('task-')).length;
+    console.log(
+      `      [projector kill] killed at ${atFirstKill} and ${atSecondKill} task events applied (${logged} in the log at the second kill)`,
+    );
+    expect(atSecondKill, 'the second kill fell inside the backlog').to.be.lessThan(logged);
+
+    await sleep(1000);
+    await stack.roleProcess(['projector']);
+    await load.done;
+    expect(load.failures, 'every submission accepted').to.deep.equal([]);
+    expect(await waitUntilAllTerminal(stack.db, load.ids, 120000)).to.deep.equal({ done: 300 });
+
+    const events = await readLog(stack);
+    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
+    expect(await readModelDifferences(stack, events)).to.deep.equal([]);
+    const kafka = await kafkaReport(stack, events);
+    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+    console.log(`      [projector kill] ${events.length} events, ${kafka.messages} Kafka messages`);
+  });
+});

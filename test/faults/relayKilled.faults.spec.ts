@@ -1,0 +1,81 @@
+import { expect } from 'chai';
+import { skipSuiteUnless } from '../support/skips.js';
+import { unavailableReason } from '../support/service.js';
+import {
+  checkHistories,
+  kafkaReport,
+  readLog,
+  readModelDifferences,
+  sleep,
+  startFaultStack,
+  startLoad,
+  waitFor,
+  waitUntilAllTerminal,
+  type FaultStack,
+} from './support/stack.js';
+import { faultedBatch, startRoles, startSelfKillingRelay, type Child } from './support/processes.js';
+import type { Config } from '../../src/config.js';
+
+describe('fault: the relay killed with SIGKILL between produce and checkpoint', function () {
+  this.timeout(180000);
+  let stack: FaultStack;
+
+  before(async function () {
+    const missing = unavailableReason('full');
+    skipSuiteUnless(this, missing === null, missing ?? '');
+    // The relay only in its own processes.
+    stack = await startFaultStack(['api', 'projector', 'worker']);
+  });
+  after(async () => stack?.stop());
+
+  it('publishes every event after three crashes, the re-sent batches absorbed as duplicates', async () => {
+    const relayConfig: Config = structuredClone(stack.config);
+    const load = startLoad(stack, { count: 300, concurrency: 8, perSecond: 30 });
+
+    // Three relays in a row, each SIGKILLed right after Kafka acknowledged its 1st, 2nd, 3rd batch: the first
+    // holds the backlog that piled up while no relay ran, the others whatever was appended since.
+    const faulted: Array<{ eventIds: string[] }> = [];
+    for (const dieAtBatch of [1, 2, 3]) {
+      await sleep(1000); // let events pile up
+      const relay = await startSelfKillingRelay(relayConfig, dieAtBatch);
+      const exit = await waitFor(
+        'the relay to kill itself',
+        async () => (relay.running() ? undefined : relay.exited),
+        60000,
+      );
+      expect(exit.signal, relay.output().slice(-2000)).to.equal('SIGKILL');
+      const batch = faultedBatch(relay.output());
+      expect(batch, 'the relay died holding a produced, unrecorded batch').not.to.equal(null);
+      faulted.push(batch!);
+    }
+    // And the real role process, killed at an arbitrary moment of its work.
+    const arbitrary: Child = await startRoles(relayConfig, ['relay']);
+    await waitFor(
+      'it to publish',
+      async () => (arbitrary.output().includes('relay holds the lock') ? true : undefined),
+      20000,
+    );
+    await sleep(700);
+    await arbitrary.kill('SIGKILL');
+    await sleep(1000);
+    await startRoles(relayConfig, ['relay']);
+
+    await load.done;
+    expect(load.failures, 'every submission accepted').to.deep.equal([]);
+    expect(await waitUntilAllTerminal(stack.db, load.ids, 90000)).to.deep.equal({ done: 300 });
+
+    const events = await readLog(stack);
+    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
+    expect(await readModelDifferences(stack, events)).to.deep.equal([]);
+    const kafka = await kafkaReport(stack, events);
+    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+    // The batches the dead relays had produced were published again by their successors: the crash really fell
+    // between produce and checkpoint, and the duplicates changed nothing above.
+    for (const batch of faulted)
+      for (const id of batch.eventIds) expect(kafka.copies.get(id), `copies of ${id}`).to.be.at.least(2);
+    console.log(
+      `      [relay kill] ${events.length} events, ${kafka.messages} Kafka messages, ${kafka.duplicated} published more than once; ` +
+        `died holding batches of ${faulted.map((b) => b.eventIds.length).join(', ')} events`,
+    );
+  });
+});

@@ -1,0 +1,99 @@
+import { expect } from 'chai';
+import { skipSuiteUnless } from '../support/skips.js';
+import { unavailableReason } from '../support/service.js';
+import {
+  checkHistories,
+  kafkaReport,
+  readLog,
+  readModelDifferences,
+  startFaultStack,
+  startLoad,
+  waitFor,
+  waitUntilAllTerminal,
+  type FaultStack,
+} from './support/stack.js';
+import type { Child } from './support/processes.js';
+
+describe('fault: a worker process killed with SIGKILL mid-load', function () {
+  this.timeout(180000);
+  let stack: FaultStack;
+
+  before(async function () {
+    const missing = unavailableReason('full');
+    skipSuiteUnless(this, missing === null, missing ?? '');
+    // Workers only in their own processes: the API, relay and projector stay here.
+    stack = await startFaultStack(['api', 'relay', 'projector']);
+  });
+  after(async () => stack?.stop());
+
+  it('lets the other worker finish everything once the dead one’s leases expire, each attempt run once', async () => {
+    const workers: Child[] = await Promise.all([
+      stack.roleProcess(['worker']),
+      stack.roleProcess(['worker']),
+    ]);
+    const [victim] = workers as [Child, Child];
+    const load = startLoad(stack, {
+      count: 300,
+      concurrency: 8,
+      perSecond: 40,
+      spec: (index) =>
+        index % 3 === 0
+          ? { title: `echo ${index}`, type: 'echo', payload: { index }, timeout_ms: 2000 }
+          : {
+              title: `sleep ${index}`,
+              type: 'sleep',
+              payload: { ms: 200 + (index % 5) * 100 },
+              timeout_ms: 2000,
+            },
+    });
+
+    // Kill it while it runs tasks (as the log, not the lagging read model, says), so there are leases to expire.
+    const runningOnVictim = async () => {
+      const { rows } = await stack.db.query<{ count: number }>(
+        `SELECT count(*)::int AS count FROM events started
+          WHERE started.type = 'TaskStarted' AND started.data::jsonb->>'workerId' LIKE $1
+            AND NOT EXISTS (SELECT 1 FROM events later
+                             WHERE later.stream_id = started.stream_id AND later.revision > started.revision)`,
+        [`%-${victim.pid}-%`],
+      );
+      return rows[0]!.count;
+    };
+    await waitFor(
+      'a third of the load to be submitted',
+      async () => load.submitted >= 100 || undefined,
+      60000,
+    );
+    const inFlight = await waitFor(
+      'the victim to run at least 3 tasks',
+      async () => {
+        const running = await runningOnVictim();
+        return running >= 3 ? running : undefined;
+      },
+      30000,
+      undefined,
+      20,
+    );
+    await victim.kill('SIGKILL');
+    console.log(`      [worker kill] SIGKILL worker pid ${victim.pid} with ${inFlight} tasks in progress`);
+
+    await load.done;
+    expect(load.failures, 'every submission accepted').to.deep.equal([]);
+    const statuses = await waitUntilAllTerminal(stack.db, load.ids, 90000);
+    expect(statuses).to.deep.equal({ done: 300 });
+
+    const events = await readLog(stack);
+    const histories = checkHistories(events, load.ids);
+    expect(histories.problems).to.deep.equal([]);
+    const reaped = histories.leaseExpired.filter((entry) => entry.workerId?.includes(`-${victim.pid}-`));
+    // Those it was running when killed (it may have claimed more, or finished one, since the count was taken).
+    expect(reaped.length, 'attempts of the killed worker failed by the reaper').to.be.at.least(1);
+    expect(histories.leaseExpired.length, 'only the killed worker lost leases').to.equal(reaped.length);
+
+    expect(await readModelDifferences(stack, events)).to.deep.equal([]);
+    const kafka = await kafkaReport(stack, events);
+    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+    console.log(
+      `      [worker kill] ${events.length} events; ${reaped.length} attempts reaped and retried; ${kafka.messages} Kafka messages`,
+    );
+  });
+});
