@@ -198,6 +198,8 @@ export class TaskWorker {
     // After a wake-up that found nothing (the read model may lag the bus by a moment), look again soon.
     let quickRetries = 0;
     while (!this.stopping.signal.aborted) {
+      // Read before clearing: a wake-up that ended the last wait counts for this look.
+      const woken = this.wokenSinceLastLook;
       this.wokenSinceLastLook = false;
       let claimed = 0;
       let nextDueMs: number | null = null;
@@ -214,7 +216,7 @@ export class TaskWorker {
         quickRetries = 0;
         continue;
       }
-      if (this.wokenSinceLastLook) quickRetries = 4;
+      if (woken || this.wokenSinceLastLook) quickRetries = 4;
       let waitMs = settings.pollIntervalMs;
       if (quickRetries > 0) waitMs = Math.min(waitMs, 25 * 2 ** (4 - quickRetries--));
       if (nextDueMs !== null) waitMs = Math.min(waitMs, Math.max(1, nextDueMs));

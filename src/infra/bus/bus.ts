@@ -1,4 +1,5 @@
 import type { RecordedEvent } from '../eventStore/eventStore.js';
+import { backoffMs, sleep } from '../abort.js';
 
 /**
  * The bus port: how projections and workers receive the log. Delivery is at least once, in per-stream order;
@@ -44,7 +45,6 @@ export async function handleUntilDone(
   /** Kafka only sends heartbeats between messages: a long retry must send them itself or lose its partitions. */
   beforeRetry?: () => Promise<void>,
 ): Promise<boolean> {
-  const { sleep, backoffMs } = await import('../abort.js');
   for (let attempt = 1; !signal.aborted; attempt++) {
     try {
       await handle(event, delivery);
