@@ -154,6 +154,50 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       expect(done.attempt).to.equal(1);
     });
 
+    it('records progress, coalesced to at most about one event per progress interval', async () => {
+      const submitted = await submit({ title: 'progressing', type: 'sleep', payload: { ms: 2500 } });
+      await untilStatus(submitted.body.id, 'done');
+      const progress = (await history(submitted.body.id)).filter((e) => e.type === 'TaskProgressed');
+      expect(progress.length, 'the sleep handler reports about once a second').to.be.at.least(2);
+      const interval = service.config.workers.progressIntervalMs;
+      expect(progress.length).to.be.at.most(Math.ceil(2500 / interval) + 2);
+      const values = progress.map((e) => e.data.progress as number);
+      expect(values).to.deep.equal([...values].sort((a, b) => a - b));
+    });
+
+    it('stores a result larger than tasks.maxResultBytes as a truncated prefix', async () => {
+      const limit = service.config.tasks.maxResultBytes;
+      const submitted = await submit({ title: 'big result', payload: { text: 'x'.repeat(limit + 500) } });
+      const done = await untilStatus(submitted.body.id, 'done');
+      expect(done.result).to.have.key('truncated_json');
+      expect(Buffer.byteLength(done.result.truncated_json)).to.be.at.most(limit);
+      const succeeded = (await history(submitted.body.id)).find((e) => e.type === 'TaskSucceeded')!;
+      expect(succeeded.data.resultTruncated).to.equal(true);
+    });
+
+    it('runs at most the configured number of tasks of one queue at once in a worker', async () => {
+      const ids = await Promise.all(
+        [0, 1, 2].map(
+          async (i) =>
+            (await submit({ title: `narrow ${i}`, queue: 'narrow', type: 'sleep', payload: { ms: 300 } }))
+              .body.id as string,
+        ),
+      );
+      for (const id of ids) await untilStatus(id, 'done');
+      const spans = await Promise.all(
+        ids.map(async (id) => {
+          const events = await history(id);
+          return [
+            Date.parse(events.find((e) => e.type === 'TaskStarted')!.data.startedAt),
+            Date.parse(events.find((e) => e.type === 'TaskSucceeded')!.data.finishedAt),
+          ] as const;
+        }),
+      );
+      spans.sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < spans.length; i++)
+        expect(spans[i]![0], 'queue "narrow" allows one at a time').to.be.at.least(spans[i - 1]![1]);
+    });
+
     it('fails an unrecoverable error at once, without retries', async () => {
       const submitted = await submit({
         title: 'doomed',

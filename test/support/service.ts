@@ -136,7 +136,8 @@ export const quickWorkerSettings = (config: Config) => {
   config.workers.progressIntervalMs = 200;
   config.workers.shutdownGraceMs = 2000;
   config.workers.concurrency = 4;
-  config.workers.queues = { default: 4 };
+  config.workers.queues = { default: 4, narrow: 1 };
+  config.tasks.maxResultBytes = 4096;
   config.handlers.http = {
     allowedHosts: ['127.0.0.1'],
     allowPrivateAddresses: true,
