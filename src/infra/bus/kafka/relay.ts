@@ -16,6 +16,22 @@ import {
 
 // Any fixed 64-bit number distinct from the service's other advisory locks.
 const RELAY_LOCK_KEY = 7_426_002;
+
+/**
+ * An idempotent producer can wedge after its broker restarts (its sequence state no longer matches the broker's;
+ * seen in several Kafka clients), and then a send never settles. A send that has not settled by then counts as
+ * failed: the relay starts again from its checkpoint with a new producer. At worst a batch is published twice,
+ * which consumers absorb.
+ */
+const SEND_TIMEOUT_MS = 30_000;
+
+function withinTime<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
 export const RELAY_CHECKPOINT = 'relay:kafka';
 
 export interface RelayOptions {
@@ -170,7 +186,11 @@ export class KafkaRelay {
             heads.set(partition, event.position); // the batch is in log order, so the last one wins
             return toMessage(event, partition);
           });
-          await producer.send({ topic: settings.topic, acks: -1, messages });
+          await withinTime(
+            producer.send({ topic: settings.topic, acks: -1, messages }),
+            SEND_TIMEOUT_MS,
+            'Kafka send',
+          );
           await this.options.afterProduce?.(batch);
           if (stop.aborted) break; // lock possibly lost: do not store a checkpoint through a dead connection
           await this.recordPublished(lockClient, heads, batch[batch.length - 1]!.position);
@@ -182,7 +202,8 @@ export class KafkaRelay {
       }
     } finally {
       this.currentState = signal.aborted ? 'stopped' : 'waiting_for_lock';
-      await producer?.disconnect().catch(() => undefined);
+      if (producer)
+        await withinTime(producer.disconnect(), 5000, 'producer disconnect').catch(() => undefined);
       // Ending the connection releases the advisory lock.
       await lockClient.end().catch(() => undefined);
     }
