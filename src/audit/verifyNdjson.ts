@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { createInterface } from 'node:readline';
 import { isPosition } from '../infra/eventStore/eventStore.js';
-import { canonicalJson } from './anchors.js';
+import { canonicalJson } from '../infra/canonicalJson.js';
 import type { ExportedEvent } from './export.js';
 import { LogVerifier, type ChainEvent, type VerifyProblem, type VerifyReport } from './verify.js';
 

@@ -107,7 +107,7 @@ const recordPartitionPosition = (
   );
 
 /** Errors about the event's content (bad JSON shapes, constraint or type violations), not about the database being down. */
-function isDataError(error: unknown): boolean {
+export function isDataError(error: unknown): boolean {
   if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) return true;
   const code = (error as { code?: string }).code ?? '';
   return code.startsWith('22') || code.startsWith('23'); // data exceptions, integrity constraint violations

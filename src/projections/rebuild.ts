@@ -3,7 +3,7 @@ import { sleep } from '../infra/abort.js';
 import { inTransaction, type Pool, type PoolClient } from '../infra/db/pool.js';
 import type { EventStore, JsonValue, Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
-import type { Projection } from './projectionRunner.js';
+import { isDataError, type Projection } from './projectionRunner.js';
 
 export interface ReadModelTable {
   name: string;
@@ -558,13 +558,6 @@ async function applyBatch(client: PoolClient, context: ApplyContext, events: Rec
     ],
   );
   await client.query('RELEASE SAVEPOINT rebuild_batch');
-}
-
-/** Must stay the same as applyOnce's: what counts as bad data decides what is skipped. */
-function isDataError(error: unknown): boolean {
-  if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) return true;
-  const code = (error as { code?: string }).code ?? '';
-  return code.startsWith('22') || code.startsWith('23');
 }
 
 /**

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Decider, DomainEvent } from '../commandHandler.js';
+import { canonicalJson } from '../../infra/canonicalJson.js';
 
 /**
  * Idempotency keys. Stream `idempotencyKey-<sha256(user, key)>` records which task a key created and a hash of
@@ -29,17 +30,6 @@ export const idempotencyKey: Decider<IdempotencyKey, IdempotencyKeyUsed> = {
 
 export const idempotencyStreamId = (userId: string, key: string): string =>
   `idempotencyKey-${createHash('sha256').update(`${userId}\n${key}`).digest('hex')}`;
-
-/** JSON with sorted keys, so the same body sent with its fields in another order hashes the same. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value && typeof value === 'object')
-    return `{${Object.keys(value)
-      .sort()
-      .map((key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`)
-      .join(',')}}`;
-  return JSON.stringify(value);
-}
 
 export const requestHash = (body: unknown): string =>
   createHash('sha256').update(canonicalJson(body)).digest('hex');
