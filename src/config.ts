@@ -41,6 +41,8 @@ export interface Config {
     defaultMaxAttempts: number;
     idempotencyKeyTtlSeconds: number;
     minPositionWaitMs: number;
+    /** The most tasks GET /api/tasks (the Go service's unpaged list) answers with. */
+    compatListCap: number;
   };
   workers: {
     concurrency: number;
@@ -64,7 +66,8 @@ export interface Config {
   };
   audit: { privateKey: string | null; publicKey: string | null; anchorIntervalSeconds: number };
   jwt: {
-    secret: string;
+    /** null: none configured, so the deployment generates its own and keeps it (see deploymentSecret.ts). */
+    secret: string | null;
     accessTtlSeconds: number;
     refreshTtlSeconds: number;
     issuer: string;
@@ -72,8 +75,11 @@ export interface Config {
   };
 }
 
-/** The default secret shipped in config.yml; production refuses it. */
-export const DEFAULT_JWT_SECRET = 'change-me-in-production-this-default-is-refused';
+/**
+ * The secret config.yml shipped with before generated secrets: public, so it is treated as no secret at all
+ * (a deployment that still sets it gets a generated one, and production refuses it).
+ */
+export const LEGACY_DEFAULT_JWT_SECRET = 'change-me-in-production-this-default-is-refused';
 const MIN_PRODUCTION_SECRET_LENGTH = 32;
 
 const positiveInt = { type: 'integer', minimum: 1 } as const;
@@ -211,6 +217,7 @@ export const configSchema = {
         'defaultMaxAttempts',
         'idempotencyKeyTtlSeconds',
         'minPositionWaitMs',
+        'compatListCap',
       ],
       properties: {
         maxPayloadBytes: positiveInt,
@@ -220,6 +227,7 @@ export const configSchema = {
         defaultMaxAttempts: { type: 'integer', minimum: 1, maximum: 100 },
         idempotencyKeyTtlSeconds: positiveInt,
         minPositionWaitMs: { type: 'integer', minimum: 0, maximum: 60000 },
+        compatListCap: { type: 'integer', minimum: 1, maximum: 10000 },
       },
     },
     workers: {
@@ -296,7 +304,7 @@ export const configSchema = {
       additionalProperties: false,
       required: ['secret', 'accessTtlSeconds', 'refreshTtlSeconds', 'issuer', 'audience'],
       properties: {
-        secret: { type: 'string', minLength: 1 },
+        secret: { type: ['string', 'null'] },
         accessTtlSeconds: positiveInt,
         refreshTtlSeconds: positiveInt,
         issuer: { type: 'string', minLength: 1 },
@@ -349,7 +357,8 @@ const ENV_OVERRIDES: Record<string, (config: RawConfig, value: string) => void> 
       .map((b) => b.trim())
       .filter(Boolean)),
   KAFKA_TOPIC: (c, v) => (c.kafka.topic = v),
-  JWT_SECRET: (c, v) => (c.jwt.secret = v),
+  JWT_SECRET: (c, v) => (c.jwt.secret = emptyToNull(v)),
+  JWT_SECRET_FILE: (c, v) => (c.jwt.secret = v ? readFileSync(v, 'utf8').trim() : null),
   DATA_DIR: (c, v) => (c.embedded.dataDir = v),
   AUDIT_PRIVATE_KEY: (c, v) => (c.audit.privateKey = emptyToNull(v)),
   AUDIT_PUBLIC_KEY: (c, v) => (c.audit.publicKey = emptyToNull(v)),
@@ -407,11 +416,16 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   }
   const typed = config as unknown as Config;
   if (
+    typed.jwt.secret !== null &&
+    (typed.jwt.secret.trim() === '' || typed.jwt.secret === LEGACY_DEFAULT_JWT_SECRET)
+  )
+    typed.jwt.secret = null;
+  if (
     typed.nodeEnv === 'production' &&
-    (typed.jwt.secret === DEFAULT_JWT_SECRET || typed.jwt.secret.length < MIN_PRODUCTION_SECRET_LENGTH)
+    (typed.jwt.secret === null || typed.jwt.secret.length < MIN_PRODUCTION_SECRET_LENGTH)
   ) {
     throw new ConfigError(
-      `jwt.secret: refusing to start in production with the default secret or one shorter than ${MIN_PRODUCTION_SECRET_LENGTH} characters (set JWT_SECRET)`,
+      `jwt.secret: refusing to start in production without a secret of at least ${MIN_PRODUCTION_SECRET_LENGTH} characters (set JWT_SECRET or JWT_SECRET_FILE)`,
     );
   }
   if (typed.eventStore === 'esdb' && !typed.eventstoreUrl)

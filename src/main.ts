@@ -29,6 +29,7 @@ import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/rout
 import { TaskWorker } from './workers/taskWorker.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
+import { resolveDeploymentSecret } from './infra/secrets/deploymentSecret.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -38,6 +39,8 @@ export interface Infrastructure {
   config: Config;
   logger: Logger;
   databaseUrl: string;
+  /** Null when PostgreSQL comes from DATABASE_URL; else where the embedded default keeps its state. */
+  embeddedDataDir: string | null;
   pool: Pool;
   store: EventStore;
   bus: EventBus;
@@ -162,6 +165,7 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
       config,
       logger,
       databaseUrl,
+      embeddedDataDir: embedded ? config.embedded.dataDir : null,
       pool,
       store,
       bus,
@@ -184,10 +188,27 @@ export interface RunningService {
   stop(): Promise<void>;
 }
 
+/**
+ * The secret access tokens are signed with: JWT_SECRET (or JWT_SECRET_FILE) when set; otherwise one generated
+ * on first start and kept with the deployment's state (the embedded data directory, or the shared database),
+ * never a value written in the repository.
+ */
+export async function resolveJwtSecret(infra: Infrastructure): Promise<string> {
+  const resolved = await resolveDeploymentSecret({
+    name: 'jwt-secret',
+    configured: infra.config.jwt.secret,
+    home: infra.embeddedDataDir
+      ? { kind: 'dataDir', dataDir: infra.embeddedDataDir }
+      : { kind: 'database', pool: infra.pool },
+    logger: infra.logger,
+  });
+  return resolved.value;
+}
+
 /** Builds the HTTP app on the given infrastructure: used by `start` and by the end-to-end tests alike. */
-export function buildHttpApp(infra: Infrastructure, clock: () => Date = () => new Date()) {
+export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: () => Date = () => new Date()) {
   const { config } = infra;
-  const tokens = { ...config.jwt };
+  const tokens = { ...config.jwt, secret: jwtSecret };
   const api = new Api({ authenticate: bearerAuthenticator(tokens, clock) });
   registerIdentityRoutes(api, {
     store: infra.store,
@@ -290,7 +311,7 @@ export async function startService(
       stops.push(() => worker.stop());
     }
     if (roles.includes('api')) {
-      const app = buildHttpApp(infrastructure, options.clock);
+      const app = buildHttpApp(infrastructure, await resolveJwtSecret(infrastructure), options.clock);
       const server = await listen(app, config.port, config.host);
       url = server.url;
       stops.push(() => server.close(config.http.shutdownGraceMs));

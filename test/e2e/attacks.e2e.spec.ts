@@ -96,7 +96,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       let claims: jwt.JwtPayload;
       let now: number;
       const sign = (payload: object) =>
-        hs256({ alg: 'HS256', typ: 'JWT' }, payload, service.config.jwt.secret);
+        hs256({ alg: 'HS256', typ: 'JWT' }, payload, service.jwtSecret);
 
       before(async () => {
         victim = await account();
@@ -153,7 +153,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         );
         await expectRefused(
           'HS512 with the right secret',
-          jwt.sign({ ...claims }, service.config.jwt.secret, { algorithm: 'HS512' }),
+          jwt.sign({ ...claims }, service.jwtSecret, { algorithm: 'HS512' }),
         );
       });
 

@@ -114,7 +114,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           refresh_token: refreshToken,
           email,
         } = await registeredAndLoggedIn();
-        const claims = jwt.verify(accessToken, service.config.jwt.secret, {
+        const claims = jwt.verify(accessToken, service.jwtSecret, {
           algorithms: ['HS256'],
         }) as jwt.JwtPayload;
         expect(claims).to.include.keys('sub', 'role', 'jti', 'iat', 'exp', 'iss', 'aud');

@@ -127,7 +127,8 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
     'the failing task to fail',
   );
 
-  const { secret, issuer, audience } = service.config.jwt;
+  const { issuer, audience } = service.config.jwt;
+  const secret = service.jwtSecret;
   const now = Math.floor(service.clock.now().getTime() / 1000);
   const claims = jwt.decode(tokens.admin) as jwt.JwtPayload;
   const sign = (payload: object, key = secret) => jwt.sign(payload, key, { algorithm: 'HS256' });

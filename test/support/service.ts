@@ -23,6 +23,8 @@ export interface TestService {
   mode: StackMode;
   url: string;
   config: Config;
+  /** The secret this test service signs access tokens with (tests forge tokens with it). */
+  jwtSecret: string;
   clock: TestClock;
   service: RunningService;
   stop(): Promise<void>;
@@ -52,7 +54,8 @@ export async function startTestService(
   config.port = 0;
   config.host = '127.0.0.1';
   config.auth.bcryptCost = 6;
-  config.jwt.secret = randomBytes(32).toString('hex');
+  const jwtSecret = randomBytes(32).toString('hex');
+  config.jwt.secret = jwtSecret;
   let database: TestDatabase | null = null;
   let dataDir: string | null = null;
   if (mode === 'embedded') {
@@ -72,6 +75,7 @@ export async function startTestService(
     mode,
     url: service.url!.replace('localhost', '127.0.0.1'),
     config,
+    jwtSecret,
     clock,
     service,
     async stop() {

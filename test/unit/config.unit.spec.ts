@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ConfigError, loadConfig } from '../../src/config.js';
+import { ConfigError, LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
 
 /** An empty working directory, so no stray .env from the checkout leaks into these tests. */
 const emptyDir = () => mkdtempSync(path.join(tmpdir(), 'tm-config-'));
@@ -84,8 +84,21 @@ describe('config', () => {
     );
   });
 
-  it('refuses to start in production on the default or a short JWT secret', () => {
+  it('ships no JWT secret, and treats the old public default and an empty value as none', () => {
+    expect(loadWith({}).jwt.secret).to.equal(null);
+    expect(loadWith({ JWT_SECRET: LEGACY_DEFAULT_JWT_SECRET }).jwt.secret).to.equal(null);
+    expect(loadWith({ JWT_SECRET: '' }).jwt.secret).to.equal(null);
+  });
+
+  it('reads the JWT secret from JWT_SECRET_FILE, trimmed', () => {
+    const file = path.join(emptyDir(), 'jwt');
+    writeFileSync(file, 'f'.repeat(40) + '\n');
+    expect(loadWith({ JWT_SECRET_FILE: file }).jwt.secret).to.equal('f'.repeat(40));
+  });
+
+  it('refuses to start in production without a JWT secret, on the old default or on a short one', () => {
     expectConfigError({ NODE_ENV: 'production' }, 'jwt.secret');
+    expectConfigError({ NODE_ENV: 'production', JWT_SECRET: LEGACY_DEFAULT_JWT_SECRET }, 'jwt.secret');
     expectConfigError({ NODE_ENV: 'production', JWT_SECRET: 'short' }, 'jwt.secret');
     expect(loadWith({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32) }).nodeEnv).to.equal('production');
   });
