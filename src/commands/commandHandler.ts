@@ -78,7 +78,7 @@ export async function handleCommand<State, Event extends DomainEvent>(
       const result = await store.append(
         streamId,
         events.map((event) => ({ eventId: context.newId(), type: event.type, data: event.data, metadata })),
-        { expectedRevision: revision ?? 'no_stream' },
+        { expectedRevision: revision ?? 'no_stream', previousHash: history.at(-1)?.metadata.hash },
       );
       return {
         events,

@@ -191,6 +191,104 @@ export function eventStoreContract(
       });
     });
 
+    describe('appends that arrive together (group commit where the adapter has it)', () => {
+      /** Appends after the head the caller read, as the command handler does: revision and hash known. */
+      const appendAfterRead = async (streamId: string, events: NewEvent[]) => {
+        const history = await store.readStream(streamId);
+        const head = history.at(-1)!;
+        return {
+          head,
+          append: () =>
+            store.append(streamId, events, {
+              expectedRevision: head.revision,
+              previousHash: head.metadata.hash,
+            }),
+        };
+      };
+
+      it('fails only the appends that conflict; the others in the same moment succeed', async () => {
+        const streams = Array.from({ length: 30 }, (_, i) => `${category()}-${i}`);
+        await Promise.all(
+          streams.map((id) => store.append(id, [newEvent('Created')], { expectedRevision: 'no_stream' })),
+        );
+        const reads = await Promise.all(streams.map((id) => appendAfterRead(id, [newEvent('Next')])));
+        const outcomes = await Promise.allSettled(
+          streams.map((id, i) => {
+            if (i === 7)
+              return store.append(id, [newEvent('Stale')], {
+                expectedRevision: 5,
+                previousHash: reads[i]!.head.metadata.hash,
+              });
+            if (i === 12) return store.append(id, [newEvent('Stale')], { expectedRevision: 'no_stream' });
+            return reads[i]!.append();
+          }),
+        );
+        outcomes.forEach((outcome, i) => {
+          if (i === 7 || i === 12) {
+            expect(outcome.status, `append ${i}`).to.equal('rejected');
+            const reason = (outcome as PromiseRejectedResult).reason;
+            expect(reason, `append ${i}`).to.be.instanceOf(WrongExpectedRevisionError);
+            expect((reason as WrongExpectedRevisionError).actual, `append ${i}`).to.equal(0);
+          } else {
+            expect(outcome.status, `append ${i}`).to.equal('fulfilled');
+            expect((outcome as PromiseFulfilledResult<{ nextRevision: number }>).value.nextRevision).to.equal(
+              1,
+            );
+          }
+        });
+        const stored = await Promise.all(streams.map((id) => store.readStream(id)));
+        stored.forEach((events, i) =>
+          expect(
+            events.map((e) => e.type),
+            `stream ${i}`,
+          ).to.deep.equal(i === 7 || i === 12 ? ['Created'] : ['Created', 'Next']),
+        );
+      });
+
+      it('chains hashes from the previous hash the caller read, and lets one of two racing writers win', async () => {
+        for (let round = 0; round < 10; round++) {
+          const streamId = `${category()}-1`;
+          await store.append(streamId, [newEvent('Created')], { expectedRevision: 'no_stream' });
+          const [one, two] = await Promise.all([
+            appendAfterRead(streamId, [newEvent('ByWriterOne'), newEvent('AndMore')]),
+            appendAfterRead(streamId, [newEvent('ByWriterTwo')]),
+          ]);
+          const outcomes = await Promise.allSettled([one!.append(), two!.append()]);
+          expect(
+            outcomes.filter((o) => o.status === 'fulfilled'),
+            `round ${round}`,
+          ).to.have.length(1);
+          const loser = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected')!;
+          expect(loser.reason).to.be.instanceOf(WrongExpectedRevisionError);
+          const events = await store.readStream(streamId);
+          let previous = GENESIS_HASH;
+          for (const event of events) {
+            expect(event.metadata.hash).to.equal(
+              chainHash({
+                streamId,
+                revision: event.revision,
+                type: event.type,
+                rawData: event.rawData,
+                previousHash: previous,
+              }),
+            );
+            previous = event.metadata.hash;
+          }
+        }
+      });
+
+      it('answers a retried append idempotently while the appends around it are written', async () => {
+        const streams = Array.from({ length: 10 }, (_, i) => `${category()}-${i}`);
+        const firstEvents = streams.map(() => [newEvent('Created')]);
+        const first = await store.append(streams[0]!, firstEvents[0]!, { expectedRevision: 'no_stream' });
+        const results = await Promise.all(
+          streams.map((id, i) => store.append(id, firstEvents[i]!, { expectedRevision: 'no_stream' })),
+        );
+        expect(results[0]).to.deep.equal(first);
+        for (const id of streams) expect(await store.readStream(id)).to.have.length(1);
+      });
+    });
+
     describe('idempotency by event id', () => {
       it('answers a repeated append with the first result and stores the events once', async () => {
         const streamId = `${category()}-1`;

@@ -70,6 +70,11 @@ export type ExpectedRevision = 'any' | 'no_stream' | 'stream_exists' | number;
 export interface AppendOptions {
   expectedRevision: ExpectedRevision;
   /**
+   * The chain hash of the event at `expectedRevision`, when the caller has just read it (the command handler
+   * has). With it the PostgreSQL store appends in one statement, shared with concurrent appends (group commit).
+   */
+  previousHash?: string;
+  /**
    * Fault-injection hook, called after the events are written and before they commit. The contract suite uses it
    * to force transactions to commit out of order. Adapters whose append is a single call may call it first.
    */

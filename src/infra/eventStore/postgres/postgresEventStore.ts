@@ -5,6 +5,7 @@ import { isUniqueViolation } from '../../db/pool.js';
 import type { Logger } from '../../logger.js';
 import { backoffMs, sleep } from '../../abort.js';
 import { chainHashes, GENESIS_HASH } from '../hashChain.js';
+import { GroupCommitAppender } from './groupCommit.js';
 import {
   assertStreamId,
   decodePosition,
@@ -23,6 +24,8 @@ import {
 } from '../eventStore.js';
 
 const NOTIFY_CHANNEL = 'task_manager_events';
+/** Appends in one process announce themselves to other processes at most this often. */
+const NOTIFY_COALESCE_MS = 3;
 
 interface EventRow {
   sequence: number;
@@ -66,6 +69,8 @@ export interface PostgresEventStoreOptions {
   logger: Logger;
   pollIntervalMs: number;
   batchSize: number;
+  /** Group commit: the most appends one statement carries, and how many statements may be in flight. */
+  groupCommit?: { maxBatch: number; maxInFlight: number };
 }
 
 /**
@@ -80,14 +85,40 @@ export class PostgresEventStore implements EventStore {
   private listener: pg.Client | null = null;
   private listenerStarting: Promise<void> | null = null;
   private closed = false;
+  private notifyPending = false;
+  private readonly groupCommit: GroupCommitAppender;
 
   constructor(private readonly options: PostgresEventStoreOptions) {
     this.wakeups.setMaxListeners(0);
+    this.groupCommit = new GroupCommitAppender(options.pool, options.groupCommit);
   }
 
   async append(streamId: string, events: NewEvent[], options: AppendOptions): Promise<AppendResult> {
     assertStreamId(streamId);
     if (events.length === 0) throw new Error('append needs at least one event');
+    const { expectedRevision, previousHash } = options;
+    // The fast path: the caller read the stream, so it knows the head and its hash, and the append is one
+    // statement shared with whatever else is appending now. The unique (stream, revision) key is the check.
+    if (
+      !options.beforeCommit &&
+      (expectedRevision === 'no_stream' ||
+        (typeof expectedRevision === 'number' && previousHash !== undefined))
+    ) {
+      const outcome = await this.groupCommit.append({
+        streamId,
+        events,
+        expectedHead: expectedRevision === 'no_stream' ? null : expectedRevision,
+        previousHash: expectedRevision === 'no_stream' ? GENESIS_HASH : previousHash!,
+      });
+      if (outcome.kind === 'appended') {
+        this.announce();
+        return outcome.result;
+      }
+      if (outcome.kind === 'conflict')
+        throw new WrongExpectedRevisionError(streamId, expectedRevision, outcome.actualHead);
+      // A duplicate: the transactional path below tells a retried append (answered as the first time) from an
+      // event id reused elsewhere.
+    }
     // With "any", a concurrent writer taking our revision is not a conflict: read the new head and go again.
     for (let attempt = 0; ; attempt++) {
       try {
@@ -168,10 +199,9 @@ export class PostgresEventStore implements EventStore {
          RETURNING transaction_id::text AS transaction_id, sequence`,
         [streamId, firstRevision, events.map((e) => e.eventId), events.map((e) => e.type), rawData, metadata],
       );
-      // Delivered at commit; it only wakes pollers early, so losing one costs at most a poll interval.
-      await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, streamId]);
       if (options.beforeCommit) await options.beforeCommit();
       await client.query('COMMIT');
+      this.announce();
       const last = inserted.rows.reduce((a, b) => (a.sequence > b.sequence ? a : b));
       return {
         nextRevision: firstRevision + events.length - 1,
@@ -183,6 +213,24 @@ export class PostgresEventStore implements EventStore {
     } finally {
       client.release(broken);
     }
+  }
+
+  /**
+   * Wakes this process's subscribers at once, and other processes' through one NOTIFY sent outside any append,
+   * at most every few milliseconds. A lost notification costs a reader at most its poll interval.
+   */
+  private announce(): void {
+    this.wakeupCount++;
+    this.wakeups.emit('wake');
+    if (this.notifyPending || this.closed) return;
+    this.notifyPending = true;
+    setTimeout(() => {
+      this.notifyPending = false;
+      if (this.closed) return;
+      this.options.pool.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, '']).catch((error) => {
+        this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
+      });
+    }, NOTIFY_COALESCE_MS).unref();
   }
 
   /** The same events appended again (a retried request): answer as the first append did, write nothing. */
