@@ -53,19 +53,39 @@ export const foldEvents = <State, Event extends DomainEvent>(
  * revision that was read. If another writer got there first, read again and decide again (the decision may
  * differ now); after `maxAttempts` the caller gets a 409 rather than a silent merge.
  */
+/**
+ * A stream's state the caller already holds (a worker that just claimed the task, a submit of a new stream):
+ * the first try decides on it without reading; a conflict falls back to reading the stream.
+ */
+export interface KnownHead<State> {
+  state: State;
+  /** null: the stream does not exist. */
+  revision: number | null;
+  /** The chain hash of the event at `revision` (GENESIS_HASH for a new stream). */
+  hash: string;
+}
+
 export async function handleCommand<State, Event extends DomainEvent>(
   store: EventStore,
   streamId: string,
   decider: Decider<State, Event>,
   decide: (state: State) => Event[],
   context: CommandContext,
-  options: { maxAttempts?: number } = {},
+  options: { maxAttempts?: number; known?: KnownHead<State> } = {},
 ): Promise<HandleResult<State, Event>> {
   const maxAttempts = options.maxAttempts ?? 5;
   for (let attempt = 1; ; attempt++) {
-    const history = await store.readStream(streamId);
-    const state = foldEvents(decider, history);
-    const revision = history.length > 0 ? history[history.length - 1]!.revision : null;
+    let state: State;
+    let revision: number | null;
+    let previousHash: string | undefined;
+    if (attempt === 1 && options.known) {
+      ({ state, revision, hash: previousHash } = options.known);
+    } else {
+      const history = await store.readStream(streamId);
+      state = foldEvents(decider, history);
+      revision = history.length > 0 ? history[history.length - 1]!.revision : null;
+      previousHash = history.at(-1)?.metadata.hash;
+    }
     const events = decide(state);
     if (events.length === 0) return { events, state, revision, position: null };
     const metadata: EventContext = {
@@ -78,7 +98,7 @@ export async function handleCommand<State, Event extends DomainEvent>(
       const result = await store.append(
         streamId,
         events.map((event) => ({ eventId: context.newId(), type: event.type, data: event.data, metadata })),
-        { expectedRevision: revision ?? 'no_stream', previousHash: history.at(-1)?.metadata.hash },
+        { expectedRevision: revision ?? 'no_stream', previousHash },
       );
       return {
         events,

@@ -22,6 +22,13 @@ import {
 } from '../commands/tasks/workerCommands.js';
 import { workerControl, workerControlStreamId } from '../commands/tasks/workerControl.js';
 import { isUnrecoverableError, type HandlerRegistry } from './handlers/handler.js';
+import {
+  attemptsNoLongerOurs,
+  claimDueTasks as claimFromSchedule,
+  expiredLeases,
+  msUntilNextDue,
+  type ClaimedTask,
+} from './schedule.js';
 
 export interface TaskWorkerOptions {
   store: EventStore;
@@ -42,6 +49,7 @@ type AbortReason = 'timeout' | 'canceled' | 'release';
 
 interface RunningAttempt {
   taskId: string;
+  attempt: number;
   queue: string;
   controller: AbortController;
   done: Promise<void>;
@@ -91,10 +99,12 @@ function workerMetrics(registry: Registry): WorkerMetrics {
 }
 
 /**
- * Runs queued tasks. It picks due tasks from the `tasks` read model in priority order and claims each with an
- * append of TaskStarted at the revision it read: a stale read model can only cost a lost claim, never a second
- * run of one attempt. The bus wakes it when something becomes startable; delays and back-offs are waited out
- * here, against the clock, so nothing ever sits blocking a Kafka partition. It also reaps expired leases.
+ * Runs queued tasks. On the PostgreSQL event store it claims from the schedule (an inline projection written with
+ * the events, see schedule.ts): as many due tasks as it has free slots, highest priority first, with every
+ * TaskStarted in the claim's own transaction. On EventStoreDB it picks from the `tasks` read model and claims
+ * each with an append at the revision it read (a stale row costs a lost claim, never a second run). Either way
+ * the bus wakes it when something becomes startable; delays and back-offs are waited out here, against the clock,
+ * so nothing ever sits blocking a Kafka partition. It also reaps expired leases.
  */
 export class TaskWorker {
   readonly workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -108,11 +118,14 @@ export class TaskWorker {
   private loops: Promise<void>[] = [];
   private consumer: RunningConsumer | null = null;
   private pausedCache: { paused: boolean; readAt: number } = { paused: false, readAt: 0 };
+  /** Claims come from the inline schedule table: only when the log itself is in PostgreSQL. */
+  private readonly usesSchedule: boolean;
 
   constructor(private readonly options: TaskWorkerOptions) {
     this.clock = options.clock ?? (() => new Date());
     this.random = options.random ?? Math.random;
     this.metrics = workerMetrics(options.metrics);
+    this.usesSchedule = options.store.name === 'postgres';
   }
 
   get runningTaskIds(): string[] {
@@ -130,6 +143,7 @@ export class TaskWorker {
       },
     });
     this.loops = [this.dispatchLoop(), this.reapLoop()];
+    if (this.usesSchedule) this.loops.push(this.cancelWatchLoop());
   }
 
   /**
@@ -224,8 +238,41 @@ export class TaskWorker {
     }
   }
 
-  /** One look at the read model: claim as many due tasks as there are free slots, highest priority first. */
+  /** One look: claim as many due tasks as there are free slots, highest priority first. */
   private async claimDueTasks(): Promise<{ claimed: number; nextDueMs: number | null }> {
+    return this.usesSchedule ? this.claimFromSchedule() : this.claimFromReadModel();
+  }
+
+  private async claimFromSchedule(): Promise<{ claimed: number; nextDueMs: number | null }> {
+    const { settings, pool } = this.options;
+    const roomByQueue = new Map<string, number>();
+    for (const queue of Object.keys(settings.queues)) roomByQueue.set(queue, this.queueLimit(queue));
+    for (const attempt of this.running.values())
+      roomByQueue.set(attempt.queue, (roomByQueue.get(attempt.queue) ?? this.queueLimit(attempt.queue)) - 1);
+    const now = this.clock();
+    const claimed = await claimFromSchedule(pool, {
+      limit: settings.concurrency - this.running.size,
+      now,
+      roomByQueue,
+      defaultRoom: settings.defaultQueueConcurrency,
+      onlyQueues: settings.onlyQueues,
+      workerId: this.workerId,
+      leaseMs: (state) => (state.spec?.timeoutMs ?? 0) + settings.leaseGraceMs,
+      metadata: {
+        correlationId: this.options.newId(),
+        causationId: null,
+        userId: null,
+        timestamp: now.toISOString(),
+      },
+      newId: this.options.newId,
+    });
+    for (const claim of claimed) this.startAttempt(claim);
+    const nextDueMs = claimed.length === 0 ? await msUntilNextDue(pool, now, settings.onlyQueues) : null;
+    return { claimed: claimed.length, nextDueMs };
+  }
+
+  /** EventStoreDB: the read model says what is due; each claim is an append at the revision just read. */
+  private async claimFromReadModel(): Promise<{ claimed: number; nextDueMs: number | null }> {
     const { settings, pool } = this.options;
     const free = settings.concurrency - this.running.size;
     const busyQueues = new Map<string, number>();
@@ -267,7 +314,7 @@ export class TaskWorker {
 
   /** The claim; false when another worker got there first or the task is no longer startable. */
   private async claim(taskId: string): Promise<boolean> {
-    const { settings, store, logger } = this.options;
+    const { settings, store } = this.options;
     let claimed;
     try {
       claimed = await handleCommand(
@@ -290,12 +337,28 @@ export class TaskWorker {
       if (error instanceof IllegalStateError || error instanceof ConflictError) return false;
       throw error;
     }
-    const state = claimed.state;
+    this.startAttempt({ state: claimed.state, revision: claimed.revision!, hash: null, position: null });
+    return true;
+  }
+
+  /** A claimed attempt: run it in the background, holding one slot until it has ended. */
+  private startAttempt(
+    claim: Omit<ClaimedTask, 'hash' | 'position'> & { hash: string | null; position: unknown },
+  ) {
+    const { logger } = this.options;
+    const { state } = claim;
+    const taskId = state.id!;
     this.metrics.started.inc();
     logger.debug({ taskId, attempt: state.attempt, workerId: this.workerId }, 'task claimed');
     const controller = new AbortController();
-    const attempt: RunningAttempt = { taskId, queue: state.spec!.queue, controller, done: Promise.resolve() };
-    attempt.done = this.run(state, claimed.revision!, controller)
+    const attempt: RunningAttempt = {
+      taskId,
+      attempt: state.attempt,
+      queue: state.spec!.queue,
+      controller,
+      done: Promise.resolve(),
+    };
+    attempt.done = this.run(state, claim.revision, claim.hash, controller)
       .catch((error) =>
         logger.error(
           { err: error, taskId },
@@ -309,10 +372,35 @@ export class TaskWorker {
       });
     this.running.set(taskId, attempt);
     this.metrics.running.set(this.running.size);
-    return true;
   }
 
-  private async run(state: Task, claimedRevision: number, controller: AbortController): Promise<void> {
+  /**
+   * Cancellation (and a lease lost to the reaper) reaches running handlers through one query for all the
+   * attempts of this process, against the schedule, rather than one stream read per task.
+   */
+  private async cancelWatchLoop(): Promise<void> {
+    const { pool, settings, logger } = this.options;
+    while (!this.stopping.signal.aborted) {
+      await sleep(settings.cancelCheckIntervalMs, this.stopping.signal);
+      const attempts = [...this.running.values()];
+      if (attempts.length === 0) continue;
+      try {
+        const gone = new Set(await attemptsNoLongerOurs(pool, this.workerId, attempts));
+        for (const attempt of attempts)
+          if (gone.has(attempt.taskId) && this.running.get(attempt.taskId) === attempt)
+            attempt.controller.abort('canceled' satisfies AbortReason);
+      } catch (error) {
+        logger.debug({ err: error }, 'cancel check failed; retrying at the next tick');
+      }
+    }
+  }
+
+  private async run(
+    state: Task,
+    claimedRevision: number,
+    claimedHash: string | null,
+    controller: AbortController,
+  ): Promise<void> {
     const { handlers, settings, store, logger } = this.options;
     const spec = state.spec!;
     const taskId = state.id!;
@@ -323,32 +411,35 @@ export class TaskWorker {
       if (!controller.signal.aborted) controller.abort(reason);
     };
     timers.push(setTimeout(() => abort('timeout'), spec.timeoutMs));
-    // Cancellation reaches whichever worker runs the task: it watches the task's own stream.
-    timers.push(
-      setInterval(() => {
-        void store
-          .readStream(taskStreamId(taskId), { fromRevision: claimedRevision + 1 })
-          .then((events) => {
-            if (
-              events.some(
-                (event) =>
-                  event.type === 'TaskCanceled' ||
-                  event.type === 'TaskAttemptFailed' ||
-                  event.type === 'TaskFailed',
+    // Without the schedule (EventStoreDB), cancellation reaches the worker through the task's own stream.
+    if (!this.usesSchedule)
+      timers.push(
+        setInterval(() => {
+          void store
+            .readStream(taskStreamId(taskId), { fromRevision: claimedRevision + 1 })
+            .then((events) => {
+              if (
+                events.some(
+                  (event) =>
+                    event.type === 'TaskCanceled' ||
+                    event.type === 'TaskAttemptFailed' ||
+                    event.type === 'TaskFailed',
+                )
               )
-            )
-              abort('canceled');
-          })
-          .catch(() => undefined); // a missed check is retried at the next tick
-      }, settings.cancelCheckIntervalMs),
-    );
+                abort('canceled');
+            })
+            .catch(() => undefined); // a missed check is retried at the next tick
+        }, settings.cancelCheckIntervalMs),
+      );
     let latestProgress: { fraction: number; message: string | null } | null = null;
     let progressWrite: Promise<unknown> = Promise.resolve();
+    let progressWritten = false;
     timers.push(
       setInterval(() => {
         if (!latestProgress) return;
         const { fraction, message } = latestProgress;
         latestProgress = null;
+        progressWritten = true;
         progressWrite = progressWrite.then(() =>
           handleCommand(
             store,
@@ -422,9 +513,17 @@ export class TaskWorker {
             );
     // The outcome must not be lost to a passing database error: without it the lease would expire and the task
     // run again. Keep trying while the lease holds; a late write is harmless, as the decider ignores it.
+    // Nothing but this worker writes to a running attempt's stream, as a rule: decide on the state the claim
+    // left, without reading the stream again. A cancel or a reaper in between makes it a conflict, then a read.
+    const known =
+      claimedHash !== null && !progressWritten
+        ? { state, revision: claimedRevision, hash: claimedHash }
+        : undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context());
+        const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context(), {
+          known: attempt === 1 ? known : undefined,
+        });
         this.metrics.finished.inc({ outcome: finished.events[0]?.type ?? 'superseded' });
         return;
       } catch (error) {
@@ -454,11 +553,15 @@ export class TaskWorker {
     while (!this.stopping.signal.aborted) {
       try {
         const now = this.clock();
-        const { rows } = await pool.query<{ id: string }>(
-          `SELECT id FROM tasks WHERE status = 'in_progress' AND lease_until < $1 LIMIT 100`,
-          [now],
-        );
-        for (const row of rows) {
+        const ids = this.usesSchedule
+          ? await expiredLeases(pool, now)
+          : (
+              await pool.query<{ id: string }>(
+                `SELECT id FROM tasks WHERE status = 'in_progress' AND lease_until < $1 LIMIT 100`,
+                [now],
+              )
+            ).rows.map((row) => row.id);
+        for (const row of ids.map((id) => ({ id }))) {
           await handleCommand(
             store,
             taskStreamId(row.id),

@@ -21,6 +21,39 @@ export type BatchedAppendOutcome =
   /** Some of its event ids are already stored: the caller checks whether it is a retry of the same append. */
   | { kind: 'duplicate' };
 
+/** The events of many appends as column arrays for `unnest`, each chained to the previous hash its caller read. */
+export function eventRows(appends: readonly BatchedAppend[]) {
+  const columns = {
+    appendIndex: [] as number[],
+    streamIds: [] as string[],
+    revisions: [] as number[],
+    eventIds: [] as string[],
+    types: [] as string[],
+    data: [] as string[],
+    metadata: [] as string[],
+  };
+  appends.forEach((append, index) => {
+    const firstRevision = append.expectedHead === null ? 0 : append.expectedHead + 1;
+    const rawData = append.events.map((event) => JSON.stringify(event.data));
+    const hashes = chainHashes(
+      append.streamId,
+      firstRevision,
+      append.previousHash,
+      append.events.map((event, i) => ({ type: event.type, rawData: rawData[i]! })),
+    );
+    append.events.forEach((event, i) => {
+      columns.appendIndex.push(index);
+      columns.streamIds.push(append.streamId);
+      columns.revisions.push(firstRevision + i);
+      columns.eventIds.push(event.eventId);
+      columns.types.push(event.type);
+      columns.data.push(rawData[i]!);
+      columns.metadata.push(JSON.stringify({ ...event.metadata, hash: hashes[i] }));
+    });
+  });
+  return columns;
+}
+
 interface Pending {
   append: BatchedAppend;
   resolve: (outcome: BatchedAppendOutcome) => void;
@@ -86,7 +119,8 @@ export class GroupCommitAppender {
         return;
       } catch (error) {
         // Lost a race for some revision or event id to a writer outside this batch: the next run's check sees it.
-        if (isUniqueViolation(error) && attempt < 5) continue;
+        // A deadlock (a claim holding the schedule row this append's trigger updates) is retried the same way.
+        if ((isUniqueViolation(error) || (error as { code?: string }).code === '40P01') && attempt < 5) continue;
         // One append PostgreSQL refuses (bad bytes, say) must not fail the others: write them one by one, so
         // each caller gets its own answer. When the database itself is away, every one of them fails alike.
         if (batch.length > 1 && !isConnectionError(error)) {
@@ -101,32 +135,7 @@ export class GroupCommitAppender {
 
   /** The batch as one statement (autocommit, so one WAL flush for all of it). */
   private async write(appends: BatchedAppend[]): Promise<BatchedAppendOutcome[]> {
-    const appendIndex: number[] = [];
-    const streamIds: string[] = [];
-    const revisions: number[] = [];
-    const eventIds: string[] = [];
-    const types: string[] = [];
-    const data: string[] = [];
-    const metadata: string[] = [];
-    appends.forEach((append, index) => {
-      const firstRevision = append.expectedHead === null ? 0 : append.expectedHead + 1;
-      const rawData = append.events.map((event) => JSON.stringify(event.data));
-      const hashes = chainHashes(
-        append.streamId,
-        firstRevision,
-        append.previousHash,
-        append.events.map((event, i) => ({ type: event.type, rawData: rawData[i]! })),
-      );
-      append.events.forEach((event, i) => {
-        appendIndex.push(index);
-        streamIds.push(append.streamId);
-        revisions.push(firstRevision + i);
-        eventIds.push(event.eventId);
-        types.push(event.type);
-        data.push(rawData[i]!);
-        metadata.push(JSON.stringify({ ...event.metadata, hash: hashes[i] }));
-      });
-    });
+    const columns = eventRows(appends);
     const { rows } = await this.pool.query<{
       kind: 'inserted' | 'refused' | 'duplicate';
       idx: number | null;
@@ -165,13 +174,13 @@ export class GroupCommitAppender {
         appends.map((_, index) => index),
         appends.map((append) => append.streamId),
         appends.map((append) => append.expectedHead),
-        appendIndex,
-        eventIds,
-        streamIds,
-        revisions,
-        types,
-        data,
-        metadata,
+        columns.appendIndex,
+        columns.eventIds,
+        columns.streamIds,
+        columns.revisions,
+        columns.types,
+        columns.data,
+        columns.metadata,
       ],
     );
     const outcomes: Array<BatchedAppendOutcome | undefined> = new Array(appends.length);

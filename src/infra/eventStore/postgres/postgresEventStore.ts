@@ -86,6 +86,7 @@ export class PostgresEventStore implements EventStore {
   private listenerStarting: Promise<void> | null = null;
   private closed = false;
   private notifyPending = false;
+  private notifyTimer: NodeJS.Timeout | undefined;
   private readonly groupCommit: GroupCommitAppender;
 
   constructor(private readonly options: PostgresEventStoreOptions) {
@@ -224,13 +225,17 @@ export class PostgresEventStore implements EventStore {
     this.wakeups.emit('wake');
     if (this.notifyPending || this.closed) return;
     this.notifyPending = true;
-    setTimeout(() => {
-      this.notifyPending = false;
-      if (this.closed) return;
-      this.options.pool.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, '']).catch((error) => {
-        this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
-      });
-    }, NOTIFY_COALESCE_MS).unref();
+    this.notifyTimer = setTimeout(() => void this.notifyOthers(), NOTIFY_COALESCE_MS);
+    this.notifyTimer.unref();
+  }
+
+  private async notifyOthers(): Promise<void> {
+    clearTimeout(this.notifyTimer);
+    if (!this.notifyPending) return;
+    this.notifyPending = false;
+    await this.options.pool.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, '']).catch((error) => {
+      this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
+    });
   }
 
   /** The same events appended again (a retried request): answer as the first append did, write nothing. */
@@ -383,6 +388,8 @@ export class PostgresEventStore implements EventStore {
   }
 
   async close(): Promise<void> {
+    // The last appends of a stopping process (a worker handing back its tasks) still tell the others.
+    await this.notifyOthers();
     this.closed = true;
     await this.listenerStarting;
     const listener = this.listener;

@@ -1,0 +1,231 @@
+import { expect } from 'chai';
+import { randomUUID } from 'node:crypto';
+import { Registry } from 'prom-client';
+import { handleCommand, type CommandContext } from '../../src/commands/commandHandler.js';
+import { taskStreamId, type TaskSpec } from '../../src/commands/tasks/events.js';
+import { task } from '../../src/commands/tasks/state.js';
+import { cancelTask } from '../../src/commands/tasks/ownerCommands.js';
+import { submitTask } from '../../src/commands/tasks/submitTask.js';
+import { loadConfig } from '../../src/config.js';
+import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
+import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
+import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import { silentLogger } from '../../src/infra/logger.js';
+import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
+import {
+  claimDueTasks,
+  expiredLeases,
+  rebuildSchedule,
+  verifySchedule,
+  type ClaimRequest,
+} from '../../src/workers/schedule.js';
+import { TaskWorker } from '../../src/workers/taskWorker.js';
+import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+
+const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
+  title: 'scheduled',
+  description: null,
+  type: 'echo',
+  payload: { n: 1 },
+  priority: 5,
+  queue: 'default',
+  runAt: null,
+  maxAttempts: 3,
+  timeoutMs: 60000,
+  ...overrides,
+});
+
+const eventually = async <T>(look: () => Promise<T | undefined>, ms: number, what: string): Promise<T> => {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await look();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+};
+
+describe('the task schedule (inline projection) and batched claims', function () {
+  this.timeout(60_000);
+  let db: TestDatabase;
+  let store: PostgresEventStore;
+  const now = () => new Date();
+  const context = (): CommandContext => ({
+    now,
+    newId: randomUUID,
+    correlationId: randomUUID(),
+    causationId: null,
+    userId: null,
+  });
+
+  before(async () => {
+    db = await createTestDatabase('sched');
+    store = new PostgresEventStore({
+      pool: db.pool,
+      connectionString: db.url,
+      logger: silentLogger(),
+      pollIntervalMs: 100,
+      batchSize: 500,
+    });
+  });
+  after(async () => {
+    await store?.close();
+    await db?.drop();
+  });
+  // Each test uses a queue of its own and claims only from it, so tests never take each other's tasks.
+  let queue = '';
+  beforeEach(() => (queue = `q${randomUUID().slice(0, 8)}`));
+
+  const submit = async (overrides: Partial<TaskSpec> = {}): Promise<string> => {
+    const taskId = randomUUID();
+    await handleCommand(
+      store,
+      taskStreamId(taskId),
+      task,
+      (state) =>
+        submitTask(
+          {
+            taskId,
+            ownerId: randomUUID(),
+            spec: spec({ queue, ...overrides }),
+            idempotencyKey: null,
+            now: now(),
+          },
+          state,
+        ),
+      context(),
+    );
+    return taskId;
+  };
+
+  const request = (workerId: string, limit: number): ClaimRequest => ({
+    limit,
+    now: now(),
+    roomByQueue: new Map(),
+    defaultRoom: limit,
+    onlyQueues: [queue],
+    workerId,
+    leaseMs: () => 60_000,
+    metadata: {
+      correlationId: randomUUID(),
+      causationId: null,
+      userId: null,
+      timestamp: now().toISOString(),
+    },
+    newId: randomUUID,
+  });
+
+  it('gives every attempt to exactly one worker when batches of claims race', async () => {
+    const ids = await Promise.all(Array.from({ length: 300 }, () => submit()));
+    const claimedBy = new Map<string, string[]>();
+    // Four workers claiming batches of 25 at once, round after round, until nothing is left.
+    await Promise.all(
+      ['w1', 'w2', 'w3', 'w4'].map(async (workerId) => {
+        for (;;) {
+          const claimed = await claimDueTasks(db.pool, request(workerId, 25));
+          if (claimed.length === 0) return;
+          for (const claim of claimed) {
+            expect(claim.state.status).to.equal('in_progress');
+            expect(claim.state.workerId).to.equal(workerId);
+            claimedBy.set(claim.state.id!, [...(claimedBy.get(claim.state.id!) ?? []), workerId]);
+          }
+        }
+      }),
+    );
+    expect(claimedBy.size).to.equal(ids.length);
+    for (const [taskId, workers] of claimedBy) expect(workers, taskId).to.have.length(1);
+    const started = await db.pool.query<{ count: string }>(
+      `SELECT count(*) FROM events WHERE type = 'TaskStarted' AND stream_id = ANY($1)`,
+      [ids.map(taskStreamId)],
+    );
+    expect(Number(started.rows[0]!.count)).to.equal(ids.length);
+    expect(await verifySchedule(db.pool)).to.deep.equal([]);
+  });
+
+  it('claims the highest priority first, and never a task before its run_at', async () => {
+    const low = await submit({ priority: 1 });
+    const high = await submit({ priority: 9 });
+    const later = await submit({ priority: 10, runAt: new Date(Date.now() + 60_000).toISOString() });
+    const first = await claimDueTasks(db.pool, request('w', 1));
+    expect(first.map((c) => c.state.id)).to.deep.equal([high]);
+    const rest = await claimDueTasks(db.pool, request('w', 10));
+    expect(rest.map((c) => c.state.id)).to.deep.equal([low]);
+    expect(rest.map((c) => c.state.id)).not.to.include(later);
+  });
+
+  it('keeps a row another writer changed during the claim out of the claim (a cancel wins)', async () => {
+    const taskId = await submit();
+    await handleCommand(
+      store,
+      taskStreamId(taskId),
+      task,
+      (state) => cancelTask({ actorId: state.ownerId!, now: now() }, state),
+      context(),
+    );
+    const claimed = await claimDueTasks(db.pool, request('w', 10));
+    expect(claimed.map((c) => c.state.id)).not.to.include(taskId);
+    const events = await store.readStream(taskStreamId(taskId));
+    expect(events.map((e) => e.type)).to.deep.equal(['TaskQueued', 'TaskCanceled']);
+  });
+
+  it('leaves no task stuck when a worker dies between its claim and running it: the lease ends, another worker runs it', async () => {
+    const taskId = await submit();
+    const [claim] = await claimDueTasks(db.pool, { ...request('vanished-worker', 1), leaseMs: () => 200 });
+    expect(claim?.state.id).to.equal(taskId);
+    // The claiming worker is gone (it never ran the handler); a live one reaps the lease and runs the task.
+    const config = loadConfig({ env: {} });
+    const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(db.pool), logger: silentLogger() });
+    const worker = new TaskWorker({
+      store,
+      pool: db.pool,
+      bus,
+      handlers: createHandlerRegistry(config.handlers),
+      settings: {
+        ...config.workers,
+        onlyQueues: [queue],
+        pollIntervalMs: 50,
+        backoff: { baseMs: 10, maxMs: 10, jitter: 0 },
+      },
+      tasks: config.tasks,
+      metrics: new Registry(),
+      logger: silentLogger(),
+      newId: randomUUID,
+    });
+    await worker.start();
+    try {
+      const types = await eventually(
+        async () => {
+          const events = await store.readStream(taskStreamId(taskId));
+          return events.some((e) => e.type === 'TaskSucceeded') ? events.map((e) => e.type) : undefined;
+        },
+        20_000,
+        'the task to be reaped and run again',
+      );
+      expect(types).to.deep.equal([
+        'TaskQueued',
+        'TaskStarted',
+        'TaskAttemptFailed',
+        'TaskStarted',
+        'TaskSucceeded',
+      ]);
+      expect(await expiredLeases(db.pool, now())).not.to.include(taskId);
+    } finally {
+      await worker.stop();
+      await bus.close();
+    }
+  });
+
+  it('is verified against a fold of the log, and rebuilt from it', async () => {
+    const taskId = await submit({ priority: 3 });
+    expect(await verifySchedule(db.pool)).to.deep.equal([]);
+    // Damage it as drift would: a wrong priority, a missing row.
+    await db.pool.query('UPDATE task_schedule SET priority = 0 WHERE task_id = $1', [taskId]);
+    const other = await submit();
+    await db.pool.query('DELETE FROM task_schedule WHERE task_id = $1', [other]);
+    const differences = await verifySchedule(db.pool);
+    expect(differences.map((d) => d.taskId).sort()).to.deep.equal([taskId, other].sort());
+    expect(differences.find((d) => d.taskId === other)!.actual).to.equal(null);
+    expect(await rebuildSchedule(db.pool)).to.be.greaterThan(0);
+    expect(await verifySchedule(db.pool)).to.deep.equal([]);
+  });
+});
