@@ -45,6 +45,50 @@ export interface PgInsertResult extends LatencySummary {
   error?: string;
 }
 
+export interface ScratchDatabase {
+  name: string;
+  url: string;
+  /** Drops it, closing whatever connections are still open to it. Never throws. */
+  drop(): Promise<void>;
+}
+
+/**
+ * An empty database of its own on the server of `adminUrl`. Its name starts with `tm_bench_scratch_`, which is
+ * how the bench's CPU figures tell its backends from other people's (bench/run.ts, pgOwners).
+ */
+export async function createScratchDatabase(adminUrl: string): Promise<ScratchDatabase> {
+  const name = `tm_bench_scratch_${randomBytes(4).toString('hex')}`;
+  const admin = () => {
+    const client = new pg.Client({ connectionString: adminUrl, application_name: 'bench-pg' });
+    client.on('error', () => undefined);
+    return client;
+  };
+  const creator = admin();
+  await creator.connect();
+  try {
+    await creator.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await creator.end();
+  }
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return {
+    name,
+    url: url.toString(),
+    drop: async () => {
+      const dropper = admin();
+      try {
+        await dropper.connect();
+        await dropper.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } catch {
+        // best effort: a scratch database left behind is named for what it is
+      } finally {
+        await dropper.end().catch(() => undefined);
+      }
+    },
+  };
+}
+
 /**
  * The physical limit of a durable append here: single-row INSERTs, each its own transaction (autocommit, so one
  * WAL flush per row with the server's synchronous_commit), `concurrency` connections in parallel, into a table
@@ -55,13 +99,8 @@ export async function pgInsertBaseline(options: {
   concurrencies: number[];
   seconds: number;
 }): Promise<PgInsertResult[]> {
-  const name = `tm_bench_scratch_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: options.adminUrl, application_name: 'bench-pg' });
-  admin.on('error', () => undefined);
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  const url = new URL(options.adminUrl);
-  url.pathname = `/${name}`;
+  const scratch = await createScratchDatabase(options.adminUrl);
+  const url = new URL(scratch.url);
   const results: PgInsertResult[] = [];
   try {
     const setup = new pg.Client({ connectionString: url.toString(), application_name: 'bench-pg' });
@@ -121,8 +160,7 @@ export async function pgInsertBaseline(options: {
       });
     }
   } finally {
-    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => undefined);
-    await admin.end();
+    await scratch.drop();
   }
   return results;
 }

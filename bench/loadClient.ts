@@ -27,11 +27,14 @@ export class LoadClient {
     });
   }
 
-  /** Forks with this process's own Node options (so `--import tsx` carries over) and environment. */
+  /**
+   * Forks with this process's own Node options (so `--import tsx` carries over) and environment.
+   * NO_LOG_SUCCESS is Graphile Worker's switch for its line per completed job, as a user who wants speed sets it.
+   */
   static start(): LoadClient {
     const child = fork(fileURLToPath(new URL('./loadProcess.ts', import.meta.url)), [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, KAFKAJS_NO_PARTITIONER_WARNING: '1' },
+      env: { ...process.env, KAFKAJS_NO_PARTITIONER_WARNING: '1', NO_LOG_SUCCESS: '1' },
     });
     return new LoadClient(child);
   }

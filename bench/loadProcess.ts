@@ -9,11 +9,14 @@ import { httpLoad } from './httpLoad.js';
 import { measureRebuild } from './rebuild.js';
 import { microBenchmarks } from './micro.js';
 import { appendBaseline } from './appendBaseline.js';
+import { graphileBaseline, pgBossBaseline } from './pgQueueBaselines.js';
 
 export const operations = {
   pgInsert: pgInsertBaseline,
   kafka: kafkaBaseline,
   bullmq: bullmqBaseline,
+  graphile: graphileBaseline,
+  pgboss: pgBossBaseline,
   http: httpLoad,
   e2e: runE2e,
   rebuild: measureRebuild,

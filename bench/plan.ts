@@ -19,6 +19,8 @@ export interface Plan {
   kafkaSingleSends: number;
   bullmqJobs: number;
   bullmqWarmup: number;
+  /** Also run pg-boss through work() (bounded by its polling interval: about 400 jobs/s, so jobs / 400 s). */
+  pgBossWork: boolean;
   getSeconds: number;
   uncachedIds: number;
   profileSeconds: number;
@@ -38,7 +40,7 @@ export interface Plan {
 
 export const USAGE = `usage: npm run bench -- [--quick] [--json PATH] [--chart PATH] [--soak MINUTES] [--cpu-prof PATH]
 
-  --quick        short phases, fewer rates (a smoke run, under 3 minutes)
+  --quick        short phases, fewer rates (a smoke run, about 3 minutes)
   --json PATH    write every figure as JSON
   --chart PATH   write an SVG of end-to-end latency (p50, p99) against offered rate
   --soak N       also run N minutes at a moderate rate, sampling the resident size every 10 s
@@ -85,6 +87,7 @@ export function planFor(options: BenchOptions): Plan {
       kafkaSingleSends: 200,
       bullmqJobs: 2_000,
       bullmqWarmup: 200,
+      pgBossWork: true,
       getSeconds: 2,
       uncachedIds: 600,
       profileSeconds: 3,
@@ -107,6 +110,7 @@ export function planFor(options: BenchOptions): Plan {
     kafkaSingleSends: 1_000,
     bullmqJobs: 10_000,
     bullmqWarmup: 1_000,
+    pgBossWork: true,
     getSeconds: 8,
     uncachedIds: 4_000,
     profileSeconds: 8,

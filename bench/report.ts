@@ -1,6 +1,7 @@
 import type { CpuProfileSummary } from './cpuProfile.js';
 import type { CpuUsage } from './cpu.js';
 import type { BullmqResult, KafkaProduceResult, PgInsertResult } from './baselines.js';
+import type { PgBossResult, PgQueueResult } from './pgQueueBaselines.js';
 import type { E2eResult } from './e2e.js';
 import type { HttpLoadResult } from './httpLoad.js';
 import type { MemorySample } from './memory.js';
@@ -33,6 +34,60 @@ export interface Target {
   target: string;
   measured: string;
   met: boolean | null;
+}
+
+/** A target of issue 15: reached when `value` is at least `required` (at most, for `ms`). */
+export interface TargetRatio {
+  target: string;
+  measured: string;
+  value: number | null;
+  required: number;
+  unit: 'x' | 'ms' | 'events/s' | 'min';
+  /** null: not measured (or, for the soak, not run long enough). */
+  reached: boolean | null;
+}
+
+/** CPU milliseconds per task by component; total = service + postgres + pg_bg + kafka + redis (not the load). */
+export interface CpuMsPerTask {
+  service: number;
+  /** PostgreSQL backends serving the bench's databases. */
+  postgres: number;
+  /** PostgreSQL's background processes (WAL writer, checkpointer...), shared with the rest of the server. */
+  pg_bg: number;
+  kafka: number;
+  redis: number;
+  total: number;
+  /** The load generator, not counted in total. */
+  load: number;
+}
+
+/** The end-to-end figures of one way of running the service. */
+export interface TopologyResult {
+  /** One entry per process: the roles it ran. */
+  processes: string[];
+  /** Burst throughput: N tasks, 64 in flight, first POST to last done. */
+  e2e_per_s: number | null;
+  burst_tasks: number | null;
+  burst_p50_ms: number | null;
+  burst_p99_ms: number | null;
+  /** Open loop at this rate (the target's 200 tasks/s): */
+  e2e_latency_rate_per_s: number;
+  e2e_achieved_per_s: number | null;
+  e2e_p50_ms: number | null;
+  /** null when tasks were left undone. */
+  e2e_p99_ms: number | null;
+  sustained: boolean | null;
+  /** Over the burst. */
+  cpu_ms_per_task: CpuMsPerTask | null;
+}
+
+export interface RolesApartRecord {
+  processes: string[];
+  startup_s: number;
+  warmup: E2eResult | null;
+  burst: E2eResult | null;
+  burst_cpu: CpuUsage | null;
+  rate: E2eResult | null;
 }
 
 export interface SubmitProfile {
@@ -79,8 +134,16 @@ export interface BenchResults {
   submit_vs_pg: number | null;
   kafka_produce_per_s: number | null;
   bullmq_per_s: number | null;
+  /** Graphile Worker, same jobs, same PostgreSQL: jobs / (add time + process time). */
+  graphile_per_s: number | null;
+  /** pg-boss, same jobs, same PostgreSQL, 4 fetch loops of 50: jobs / (add time + process time). */
+  pgboss_per_s: number | null;
   e2e_per_s: number | null;
   e2e_vs_bullmq: number | null;
+  e2e_vs_graphile: number | null;
+  /** Over the single-process e2e burst. */
+  cpu_ms_per_task: CpuMsPerTask | null;
+  e2e_topologies: { single_process: TopologyResult | null; roles_apart: TopologyResult | null };
   /** At e2e_latency_rate_per_s (the target's 200 tasks/s). */
   e2e_p50_ms: number | null;
   e2e_p95_ms: number | null;
@@ -103,7 +166,9 @@ export interface BenchResults {
   rss_mb_after: number | null;
   rss_mb_after_gc: number | null;
   soak_rss_mb_per_min: number | null;
+  /** Issue 6's targets, as before. */
   targets: Target[];
+  targets_issue_15: TargetRatio[];
   machine: Record<string, unknown>;
   settings: Record<string, unknown>;
   notes: string[];
@@ -111,6 +176,8 @@ export interface BenchResults {
     pg_insert: PgInsertResult[];
     kafka: KafkaProduceResult | null;
     bullmq: BullmqResult | null;
+    graphile: PgQueueResult | null;
+    pgboss: PgBossResult | null;
     submit: HttpLoadResult[];
     submit_projection_catch_up: { events: number; seconds: number; per_s: number } | null;
     get: Record<string, HttpLoadResult>;
@@ -118,6 +185,9 @@ export interface BenchResults {
     e2e_rates: E2eResult[];
     e2e_sustain_tries: E2eResult[];
     e2e_max: E2eResult | null;
+    /** CPU by component during the e2e burst (the source of cpu_ms_per_task). */
+    e2e_burst_cpu: CpuUsage | null;
+    roles_apart: RolesApartRecord | null;
     rate_points: RatePoint[];
     /** The service's own timings during each end-to-end run, by run label. */
     service_trace: Record<string, ServiceTraceReport>;
@@ -221,9 +291,11 @@ export function renderTable(r: BenchResults): string {
     );
   const k = r.details.kafka;
   const b = r.details.bullmq;
+  const gw = r.details.graphile;
+  const boss = r.details.pgboss;
   out.push(
     table(
-      'Baselines: kafkajs (relay settings) and BullMQ (same Redis)',
+      'Baselines: kafkajs (relay settings), BullMQ (same Redis), Graphile Worker and pg-boss (same PostgreSQL)',
       ['what', 'per second', 'notes'],
       [
         ['kafkajs produce', fmt(k?.per_s), k ? `batches of ${k.batch_size}, acks -1, idempotent` : 'failed'],
@@ -235,9 +307,37 @@ export function renderTable(r: BenchResults): string {
         ['BullMQ add (bulks of 50)', fmt(b?.add_per_s), b ? `${b.jobs} jobs` : 'failed'],
         ['BullMQ process (concurrency 100)', fmt(b?.process_per_s), 'no-op processor'],
         ['BullMQ add + process', fmt(b?.per_s), 'jobs / (add time + process time)'],
+        ['Graphile Worker add (addJobs, bulks of 50)', fmt(gw?.add_per_s), gw ? `${gw.jobs} jobs` : 'failed'],
+        [
+          'Graphile Worker process (concurrency 24)',
+          fmt(gw?.process_per_s),
+          'no-op task, other settings default',
+        ],
+        ['Graphile Worker add + process', fmt(gw?.per_s), 'jobs / (add time + process time)'],
+        ['pg-boss add (insert, bulks of 50)', fmt(boss?.add_per_s), boss ? `${boss.jobs} jobs` : 'failed'],
+        [
+          'pg-boss process (4 fetch loops of 50)',
+          fmt(boss?.process_per_s),
+          'fetch, no-op, complete the batch',
+        ],
+        ['pg-boss add + process', fmt(boss?.per_s), 'jobs / (add time + process time)'],
+        ...(boss?.work
+          ? [
+              [
+                'pg-boss work() add + process',
+                fmt(boss.work.per_s),
+                `4 workers of 50, polling every ${boss.work.polling_interval_s} s (its floor): not the headline`,
+              ],
+            ]
+          : []),
       ],
     ),
   );
+  const baselineWarnings = [
+    ...(gw?.warnings ?? []).map((w) => `Graphile Worker ${w}`),
+    ...(boss?.warnings ?? []).map((w) => `pg-boss ${w}`),
+  ];
+  if (baselineWarnings.length > 0) out.push(`Baselines said: ${baselineWarnings.join('; ')}`);
   out.push(
     table(
       'End to end: submit -> done visible (open loop at the offered rate)',
@@ -263,6 +363,15 @@ export function renderTable(r: BenchResults): string {
         [`burst throughput (${burst?.accepted ?? '-'} tasks, 64 in flight)`, `${fmt(r.e2e_per_s)} tasks/s`],
         ['BullMQ add + process', `${fmt(r.bullmq_per_s)} jobs/s`],
         ['e2e / BullMQ', fmt(r.e2e_vs_bullmq, 3)],
+        ['Graphile Worker add + process', `${fmt(r.graphile_per_s)} jobs/s`],
+        ['e2e / Graphile Worker', fmt(r.e2e_vs_graphile, 3)],
+        ['pg-boss add + process', `${fmt(r.pgboss_per_s)} jobs/s`],
+        [
+          'CPU ms per task over the burst: service / postgres / pg bg / kafka / redis = total',
+          r.cpu_ms_per_task
+            ? `${fmt(r.cpu_ms_per_task.service, 2)} / ${fmt(r.cpu_ms_per_task.postgres, 2)} / ${fmt(r.cpu_ms_per_task.pg_bg, 2)} / ${fmt(r.cpu_ms_per_task.kafka, 2)} / ${fmt(r.cpu_ms_per_task.redis, 2)} = ${fmt(r.cpu_ms_per_task.total, 2)} (load ${fmt(r.cpu_ms_per_task.load, 2)})`
+            : '-',
+        ],
         ['max sustainable rate', `${fmt(r.e2e_max_sustainable_per_s, 0)} tasks/s`],
         [
           'latency at max sustainable rate p50 / p99',
@@ -276,6 +385,35 @@ export function renderTable(r: BenchResults): string {
       ],
     ),
   );
+  const topologies = Object.entries(r.e2e_topologies).filter(
+    (entry): entry is [string, TopologyResult] => entry[1] !== null,
+  );
+  if (topologies.length > 0)
+    out.push(
+      table(
+        `End to end by topology (burst of N tasks, 64 in flight; then ${r.e2e_latency_rate_per_s} tasks/s open loop)`,
+        [
+          'topology',
+          'processes',
+          'burst/s',
+          'burst p99 ms',
+          `p50 / p99 ms at ${r.e2e_latency_rate_per_s}/s`,
+          'sustained',
+          'CPU ms/task: service / PG / kafka / total',
+        ],
+        topologies.map(([name, t]) => [
+          name.replace('_', ' '),
+          t.processes.join('; '),
+          fmt(t.e2e_per_s),
+          fmt(t.burst_p99_ms),
+          `${fmt(t.e2e_p50_ms)} / ${fmt(t.e2e_p99_ms)}`,
+          t.sustained === null ? '-' : t.sustained ? 'yes' : 'no',
+          t.cpu_ms_per_task
+            ? `${fmt(t.cpu_ms_per_task.service, 2)} / ${fmt(t.cpu_ms_per_task.postgres + t.cpu_ms_per_task.pg_bg, 2)} / ${fmt(t.cpu_ms_per_task.kafka, 2)} / ${fmt(t.cpu_ms_per_task.total, 2)}`
+            : '-',
+        ]),
+      ),
+    );
   if (max)
     out.push(
       table(
@@ -426,6 +564,24 @@ export function renderTable(r: BenchResults): string {
             : 'not run (--soak N)',
         ],
       ],
+    ),
+  );
+  out.push(
+    table(
+      'Targets (issue 15; reported, never asserted)',
+      ['target', 'measured', 'needed', 'result'],
+      r.targets_issue_15.map((t) => [
+        t.target,
+        t.measured,
+        t.unit === 'x'
+          ? `>= ${t.required}x`
+          : t.unit === 'ms'
+            ? `< ${t.required} ms`
+            : t.unit === 'min'
+              ? `${t.required} min soak`
+              : `>= ${fmt(t.required)} ${t.unit}`,
+        t.reached === null ? 'not measured' : t.reached ? 'reached' : 'not reached',
+      ]),
     ),
   );
   out.push(
