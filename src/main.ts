@@ -29,6 +29,7 @@ import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/rout
 import { TaskWorker } from './workers/taskWorker.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
+import { registerGoServiceRoutes } from './compat/goService/routes.js';
 import { resolveDeploymentSecret } from './infra/secrets/deploymentSecret.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
@@ -210,7 +211,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
   const { config } = infra;
   const tokens = { ...config.jwt, secret: jwtSecret };
   const api = new Api({ authenticate: bearerAuthenticator(tokens, clock) });
-  registerIdentityRoutes(api, {
+  const identity = registerIdentityRoutes(api, {
     store: infra.store,
     tokens,
     auth: config.auth,
@@ -220,7 +221,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     logger: infra.logger,
   });
   const schemas = ensureTaskSchemas(api);
-  registerTaskCommandRoutes(api, {
+  const taskCommands = registerTaskCommandRoutes(api, {
     store: infra.store,
     handlers: createHandlerRegistry(config.handlers),
     settings: config.tasks,
@@ -228,7 +229,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     newId: randomUUID,
     taskSchema: schemas.task,
   });
-  registerTaskQueryRoutes(api, {
+  const taskQueries = registerTaskQueryRoutes(api, {
     pool: infra.pool,
     cache: infra.cache,
     store: infra.store,
@@ -237,6 +238,14 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     clock,
   });
   registerAuditRoutes(api, { store: infra.store });
+  // The replaced Go service's paths, served by the same commands and queries.
+  registerGoServiceRoutes(api, {
+    identity,
+    taskCommands,
+    taskQueries,
+    listCap: config.tasks.compatListCap,
+    clock,
+  });
   const readiness = [
     { name: 'postgres', check: async () => void (await infra.pool.query('SELECT 1')) },
     { name: `event_store_${infra.store.name}`, check: () => infra.store.ping() },

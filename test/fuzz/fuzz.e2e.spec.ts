@@ -244,6 +244,14 @@ const MUTATING_OPS = new Set([
   'retryTask',
   'pauseWorkers',
   'resumeWorkers',
+  'archiveTask',
+  'goRegister',
+  'goLogin',
+  'goRefresh',
+  'goLogout',
+  'goCreateTask',
+  'goEditTask',
+  'goDeleteTask',
 ]);
 
 const CLEARLY_NOT_JSON = /^(text\/|application\/(x-www-form-urlencoded|xml|octet-stream)|multipart\/)/i;
@@ -292,7 +300,7 @@ function schemaValidators(doc: OpenApiDocument, ops: readonly Operation[]) {
   ajv.addKeyword({ keyword: 'components' });
   const validators = new Map<string, { body?: ValidateFunction; id?: ValidateFunction }>();
   for (const op of ops) {
-    const idParam = op.pathParams.find((p) => p.name === 'id');
+    const idParam = op.pathParams.find((p) => p.name === 'id' || p.name === 'task_id');
     validators.set(op.id, {
       ...(op.body ? { body: ajv.compile({ ...resolve(op.body, doc), components: doc.components }) } : {}),
       ...(idParam ? { id: ajv.compile(idParam.schema) } : {}),
@@ -359,7 +367,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           )
             return true;
           const validate = validators.get(op.id)!;
-          const id = /^\/tasks\/([^/?]+)/.exec(request.path)?.[1];
+          const id = /^(?:\/api)?\/tasks\/([^/?]+)/.exec(request.path)?.[1];
           if (validate.id && request.mutation !== 'path' && request.mutation !== 'long-path') {
             if (id === undefined || !validate.id(decodeURIComponent(id))) return true;
             if (!existing.has(id) && !validate.body) return true; // 404
@@ -462,7 +470,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             statuses.set(response.status, (statuses.get(response.status) ?? 0) + 1);
             const problem = violation(request, response);
             if (problem) throw new Error(problem);
-            if (request.op === 'submitTask' && request.method === 'POST' && response.status === 202)
+            if (
+              (request.op === 'submitTask' && request.method === 'POST' && response.status === 202) ||
+              (request.op === 'goCreateTask' && request.method === 'POST' && response.status === 201)
+            )
               accepted.push({
                 id: JSON.parse(response.body.toString()).id,
                 authorization: request.headers.authorization!,

@@ -1017,7 +1017,9 @@ export function requestArbitrary(space: RequestSpace): fc.Arbitrary<WireRequest>
     for (const param of op.pathParams) {
       const generated = arbitraryFor(param.schema, doc).map(String);
       pathParams[param.name] =
-        param.name === 'id' && ids.length > 0 ? fc.oneof(generated, fc.constantFrom(...ids)) : generated;
+        (param.name === 'id' || param.name === 'task_id') && ids.length > 0
+          ? fc.oneof(generated, fc.constantFrom(...ids))
+          : generated;
     }
     const optional = (params: ReadonlyArray<{ name: string; schema: Schema }>) =>
       fc

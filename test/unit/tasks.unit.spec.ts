@@ -3,7 +3,13 @@ import { ConflictError, IllegalStateError, NotFoundError } from '../../src/error
 import type { TaskEvent, TaskSpec } from '../../src/commands/tasks/events.js';
 import { task, type Task } from '../../src/commands/tasks/state.js';
 import { submitTask } from '../../src/commands/tasks/submitTask.js';
-import { cancelTask, retryTask, updateTask } from '../../src/commands/tasks/ownerCommands.js';
+import {
+  archiveTask,
+  cancelTask,
+  removeTask,
+  retryTask,
+  updateTask,
+} from '../../src/commands/tasks/ownerCommands.js';
 import {
   expireLease,
   finishAttempt,
@@ -183,6 +189,87 @@ describe('task decider', () => {
       given(task, [queued, started(1)])
         .when((s) => retryTask({ actorId: 'ann', now: at(2) }, s))
         .thenThrows(IllegalStateError);
+    });
+  });
+
+  describe('archive', () => {
+    const succeeded: TaskEvent = {
+      type: 'TaskSucceeded',
+      data: { taskId: 't1', attempt: 1, result: null, resultTruncated: false, finishedAt: iso(2) },
+    };
+    const archived: TaskEvent = {
+      type: 'TaskArchived',
+      data: { taskId: 't1', archivedBy: 'ann', archivedAt: iso(20) },
+    };
+    it('archives a done, failed or canceled task', () => {
+      for (const end of [[started(1), succeeded], [failed], [canceled]])
+        given(task, [queued, ...end])
+          .when((s) => archiveTask({ actorId: 'ann', now: at(20) }, s))
+          .then([archived]);
+    });
+    it('keeps the task as it was, marked archived', () => {
+      const state = foldEvents(task, [queued, started(1), succeeded, archived]);
+      expect(state).to.include({ status: 'done', archivedAt: iso(20), updatedAt: iso(20) });
+    });
+    it('decides nothing for a task already archived', () => {
+      given(task, [queued, canceled, archived])
+        .when((s) => archiveTask({ actorId: 'ann', now: at(30) }, s))
+        .then([]);
+    });
+    it('refuses to archive a pending or running task', () => {
+      for (const history of [[queued], [queued, started(1)]])
+        given(task, history)
+          .when((s) => archiveTask({ actorId: 'ann', now: at(3) }, s))
+          .thenThrows(IllegalStateError, 'only a finished task');
+    });
+    it("answers someone else's task, or none, as not found", () => {
+      given(task, [queued, canceled])
+        .when((s) => archiveTask({ actorId: 'bob', now: at(20) }, s))
+        .thenThrows(NotFoundError);
+      given(task, [])
+        .when((s) => archiveTask({ actorId: 'ann', now: at(20) }, s))
+        .thenThrows(NotFoundError);
+    });
+    it('refuses to retry an archived task', () => {
+      given(task, [queued, canceled, archived])
+        .when((s) => retryTask({ actorId: 'ann', now: at(30) }, s))
+        .thenThrows(IllegalStateError, 'archived');
+    });
+  });
+
+  describe("delete (the Go service's DELETE: gone from the lists)", () => {
+    const archivedAt = (seconds: number): TaskEvent => ({
+      type: 'TaskArchived',
+      data: { taskId: 't1', archivedBy: 'ann', archivedAt: iso(seconds) },
+    });
+    it('cancels and archives a pending task', () => {
+      given(task, [queued])
+        .when((s) => removeTask({ actorId: 'ann', now: at(3) }, s))
+        .then([canceled, archivedAt(3)]);
+    });
+    it('cancels a running task (its worker aborts it) and archives it', () => {
+      given(task, [queued, started(1)])
+        .when((s) => removeTask({ actorId: 'ann', now: at(3) }, s))
+        .then([
+          {
+            type: 'TaskCanceled',
+            data: { taskId: 't1', canceledBy: 'ann', wasRunning: true, canceledAt: iso(3) },
+          },
+          archivedAt(3),
+        ]);
+    });
+    it('archives a finished task, and decides nothing the second time', () => {
+      given(task, [queued, failed])
+        .when((s) => removeTask({ actorId: 'ann', now: at(9) }, s))
+        .then([archivedAt(9)]);
+      given(task, [queued, failed, archivedAt(9)])
+        .when((s) => removeTask({ actorId: 'ann', now: at(10) }, s))
+        .then([]);
+    });
+    it("answers someone else's task as not found", () => {
+      given(task, [queued])
+        .when((s) => removeTask({ actorId: 'bob', now: at(3) }, s))
+        .thenThrows(NotFoundError);
     });
   });
 

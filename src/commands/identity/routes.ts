@@ -7,7 +7,7 @@ import {
   UnauthorizedError,
   ValidationError,
 } from '../../errors.js';
-import type { Api, JSONSchema } from '../../infra/http/api.js';
+import type { Api, ApiHandler, ApiOperation, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { RateLimiter } from '../../infra/rateLimit/rateLimiter.js';
 import type { Logger } from '../../infra/logger.js';
@@ -117,6 +117,29 @@ const tokenPairExample = {
 
 const problem = (description: string) => ({ description });
 
+interface Credentials {
+  email: string;
+  password: string;
+}
+interface RefreshTokenBody {
+  refresh_token: string;
+}
+
+/** An identity operation as registered, so the Go service's routes can serve the same one at its own path. */
+export interface IdentityRoute<TBody> {
+  op: ApiOperation;
+  handler: ApiHandler<TBody>;
+}
+
+export interface IdentityRoutes {
+  register: IdentityRoute<Credentials>;
+  login: IdentityRoute<Credentials>;
+  refresh: IdentityRoute<RefreshTokenBody>;
+  logout: IdentityRoute<RefreshTokenBody>;
+  /** What POST /logout does before it answers: ends the refresh token's session; the log position, if any. */
+  endSessionOf(req: Request): Promise<string | null>;
+}
+
 /** Verifies `Authorization: Bearer <jwt>`; the Api calls it for every operation marked `auth: 'bearer'`. */
 export function bearerAuthenticator(tokens: TokenSettings, clock: () => Date) {
   return (req: Request): void => {
@@ -134,7 +157,7 @@ export const requireRole = (req: { auth?: AccessClaims }, ...roles: UserRole[]):
   return claims;
 };
 
-export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
+export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRoutes {
   const { store, tokens, rateLimiter, clock, newId, logger } = deps;
   const credentials = api.addSchema('Credentials', credentialsSchema);
   const refreshBody = api.addSchema('RefreshTokenBody', refreshTokenBodySchema);
@@ -151,6 +174,11 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     userId,
   });
 
+  const route = <TBody>(op: ApiOperation, handler: ApiHandler<TBody>): IdentityRoute<TBody> => {
+    api.route<TBody>(op, handler);
+    return { op, handler };
+  };
+
   const issueTokens = (
     res: Response,
     subject: { userId: string; role: UserRole; sessionId: string },
@@ -166,7 +194,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     });
   };
 
-  api.route<{ email: string; password: string }>(
+  const register = route<Credentials>(
     {
       method: 'post',
       path: '/register',
@@ -214,7 +242,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     },
   );
 
-  api.route<{ email: string; password: string }>(
+  const login = route<Credentials>(
     {
       method: 'post',
       path: '/login',
@@ -308,7 +336,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     },
   );
 
-  api.route<{ refresh_token: string }>(
+  const refresh = route<RefreshTokenBody>(
     {
       method: 'post',
       path: '/refresh',
@@ -357,7 +385,33 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
     },
   );
 
-  api.route<{ refresh_token: string }>(
+  const endSessionOf = async (req: Request): Promise<string | null> => {
+    const { sessionId, hash } = parseRefreshToken((req.body as RefreshTokenBody).refresh_token);
+    // Logout needs no access token, but one that is sent must belong to the session's user.
+    let caller: string | null = null;
+    if (req.get('authorization')) {
+      bearerAuthenticator(tokens, clock)(req);
+      caller = req.auth!.userId;
+    }
+    const result = await handleCommand(
+      store,
+      sessionStreamId(sessionId),
+      session,
+      (state) => {
+        // The token is checked first, so a 403 cannot be used to learn whose session an id is.
+        const events = endSession({ presentedTokenHash: hash, now: clock() }, state);
+        if (caller && state.userId !== caller)
+          throw new ForbiddenError('that session belongs to another user');
+        return events;
+      },
+      context(req, caller),
+    );
+    if (detectsReuse(result.events))
+      throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
+    return result.position;
+  };
+
+  const logout = route<RefreshTokenBody>(
     {
       method: 'post',
       path: '/logout',
@@ -375,29 +429,8 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       },
     },
     async (req, res) => {
-      const { sessionId, hash } = parseRefreshToken(req.body.refresh_token);
-      // Logout needs no access token, but one that is sent must belong to the session's user.
-      let caller: string | null = null;
-      if (req.get('authorization')) {
-        bearerAuthenticator(tokens, clock)(req as unknown as Request);
-        caller = req.auth!.userId;
-      }
-      const result = await handleCommand(
-        store,
-        sessionStreamId(sessionId),
-        session,
-        (state) => {
-          // The token is checked first, so a 403 cannot be used to learn whose session an id is.
-          const events = endSession({ presentedTokenHash: hash, now: clock() }, state);
-          if (caller && state.userId !== caller)
-            throw new ForbiddenError('that session belongs to another user');
-          return events;
-        },
-        context(req, caller),
-      );
-      if (detectsReuse(result.events))
-        throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
-      res.set('X-Position', result.position ?? '');
+      const position = await endSessionOf(req);
+      res.set('X-Position', position ?? '');
       res.status(204).end();
     },
   );
@@ -437,4 +470,6 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): void {
       });
     },
   );
+
+  return { register, login, refresh, logout, endSessionOf };
 }

@@ -70,6 +70,14 @@ export type TaskRequeued = DomainEvent<
   'TaskRequeued',
   { taskId: string; requeuedBy: string; requeuedAt: string }
 >;
+/**
+ * A finished task hidden from lists ("gone from my list", the Go service's DELETE). Its stream stays, so auditors
+ * and time travel still see its whole history.
+ */
+export type TaskArchived = DomainEvent<
+  'TaskArchived',
+  { taskId: string; archivedBy: string; archivedAt: string }
+>;
 /** Handed back by a stopping worker before it finished: the attempt does not count. */
 export type TaskReleased = DomainEvent<
   'TaskReleased',
@@ -86,7 +94,8 @@ export type TaskEvent =
   | TaskFailed
   | TaskCanceled
   | TaskRequeued
-  | TaskReleased;
+  | TaskReleased
+  | TaskArchived;
 
 export const TASK_EVENT_TYPES: ReadonlySet<TaskEvent['type']> = new Set([
   'TaskQueued',
@@ -99,4 +108,5 @@ export const TASK_EVENT_TYPES: ReadonlySet<TaskEvent['type']> = new Set([
   'TaskCanceled',
   'TaskRequeued',
   'TaskReleased',
+  'TaskArchived',
 ]);

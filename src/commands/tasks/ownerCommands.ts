@@ -1,6 +1,6 @@
 import { IllegalStateError, NotFoundError } from '../../errors.js';
-import type { TaskCanceled, TaskRequeued, TaskUpdated } from './events.js';
-import { isFinished, type Task } from './state.js';
+import type { TaskArchived, TaskCanceled, TaskRequeued, TaskUpdated } from './events.js';
+import { evolveTask, isFinished, type Task } from './state.js';
 
 /**
  * Commands a task's owner gives. Someone else's task answers exactly like a missing one (404), so ids cannot
@@ -58,6 +58,7 @@ export interface RetryTask {
 
 export const retryTask = (command: RetryTask, state: Task): TaskRequeued[] => {
   ownedBy(state, command.actorId);
+  if (state.archivedAt !== null) throw new IllegalStateError(`task ${state.id} is archived`);
   if (state.status !== 'failed' && state.status !== 'canceled')
     throw new IllegalStateError(
       `task ${state.id} is ${state.status}: only a failed or canceled task can be retried`,
@@ -68,4 +69,36 @@ export const retryTask = (command: RetryTask, state: Task): TaskRequeued[] => {
       data: { taskId: state.id, requeuedBy: command.actorId, requeuedAt: command.now.toISOString() },
     },
   ];
+};
+
+export interface ArchiveTask {
+  actorId: string;
+  now: Date;
+}
+
+/** Hides a finished task from lists; archiving it again decides nothing, so a repeated request is harmless. */
+export const archiveTask = (command: ArchiveTask, state: Task): TaskArchived[] => {
+  ownedBy(state, command.actorId);
+  if (!isFinished(state.status))
+    throw new IllegalStateError(`task ${state.id} is ${state.status}: only a finished task can be archived`);
+  if (state.archivedAt !== null) return [];
+  return [
+    {
+      type: 'TaskArchived',
+      data: { taskId: state.id, archivedBy: command.actorId, archivedAt: command.now.toISOString() },
+    },
+  ];
+};
+
+export type RemoveTask = ArchiveTask;
+
+/**
+ * The Go service's DELETE, "it is gone from my list": an unfinished task is canceled (its worker aborts it, as
+ * with DELETE /tasks/{id}) and archived in one decision; a finished one is archived.
+ */
+export const removeTask = (command: RemoveTask, state: Task): Array<TaskCanceled | TaskArchived> => {
+  ownedBy(state, command.actorId);
+  if (isFinished(state.status)) return archiveTask(command, state);
+  const canceled = cancelTask(command, state);
+  return [...canceled, ...archiveTask(command, canceled.reduce(evolveTask, state))];
 };

@@ -21,6 +21,8 @@ export interface TaskResource {
   error: Task['lastError'];
   created_at: string;
   updated_at: string;
+  /** When it was archived (hidden from lists), or null. */
+  archived_at: string | null;
   revision: number;
 }
 
@@ -45,6 +47,7 @@ export function taskResource(state: Task, revision: number): TaskResource {
     error: state.lastError,
     created_at: state.createdAt!,
     updated_at: state.updatedAt!,
+    archived_at: state.archivedAt,
     revision,
   };
 }

@@ -9,7 +9,7 @@ import { foldEvents, handleCommand, type CommandContext } from '../commandHandle
 import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';
 import { task, type Task } from './state.js';
 import { submitTask } from './submitTask.js';
-import { cancelTask, retryTask, updateTask } from './ownerCommands.js';
+import { archiveTask, cancelTask, retryTask, updateTask, type UpdateTask } from './ownerCommands.js';
 import { taskResource, type TaskResource } from './resource.js';
 import {
   idempotencyKey,
@@ -63,7 +63,7 @@ function runAtInstant(value: string): string {
 
 const QUEUE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
 
-interface SubmitBody {
+export interface SubmitBody {
   title: string;
   description?: string | null;
   type?: string;
@@ -75,6 +75,34 @@ interface SubmitBody {
   timeout_ms?: number;
 }
 
+export interface EditBody {
+  title?: string;
+  description?: string | null;
+  priority?: number | string;
+}
+
+/** An edit's body as the command's changes: priority names become their numbers. */
+export const editChanges = (body: EditBody): UpdateTask['changes'] => ({
+  title: body.title,
+  description: body.description,
+  priority: toPriority(body.priority),
+});
+
+/**
+ * What the Go service's routes reuse: the same commands, the same schemas, answered in that service's shapes.
+ */
+export interface TaskCommandRoutes {
+  /** Validates and queues a submitted task as POST /tasks does, Idempotency-Key included. */
+  submit(req: Request): Promise<{ resource: TaskResource; position: string }>;
+  /** Runs an owner command on the task's stream; `position` is null when it decided nothing. */
+  onTask(
+    req: Request,
+    taskId: string,
+    decide: (state: Task) => TaskEvent[],
+  ): Promise<{ resource: TaskResource; position: string | null }>;
+  schemas: { submit: JSONSchema; edit: JSONSchema; idempotencyHeader: JSONSchema };
+}
+
 const problem = (description: string) => ({ description });
 const positionHeader = {
   'X-Position': {
@@ -83,7 +111,7 @@ const positionHeader = {
   },
 };
 
-export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void {
+export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): TaskCommandRoutes {
   const { store, handlers, settings, clock, newId } = deps;
   const submitSchema = api.addSchema('SubmitTask', {
     type: 'object',
@@ -157,6 +185,60 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void
     return { resource: taskResource(result.state, result.revision!), position: result.position! };
   };
 
+  const submit = async (req: Request): Promise<{ resource: TaskResource; position: string }> => {
+    const body = req.body as SubmitBody;
+    const type = body.type ?? 'echo';
+    const payload = body.payload ?? null;
+    if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
+      throw new PayloadTooLargeError(`payload is larger than ${settings.maxPayloadBytes} bytes`);
+    const payloadErrors = handlers.validatePayload(type, payload);
+    if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
+    const spec: TaskSpec = {
+      title: body.title,
+      description: body.description ?? null,
+      type,
+      payload,
+      priority: toPriority(body.priority) ?? 5,
+      queue: body.queue ?? 'default',
+      runAt: body.run_at ? runAtInstant(body.run_at) : null,
+      maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
+      timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
+    };
+    const key = req.get('idempotency-key') ?? null;
+    if (!key) return queueTask(req, newId(), spec, null);
+    const hash = requestHash(body);
+    const claim = await handleCommand(
+      store,
+      idempotencyStreamId(req.auth!.userId, key),
+      idempotencyKey,
+      (state) =>
+        useIdempotencyKey(
+          {
+            taskId: newId(),
+            requestHash: hash,
+            now: clock(),
+            ttlSeconds: settings.idempotencyKeyTtlSeconds,
+          },
+          state,
+        ),
+      context(req),
+    );
+    if (!isLive(claim.state, clock())) throw new Error('idempotency key claim did not take');
+    if (claim.state.requestHash !== hash)
+      throw new UnprocessableError('this Idempotency-Key was already used with a different request');
+    const taskId = claim.state.taskId!;
+    // Either this request just claimed the key, or an earlier one did (and may have crashed before queueing).
+    return (
+      (claim.events.length === 0 ? await asQueued(taskId) : null) ??
+      (await queueTask(req, taskId, spec, key).catch(async (error) => {
+        // Two identical requests at once: the other one queued this very task a moment ago.
+        const queued = error instanceof ConflictError ? await asQueued(taskId) : null;
+        if (!queued) throw error;
+        return queued;
+      }))
+    );
+  };
+
   api.route<SubmitBody>(
     {
       method: 'post',
@@ -182,80 +264,25 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void
       },
     },
     async (req, res) => {
-      const body = req.body;
-      const type = body.type ?? 'echo';
-      const payload = body.payload ?? null;
-      if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
-        throw new PayloadTooLargeError(`payload is larger than ${settings.maxPayloadBytes} bytes`);
-      const payloadErrors = handlers.validatePayload(type, payload);
-      if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
-      const spec: TaskSpec = {
-        title: body.title,
-        description: body.description ?? null,
-        type,
-        payload,
-        priority: toPriority(body.priority) ?? 5,
-        queue: body.queue ?? 'default',
-        runAt: body.run_at ? runAtInstant(body.run_at) : null,
-        maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
-        timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
-      };
-      const key = req.get('idempotency-key') ?? null;
-      let outcome: { resource: TaskResource; position: string };
-      if (!key) {
-        outcome = await queueTask(req, newId(), spec, null);
-      } else {
-        const hash = requestHash(body);
-        const claim = await handleCommand(
-          store,
-          idempotencyStreamId(req.auth!.userId, key),
-          idempotencyKey,
-          (state) =>
-            useIdempotencyKey(
-              {
-                taskId: newId(),
-                requestHash: hash,
-                now: clock(),
-                ttlSeconds: settings.idempotencyKeyTtlSeconds,
-              },
-              state,
-            ),
-          context(req),
-        );
-        if (!isLive(claim.state, clock())) throw new Error('idempotency key claim did not take');
-        if (claim.state.requestHash !== hash)
-          throw new UnprocessableError('this Idempotency-Key was already used with a different request');
-        const taskId = claim.state.taskId!;
-        // Either this request just claimed the key, or an earlier one did (and may have crashed before queueing).
-        outcome =
-          (claim.events.length === 0 ? await asQueued(taskId) : null) ??
-          (await queueTask(req, taskId, spec, key).catch(async (error) => {
-            // Two identical requests at once: the other one queued this very task a moment ago.
-            const queued = error instanceof ConflictError ? await asQueued(taskId) : null;
-            if (!queued) throw error;
-            return queued;
-          }));
-      }
+      const outcome = await submit(req);
       res.set('Location', `/tasks/${outcome.resource.id}`);
       answer(res, 202, outcome.resource, outcome.position);
     },
   );
 
+  const onTask: TaskCommandRoutes['onTask'] = async (req, taskId, decide) => {
+    const result = await handleCommand(store, taskStreamId(taskId), task, decide, context(req));
+    return { resource: taskResource(result.state, result.revision!), position: result.position };
+  };
+
   const ownerCommand =
     (decide: (req: Request, state: Task) => TaskEvent[], status: number) =>
     async (req: Request, res: Response) => {
-      const id = String(req.params.id);
-      const result = await handleCommand(
-        store,
-        taskStreamId(id),
-        task,
-        (state) => decide(req, state),
-        context(req),
-      );
-      answer(res, status, taskResource(result.state, result.revision!), result.position);
+      const { resource, position } = await onTask(req, String(req.params.id), (state) => decide(req, state));
+      answer(res, status, resource, position);
     };
 
-  api.route<{ title?: string; description?: string | null; priority?: number | string }>(
+  api.route<EditBody>(
     {
       method: 'patch',
       path: '/tasks/:id',
@@ -273,18 +300,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void
     },
     ownerCommand(
       (req, state) =>
-        updateTask(
-          {
-            actorId: req.auth!.userId,
-            changes: {
-              title: req.body.title,
-              description: req.body.description,
-              priority: toPriority(req.body.priority),
-            },
-            now: clock(),
-          },
-          state,
-        ),
+        updateTask({ actorId: req.auth!.userId, changes: editChanges(req.body), now: clock() }, state),
       200,
     ),
   );
@@ -324,6 +340,27 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void
       },
     },
     ownerCommand((req, state) => retryTask({ actorId: req.auth!.userId, now: clock() }, state), 202),
+  );
+
+  api.route(
+    {
+      method: 'post',
+      path: '/tasks/:id/archive',
+      operationId: 'archiveTask',
+      summary: 'Archive a finished task: it leaves the lists, its history stays',
+      description:
+        'A done, failed or canceled task is left out of `GET /tasks` from then on; `GET /tasks/{id}`, its events ' +
+        'and the audit log still show it. Archiving an archived task changes nothing.',
+      tags: ['tasks'],
+      auth: 'bearer',
+      params: idParams,
+      responses: {
+        200: { description: 'Archived', schema: deps.taskSchema, headers: positionHeader },
+        404: problem('No such task (or not yours)'),
+        409: problem('The task has not finished'),
+      },
+    },
+    ownerCommand((req, state) => archiveTask({ actorId: req.auth!.userId, now: clock() }, state), 200),
   );
 
   const workerState = {
@@ -373,4 +410,6 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): void
     true,
   );
   controlRoute('/admin/workers/resume', 'resumeWorkers', 'Resume the workers', false);
+
+  return { submit, onTask, schemas: { submit: submitSchema, edit: editSchema, idempotencyHeader } };
 }

@@ -21,6 +21,8 @@ export interface Task {
   lastError: TaskError | null;
   createdAt: string | null;
   updatedAt: string | null;
+  /** Set once the task is archived: hidden from lists, never changed again. */
+  archivedAt: string | null;
 }
 
 export const initialTask: Task = {
@@ -39,6 +41,7 @@ export const initialTask: Task = {
   lastError: null,
   createdAt: null,
   updatedAt: null,
+  archivedAt: null,
 };
 
 const notRunning = { workerId: null, leaseUntil: null } as const;
@@ -117,6 +120,8 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
         runAt: event.data.releasedAt,
         updatedAt: event.data.releasedAt,
       };
+    case 'TaskArchived':
+      return { ...state, archivedAt: event.data.archivedAt, updatedAt: event.data.archivedAt };
     default:
       return state;
   }

@@ -69,8 +69,13 @@ export interface TaskQueries {
    * the row is read again (the caller decides whether that row is new enough).
    */
   getTask(id: string, options?: { minPosition?: Position | null }): Promise<TaskSnapshot | null>;
-  /** Newest first, keyset-paged on (created_at, id). */
+  /** Newest first, keyset-paged on (created_at, id). Archived tasks are left out. */
   listTasks(filter: TaskListFilter): Promise<TaskPage>;
+  /**
+   * The owner's tasks in one answer, newest first, archived ones left out: at most `cap` of them, and whether
+   * there were more (the Go service's GET /api/tasks, which had no pages).
+   */
+  listOwnerTasks(ownerId: string, cap: number): Promise<{ items: TaskView[]; truncated: boolean }>;
 }
 
 export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeconds?: number }): TaskQueries {
@@ -80,6 +85,33 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
     const { rows } = await pool.query<TaskRow>(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1`, [id]);
     const row = rows[0];
     return row ? { task: rowView(row), position: row.last_position } : null;
+  };
+
+  /** Listed (not archived) tasks matching the filter, newest first, at most `limit` rows. */
+  const selectListed = async (filter: TaskListFilter, limit: number) => {
+    const where: string[] = ['archived_at IS NULL'];
+    const values: unknown[] = [];
+    const add = (condition: (placeholder: string) => string, value: unknown) => {
+      values.push(value);
+      where.push(condition(`$${values.length}`));
+    };
+    if (filter.ownerId !== null) add((p) => `owner_id = ${p}`, filter.ownerId);
+    if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
+    if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
+    if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
+    if (filter.cursor) {
+      const after = decodeCursor(filter.cursor);
+      values.push(after.createdAt, after.id);
+      // A row-value comparison, so PostgreSQL can start the index scan right after the cursor.
+      where.push(`(created_at, id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`);
+    }
+    values.push(limit);
+    const { rows } = await pool.query<TaskRow & { cursor_created_at: string }>(
+      `SELECT ${TASK_COLUMNS}, ${CURSOR_CREATED_AT} FROM tasks WHERE ${where.join(' AND ')}
+       ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
+      values,
+    );
+    return rows;
   };
 
   return {
@@ -104,35 +136,18 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
         throw new ValidationError([
           { path: '/query/limit', message: `must be an integer from 1 to ${MAX_PAGE_SIZE}` },
         ]);
-      const where: string[] = [];
-      const values: unknown[] = [];
-      const add = (condition: (placeholder: string) => string, value: unknown) => {
-        values.push(value);
-        where.push(condition(`$${values.length}`));
-      };
-      if (filter.ownerId !== null) add((p) => `owner_id = ${p}`, filter.ownerId);
-      if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
-      if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
-      if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
-      if (filter.cursor) {
-        const after = decodeCursor(filter.cursor);
-        values.push(after.createdAt, after.id);
-        // A row-value comparison, so PostgreSQL can start the index scan right after the cursor.
-        where.push(`(created_at, id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`);
-      }
-      values.push(limit + 1);
-      const { rows } = await pool.query<TaskRow & { cursor_created_at: string }>(
-        `SELECT ${TASK_COLUMNS}, ${CURSOR_CREATED_AT} FROM tasks
-         ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
-         ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
-        values,
-      );
+      const rows = await selectListed(filter, limit + 1);
       const page = rows.slice(0, limit);
       const last = page[page.length - 1];
       return {
         items: page.map(rowView),
         next_cursor: rows.length > limit && last ? encodeCursor(last.cursor_created_at, last.id) : null,
       };
+    },
+
+    async listOwnerTasks(ownerId, cap) {
+      const rows = await selectListed({ ownerId }, cap + 1);
+      return { items: rows.slice(0, cap).map(rowView), truncated: rows.length > cap };
     },
   };
 }

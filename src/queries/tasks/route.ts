@@ -20,6 +20,7 @@ import {
   DEFAULT_PAGE_SIZE,
   encodeCursor,
   MAX_PAGE_SIZE,
+  type TaskQueries,
   type TaskSnapshot,
 } from './query.js';
 
@@ -48,6 +49,7 @@ const taskExample = {
   error: null,
   created_at: '2025-03-01T09:00:00.000Z',
   updated_at: '2025-03-01T09:00:05.120Z',
+  archived_at: null,
   revision: 2,
 };
 
@@ -94,6 +96,11 @@ export const taskSchema: JSONSchema = {
     },
     created_at: dateTime,
     updated_at: dateTime,
+    archived_at: {
+      type: ['string', 'null'],
+      format: 'date-time',
+      description: 'When the owner archived the finished task (it is then left out of lists), or null',
+    },
     revision: {
       type: 'integer',
       minimum: 0,
@@ -304,7 +311,17 @@ interface ListQuery {
   min_position?: string;
 }
 
-export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): void {
+/** What the Go service's routes reuse: the same queries, and the same bounded read-your-writes wait. */
+export interface TaskQueryRoutes {
+  queries: TaskQueries;
+  /**
+   * Waits, at most `minPositionWaitMs`, until the task's row (and so every list) reflects `position`, a position
+   * a command on this very task answered with; false if it does not by then.
+   */
+  waitForTask(id: string, position: Position): Promise<boolean>;
+}
+
+export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): TaskQueryRoutes {
   const refs = ensureTaskSchemas(api);
   const queries = createTaskQueries({ pool: deps.pool, cache: deps.cache });
   const clock = deps.clock ?? (() => new Date());
@@ -320,6 +337,11 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): voi
       await sleep(Math.min(POLL_INTERVAL_MS, left));
     }
   };
+  const waitForTask = async (id: string, position: Position): Promise<boolean> =>
+    (await pollUntil(async () => {
+      const snapshot = await queries.getTask(id, { minPosition: position });
+      return snapshot && snapshot.position >= position ? true : undefined;
+    })) === true;
 
   api.route<unknown, { min_position?: string; as_of?: string }, { id: string }>(
     {
@@ -398,7 +420,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): voi
       summary: 'Tasks, newest first, a page at a time',
       description:
         'Users see their own tasks; auditors and admins see every task and may filter by `owner_id`. ' +
-        'Follow `next_cursor` for the next page: tasks submitted meanwhile never shift or repeat a page.',
+        'Archived tasks are left out (`GET /tasks/{id}` and its events still show them). Follow `next_cursor` for the next page: tasks submitted meanwhile never shift or repeat a page.',
       tags: ['tasks'],
       auth: 'bearer',
       query: {
@@ -479,6 +501,8 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): voi
       res.set('Cache-Control', 'no-store').json({ items: events.map(eventView) });
     },
   );
+
+  return { queries, waitForTask };
 }
 
 function eventView(event: RecordedEvent) {
