@@ -42,6 +42,19 @@ export function cacheContract(
       ]);
     });
 
+    it("forgets a projection batch's worth of keys in one call, and only those", async () => {
+      const prefix = `batch-${randomUUID()}`;
+      const keys = Array.from({ length: 2500 }, (_, i) => `${prefix}:${i}`);
+      const kept = `${prefix}:kept`;
+      await Promise.all(keys.map((key, i) => cache.set(key, i)));
+      // Last, so a small LRU keeps it (and the newest of the others, which the delete must still remove).
+      await cache.set(kept, 2500);
+      await cache.delete(...keys);
+      const left = await Promise.all(keys.map((key) => cache.get(key)));
+      expect(left.filter((value) => value !== undefined)).to.deep.equal([]);
+      expect(await cache.get(kept)).to.equal(2500);
+    });
+
     it('expires an entry after its time to live', async function () {
       this.timeout(5000);
       const key = `ttl-${randomUUID()}`;

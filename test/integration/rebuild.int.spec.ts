@@ -324,6 +324,14 @@ class World {
     await this.submit('ann@example.com', 'later', { runAt: new Date(T0 + 86400_000).toISOString() });
     // A task event whose TaskQueued never happened: the tasks projection logs and skips it, guard recorded.
     await this.raw(taskStreamId(randomUUID()), 'TaskStarted', { taskId: 'not-this-one' });
+    // A second account with a taken email: the database rejects it (unique email), the batch goes on without it.
+    await this.raw(`account-${'f'.repeat(64)}`, 'UserRegistered', {
+      userId: randomUUID(),
+      email: 'ann@example.com',
+      passwordHash: 'x',
+      role: 'user',
+      registeredAt: this.now().toISOString(),
+    });
   }
 }
 
@@ -622,7 +630,7 @@ describe('rebuilding read models', function () {
   });
 
   it('refuses a projection whose tables are not listed, touching nothing', async () => {
-    const unlisted = { ...PROJECTIONS[0]!, name: 'unlisted' };
+    const unlisted = { ...PROJECTIONS[0]!, name: 'unlisted', tables: [] };
     let error: unknown;
     await rebuild({ projections: [...PROJECTIONS, unlisted] }).catch((e) => (error = e));
     expect((error as Error).message).to.match(/unlisted has no tables listed/);

@@ -144,6 +144,7 @@ function expectedRow(state: Task, revision: number, position: string): Record<st
     updated_at: state.updatedAt,
     revision,
     last_position: position,
+    archived_at: state.archivedAt,
   };
 }
 
@@ -252,6 +253,7 @@ describe('tasks read model', () => {
           type: 'TaskCanceled',
           data: { taskId: id, canceledBy: owner, wasRunning: true, canceledAt: at(5) },
         },
+        { type: 'TaskArchived', data: { taskId: id, archivedBy: owner, archivedAt: at(6) } },
       ]);
     });
 
@@ -267,8 +269,12 @@ describe('tasks read model', () => {
       const id = randomUUID();
       const [first] = await submitted(id, queued(id, randomUUID()), started(id, 1, at(1)));
       const before = await readRow(id);
-      const stale = await inTransaction(database.pool, (client) => tasksProjection.apply(client, first!));
+      const bad: unknown[] = [];
+      const stale = await inTransaction(database.pool, (client) =>
+        tasksProjection.project(client, [first!], (_event, error) => bad.push(error)),
+      );
       expect(stale).to.deep.equal([]);
+      expect(bad).to.deep.equal([]);
       expect(await readRow(id)).to.deep.equal(before);
     });
 
@@ -302,6 +308,40 @@ describe('tasks read model', () => {
     });
 
     describe('listTasks', () => {
+      it('leaves archived tasks out, also from the unpaged owner list, which stops at its cap', async () => {
+        const owner = randomUUID();
+        const [a, b, c] = [randomUUID(), randomUUID(), randomUUID()];
+        await submitted(a, queued(a, owner, {}, at(1)));
+        const archived = await submitted(
+          b,
+          queued(b, owner, {}, at(2)),
+          {
+            type: 'TaskCanceled',
+            data: { taskId: b, canceledBy: owner, wasRunning: false, canceledAt: at(3) },
+          },
+          { type: 'TaskArchived', data: { taskId: b, archivedBy: owner, archivedAt: at(4) } },
+        );
+        await submitted(c, queued(c, owner, {}, at(5)));
+        expect(await project(archived.slice(-1))).to.deep.equal(['duplicate']);
+
+        expect((await queries.listTasks({ ownerId: owner })).items.map((item) => item.id)).to.deep.equal([
+          c,
+          a,
+        ]);
+        const all = await queries.listOwnerTasks(owner, 10);
+        expect({ ids: all.items.map((item) => item.id), truncated: all.truncated }).to.deep.equal({
+          ids: [c, a],
+          truncated: false,
+        });
+        const capped = await queries.listOwnerTasks(owner, 1);
+        expect({ ids: capped.items.map((item) => item.id), truncated: capped.truncated }).to.deep.equal({
+          ids: [c],
+          truncated: true,
+        });
+        const shown = await queries.getTask(b);
+        expect(shown!.task).to.include({ status: 'canceled', archived_at: at(4) });
+      });
+
       it('filters by owner, status, type and queue', async () => {
         const owner = randomUUID();
         const other = randomUUID();
@@ -599,6 +639,7 @@ describe('tasks read model', () => {
           error: { message: 'smtp down', kind: 'error' },
           created_at: at(0),
           updated_at: at(2),
+          archived_at: null,
           revision: 2,
         });
         expectSchema('Task', body);

@@ -19,6 +19,20 @@ export interface ConsumeOptions {
   handle: EventHandler;
 }
 
+/** Events from one partition, in log order; on the direct bus, a run of the log read at once. */
+export type BatchHandler = (events: RecordedEvent[], delivery: Delivery) => Promise<void>;
+
+export interface ConsumeBatchesOptions {
+  group: string;
+  /**
+   * Called again with the same events (and maybe more) until it returns, so it must apply them all or none:
+   * one transaction. Never called with an empty batch.
+   */
+  handleBatch: BatchHandler;
+  /** Events per call at most. */
+  maxBatchSize: number;
+}
+
 export interface RunningConsumer {
   /** Stops after the event in hand, recording how far it got. */
   stop(): Promise<void>;
@@ -28,6 +42,12 @@ export interface EventBus {
   readonly name: 'kafka' | 'direct';
   /** Resolves once the consumer is receiving (for Kafka: it has joined its group). */
   consume(options: ConsumeOptions): Promise<RunningConsumer>;
+  /**
+   * The batch form, for consumers whose per-event cost is a round trip (projections): whatever is ready, up to
+   * `maxBatchSize`, in one call. A failed batch is retried as a whole, and its position is recorded only after it
+   * succeeded.
+   */
+  consumeBatches(options: ConsumeBatchesOptions): Promise<RunningConsumer>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }
@@ -45,9 +65,19 @@ export async function handleUntilDone(
   /** Kafka only sends heartbeats between messages: a long retry must send them itself or lose its partitions. */
   beforeRetry?: () => Promise<void>,
 ): Promise<boolean> {
+  return retryUntilDone(() => handle(event, delivery), signal, onFailure, beforeRetry);
+}
+
+/** handleUntilDone for any piece of work (a batch, say). */
+export async function retryUntilDone(
+  work: () => Promise<void>,
+  signal: AbortSignal,
+  onFailure: (error: unknown, attempt: number) => void,
+  beforeRetry?: () => Promise<void>,
+): Promise<boolean> {
   for (let attempt = 1; !signal.aborted; attempt++) {
     try {
-      await handle(event, delivery);
+      await work();
       return true;
     } catch (error) {
       onFailure(error, attempt);

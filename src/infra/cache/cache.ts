@@ -8,6 +8,7 @@ export interface Cache {
   readonly name: 'redis' | 'memory';
   get<T>(key: string): Promise<T | undefined>;
   set(key: string, value: unknown, ttlSeconds?: number): Promise<void>;
+  /** Many keys in one call: a projection drops a whole batch's stale keys in one round trip. */
   delete(...keys: string[]): Promise<void>;
   /** Throws when the cache cannot be reached (for /ready, which reports it as degraded). */
   ping(): Promise<void>;

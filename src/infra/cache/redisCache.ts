@@ -2,6 +2,8 @@ import { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
 import type { Cache, CacheMetrics } from './cache.js';
 
+const DELETE_SLICE = 1000;
+
 export interface RedisCacheOptions {
   url: string;
   /** Namespaces the keys, so two deployments (or test runs) can share one Redis. */
@@ -70,10 +72,22 @@ export class RedisCache implements Cache {
     }
   }
 
+  /**
+   * One round trip for a projection batch's keys: UNLINK frees the values in the background, so a large batch
+   * does not block Redis. Sent in slices so a huge batch never makes one enormous command.
+   */
   async delete(...keys: string[]): Promise<void> {
     if (keys.length === 0) return;
     try {
-      await this.redis.del(...keys);
+      if (keys.length <= DELETE_SLICE) await this.redis.unlink(...keys);
+      else {
+        const pipeline = this.redis.pipeline();
+        for (let start = 0; start < keys.length; start += DELETE_SLICE)
+          pipeline.unlink(...keys.slice(start, start + DELETE_SLICE));
+        const results = (await pipeline.exec()) ?? [];
+        const failed = results.find(([error]) => error);
+        if (failed) throw failed[0];
+      }
     } catch (error) {
       this.bypass('delete', error);
     }

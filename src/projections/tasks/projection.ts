@@ -1,4 +1,4 @@
-import type { Projection } from '../projectionRunner.js';
+import { checkColumn, defineProjection, type ColumnType } from '../readModel.js';
 import type { PoolClient } from '../../infra/db/pool.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import {
@@ -37,12 +37,13 @@ export interface TaskRow {
   updated_at: Date;
   revision: number;
   last_position: string;
+  archived_at: Date | null;
 }
 
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
   'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before';
+  'attempts_before, archived_at';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
@@ -77,82 +78,122 @@ export function rowToTask(row: TaskRow): Task {
     lastError: row.last_error,
     createdAt: iso(row.created_at),
     updatedAt: iso(row.updated_at),
+    archivedAt: iso(row.archived_at),
   };
 }
 
-// Passed as text: node-postgres would turn a JS array into a PostgreSQL array, not a JSON one. SQL NULL for null
-// keeps `result IS NULL` meaningful.
-const jsonb = (value: JsonValue | null | undefined): string | null =>
-  value === null || value === undefined ? null : JSON.stringify(value);
+interface TaskState {
+  task: Task;
+  revision: number;
+  position: string;
+}
 
-async function upsertTask(client: PoolClient, task: Task, revision: number, position: string): Promise<void> {
-  const spec = task.spec!;
-  await client.query(
-    `INSERT INTO tasks (${TASK_COLUMNS})
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
-     ON CONFLICT (id) DO UPDATE SET
-       owner_id = excluded.owner_id, title = excluded.title, description = excluded.description,
-       type = excluded.type, payload = excluded.payload, priority = excluded.priority, queue = excluded.queue,
-       status = excluded.status, attempt = excluded.attempt, max_attempts = excluded.max_attempts,
-       timeout_ms = excluded.timeout_ms, run_at = excluded.run_at, worker_id = excluded.worker_id,
-       lease_until = excluded.lease_until, progress = excluded.progress, result = excluded.result,
-       last_error = excluded.last_error, created_at = excluded.created_at, updated_at = excluded.updated_at,
-       revision = excluded.revision, last_position = excluded.last_position, attempts_before = excluded.attempts_before`,
-    [
-      task.id,
-      task.ownerId,
-      spec.title,
-      spec.description,
-      spec.type,
-      jsonb(spec.payload),
-      spec.priority,
-      spec.queue,
-      task.status,
-      task.attempt,
-      spec.maxAttempts,
-      spec.timeoutMs,
-      task.runAt,
-      task.workerId,
-      task.leaseUntil,
-      task.progress,
-      jsonb(task.result),
-      jsonb(task.lastError),
-      task.createdAt,
-      task.updatedAt,
-      revision,
-      position,
-      task.attemptsBefore,
-    ],
+/**
+ * Each column with its SQL type, whether it may be null, and its value, so the bulk upsert below and the check
+ * of a folded row cannot get out of step with each other.
+ */
+const TASK_WRITE_COLUMNS: ReadonlyArray<[string, ColumnType, boolean, (state: TaskState) => unknown]> = [
+  ['id', 'uuid', false, (s) => s.task.id],
+  ['owner_id', 'uuid', false, (s) => s.task.ownerId],
+  ['title', 'text', false, (s) => s.task.spec!.title],
+  ['description', 'text', true, (s) => s.task.spec!.description],
+  ['type', 'text', false, (s) => s.task.spec!.type],
+  ['payload', 'jsonb', true, (s) => s.task.spec!.payload],
+  ['priority', 'integer', false, (s) => s.task.spec!.priority],
+  ['queue', 'text', false, (s) => s.task.spec!.queue],
+  ['status', 'text', false, (s) => s.task.status],
+  ['attempt', 'integer', false, (s) => s.task.attempt],
+  ['max_attempts', 'integer', false, (s) => s.task.spec!.maxAttempts],
+  ['timeout_ms', 'integer', false, (s) => s.task.spec!.timeoutMs],
+  ['run_at', 'timestamptz', true, (s) => s.task.runAt],
+  ['worker_id', 'text', true, (s) => s.task.workerId],
+  ['lease_until', 'timestamptz', true, (s) => s.task.leaseUntil],
+  ['progress', 'double precision', true, (s) => s.task.progress],
+  ['result', 'jsonb', true, (s) => s.task.result],
+  ['last_error', 'jsonb', true, (s) => s.task.lastError],
+  ['created_at', 'timestamptz', false, (s) => s.task.createdAt],
+  ['updated_at', 'timestamptz', false, (s) => s.task.updatedAt],
+  ['revision', 'bigint', false, (s) => s.revision],
+  ['last_position', 'text', false, (s) => s.position],
+  ['attempts_before', 'integer', false, (s) => s.task.attemptsBefore],
+  ['archived_at', 'timestamptz', true, (s) => s.task.archivedAt],
+];
+
+/** Checks the columns an event changed (evolveTask keeps what it does not change), all of them for a new row. */
+function checkTaskRow(next: TaskState, previous: TaskState | null): TaskState {
+  if (!next.task.spec) throw new TypeError(`task ${next.task.id} has no spec`);
+  for (const [column, type, nullable, value] of TASK_WRITE_COLUMNS) {
+    const after = value(next);
+    if (previous === null || after !== value(previous)) checkColumn(column, type, nullable, after);
+  }
+  return next;
+}
+
+const TASK_COLUMN_LIST = TASK_WRITE_COLUMNS.map(([column]) => column).join(', ');
+
+// The rows go as one JSON array, which PostgreSQL parses into the table's row type: jsonb values nest as they are,
+// and a JSON null is SQL NULL (so `result IS NULL` stays meaningful). One row per id: ON CONFLICT cannot update a
+// row twice in one statement.
+const UPSERT_TASKS = `INSERT INTO tasks (${TASK_COLUMN_LIST})
+  SELECT ${TASK_COLUMN_LIST} FROM json_populate_recordset(NULL::tasks, $1::json)
+  ON CONFLICT (id) DO UPDATE SET ${TASK_WRITE_COLUMNS.slice(1)
+    .map(([column]) => `${column} = excluded.${column}`)
+    .join(', ')}`;
+
+async function upsertTasks(client: PoolClient, states: readonly TaskState[]): Promise<void> {
+  const rows = states.map((state) =>
+    Object.fromEntries(TASK_WRITE_COLUMNS.map(([column, , , value]) => [column, value(state) ?? null])),
   );
+  await client.query(UPSERT_TASKS, [JSON.stringify(rows)]);
 }
 
 /**
  * Row in, domain state out, the domain's own evolveTask, row back: the read model cannot disagree with what a
  * command sees when it folds the same stream.
  */
-export const tasksProjection: Projection = {
+export const tasksProjection = defineProjection<TaskState>({
   name: 'tasks',
   eventTypes: TASK_EVENT_TYPES,
-  async apply(client, recorded) {
-    const event = recorded as unknown as TaskEvent;
-    const taskId = event.data.taskId;
-    // TypeErrors count as bad data in applyOnce: logged and skipped, never a stuck pipeline.
+  tables: [{ name: 'tasks', streamOf: `'task-' || r.id` }],
+  keyOf(recorded) {
+    const taskId = (recorded as unknown as TaskEvent).data.taskId;
+    // TypeErrors count as bad data: logged and skipped, never a stuck pipeline.
     if (typeof taskId !== 'string' || recorded.streamId !== taskStreamId(taskId))
       throw new TypeError(`${recorded.type} in ${recorded.streamId} names task ${String(taskId)}`);
-
+    return taskId;
+  },
+  async load(client, taskIds) {
     const { rows } = await client.query<TaskRow>(
-      `SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE`,
-      [taskId],
+      `SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ANY ($1::uuid[]) FOR UPDATE`,
+      [taskIds],
     );
-    const row = rows[0];
+    return new Map(
+      rows.map((row) => [
+        row.id,
+        { task: rowToTask(row), revision: row.revision, position: row.last_position },
+      ]),
+    );
+  },
+  evolve(state, recorded) {
+    const event = recorded as unknown as TaskEvent;
     // The runner's stream guard already skips duplicates; this also holds if that table and this one were
     // restored or rebuilt apart, so an old event never rolls a row back.
-    if (row && row.revision >= recorded.revision) return [];
-    if (!row && event.type !== 'TaskQueued')
-      throw new TypeError(`${event.type} for task ${taskId}, whose TaskQueued was never applied`);
-
-    const next = evolveTask(row ? rowToTask(row) : initialTask, event);
-    await upsertTask(client, next, recorded.revision, recorded.position);
-    return [taskCacheKey(taskId)];
+    if (state && state.revision >= recorded.revision) return state;
+    if (!state && event.type !== 'TaskQueued')
+      throw new TypeError(`${event.type} for task ${event.data.taskId}, whose TaskQueued was never applied`);
+    return checkTaskRow(
+      {
+        task: evolveTask(state ? state.task : initialTask, event),
+        revision: recorded.revision,
+        position: recorded.position,
+      },
+      state,
+    );
   },
-};
+  async write(client, changed) {
+    // A task row is never deleted: evolve never returns null for it.
+    const states = changed.flatMap(({ row }) => (row ? [row] : []));
+    await upsertTasks(client, states);
+    return changed.map(({ key }) => taskCacheKey(key));
+  },
+});

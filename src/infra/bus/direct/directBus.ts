@@ -1,7 +1,15 @@
-import type { EventStore } from '../../eventStore/eventStore.js';
+import type { EventStore, Position, RecordedEvent } from '../../eventStore/eventStore.js';
 import type { Logger } from '../../logger.js';
+import { asyncBatches } from '../../asyncBatches.js';
 import type { LogCheckpoints } from '../checkpoints.js';
-import { handleUntilDone, type ConsumeOptions, type EventBus, type RunningConsumer } from '../bus.js';
+import {
+  handleUntilDone,
+  retryUntilDone,
+  type ConsumeBatchesOptions,
+  type ConsumeOptions,
+  type EventBus,
+  type RunningConsumer,
+} from '../bus.js';
 
 export interface DirectBusOptions {
   store: EventStore;
@@ -22,7 +30,42 @@ export class DirectBus implements EventBus {
 
   constructor(private readonly options: DirectBusOptions) {}
 
-  async consume({ group, handle }: ConsumeOptions): Promise<RunningConsumer> {
+  consume({ group, handle }: ConsumeOptions): Promise<RunningConsumer> {
+    return this.run(group, async function* (events, signal, onFailure) {
+      for await (const event of events) {
+        const done = await handleUntilDone(handle, event, { partition: 0 }, signal, (error, attempt) =>
+          onFailure(error, attempt, event),
+        );
+        if (!done) return;
+        yield event.position;
+      }
+    });
+  }
+
+  consumeBatches({ group, handleBatch, maxBatchSize }: ConsumeBatchesOptions): Promise<RunningConsumer> {
+    return this.run(group, async function* (events, signal, onFailure) {
+      // What the log read brought at once (a page of it), up to the maximum, is one batch.
+      for await (const batch of asyncBatches(events, Math.max(1, maxBatchSize))) {
+        const done = await retryUntilDone(
+          () => handleBatch(batch, { partition: 0 }),
+          signal,
+          (error, attempt) => onFailure(error, attempt, batch[0]!),
+        );
+        if (!done) return;
+        yield batch[batch.length - 1]!.position;
+      }
+    });
+  }
+
+  /** The subscription and its checkpoint; `handled` yields the position of each piece of work done. */
+  private async run(
+    group: string,
+    handled: (
+      events: AsyncIterable<RecordedEvent>,
+      signal: AbortSignal,
+      onFailure: (error: unknown, attempt: number, event: RecordedEvent) => void,
+    ) => AsyncIterable<Position>,
+  ): Promise<RunningConsumer> {
     const { store, checkpoints, logger } = this.options;
     const checkpointEveryMs = this.options.checkpointEveryMs ?? 200;
     const checkpointName = `consumer:${group}`;
@@ -39,21 +82,15 @@ export class DirectBus implements EventBus {
       lastSaveAt = Date.now();
     };
 
+    const onFailure = (error: unknown, attempt: number, event: RecordedEvent) =>
+      logger.warn(
+        { err: error, group, position: event.position, type: event.type, attempt },
+        'event handler failed; retrying',
+      );
     const loop = (async () => {
-      for await (const event of store.subscribeToAll({ after: checkpoint, signal: controller.signal })) {
-        const done = await handleUntilDone(
-          handle,
-          event,
-          { partition: 0 },
-          controller.signal,
-          (error, attempt) =>
-            logger.warn(
-              { err: error, group, position: event.position, type: event.type, attempt },
-              'event handler failed; retrying',
-            ),
-        );
-        if (!done) break;
-        checkpoint = event.position;
+      const events = store.subscribeToAll({ after: checkpoint, signal: controller.signal });
+      for await (const position of handled(events, controller.signal, onFailure)) {
+        checkpoint = position;
         if (Date.now() - lastSaveAt >= checkpointEveryMs) {
           await flush().catch((error) =>
             logger.warn({ err: error, group }, 'checkpoint save failed; will retry'),

@@ -1,6 +1,14 @@
-import type { Consumer, Kafka } from 'kafkajs';
+import type { Consumer, Kafka, KafkaMessage } from 'kafkajs';
+import type { RecordedEvent } from '../../eventStore/eventStore.js';
 import type { Logger } from '../../logger.js';
-import { handleUntilDone, type ConsumeOptions, type EventBus, type RunningConsumer } from '../bus.js';
+import {
+  handleUntilDone,
+  retryUntilDone,
+  type ConsumeBatchesOptions,
+  type ConsumeOptions,
+  type EventBus,
+  type RunningConsumer,
+} from '../bus.js';
 import { ensureTopic, fromMessage, type KafkaSettings } from './kafkaClient.js';
 
 export interface KafkaBusOptions {
@@ -9,6 +17,8 @@ export interface KafkaBusOptions {
   logger: Logger;
   /** How long a fetch waits for data on a quiet topic; lower means less latency, more requests. */
   maxWaitTimeInMs?: number;
+  /** Partitions a batch consumer handles at once (each in order); more means more database connections busy. */
+  partitionsConsumedConcurrently?: number;
 }
 
 class StoppedError extends Error {
@@ -43,8 +53,12 @@ export class KafkaBus implements EventBus {
     return this.topicReady;
   }
 
-  async consume({ group, handle }: ConsumeOptions): Promise<RunningConsumer> {
-    const { kafka, settings, logger } = this.options;
+  /** A member of the group, subscribed from the beginning; resolves once it has joined. */
+  private async join(
+    group: string,
+    run: (consumer: Consumer, signal: AbortSignal) => Promise<void>,
+  ): Promise<RunningConsumer> {
+    const { kafka, settings } = this.options;
     await this.ensureTopicOnce();
     const controller = new AbortController();
     const consumer: Consumer = kafka.consumer({
@@ -58,38 +72,7 @@ export class KafkaBus implements EventBus {
     const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
     await consumer.connect();
     await consumer.subscribe({ topic: settings.topic, fromBeginning: true });
-    await consumer.run({
-      autoCommit: true,
-      autoCommitInterval: 500,
-      eachMessage: async ({ message, partition, heartbeat }) => {
-        if (!message.value) return;
-        let event;
-        try {
-          event = fromMessage(message.value);
-        } catch (error) {
-          // Not ours to repair, and throwing would stall the partition for ever: log it and move on.
-          logger.error(
-            { err: error, group, partition, offset: message.offset },
-            'undecodable Kafka message skipped',
-          );
-          return;
-        }
-        const done = await handleUntilDone(
-          handle,
-          event,
-          { partition },
-          controller.signal,
-          (error, attempt) =>
-            logger.warn(
-              { err: error, group, position: event.position, type: event.type, attempt },
-              'event handler failed; retrying',
-            ),
-          heartbeat,
-        );
-        // Leave the offset unresolved so the next member of the group gets this event again.
-        if (!done) throw new StoppedError(`consumer ${group} stopping`);
-      },
-    });
+    await run(consumer, controller.signal);
     await joined;
     const running: RunningConsumer = {
       stop: async () => {
@@ -100,6 +83,97 @@ export class KafkaBus implements EventBus {
     };
     this.running.add(running);
     return running;
+  }
+
+  /** The event in a message; an undecodable one is logged and skipped (throwing would stall the partition for ever). */
+  private decode(group: string, partition: number, message: KafkaMessage): RecordedEvent | null {
+    if (!message.value) return null;
+    try {
+      return fromMessage(message.value);
+    } catch (error) {
+      this.options.logger.error(
+        { err: error, group, partition, offset: message.offset },
+        'undecodable Kafka message skipped',
+      );
+      return null;
+    }
+  }
+
+  private retryLogger(group: string) {
+    return (error: unknown, attempt: number, event: RecordedEvent) =>
+      this.options.logger.warn(
+        { err: error, group, position: event.position, type: event.type, attempt },
+        'event handler failed; retrying',
+      );
+  }
+
+  consume({ group, handle }: ConsumeOptions): Promise<RunningConsumer> {
+    const onFailure = this.retryLogger(group);
+    return this.join(group, (consumer, signal) =>
+      consumer.run({
+        autoCommit: true,
+        autoCommitInterval: 500,
+        eachMessage: async ({ message, partition, heartbeat }) => {
+          const event = this.decode(group, partition, message);
+          if (!event) return;
+          const done = await handleUntilDone(
+            handle,
+            event,
+            { partition },
+            signal,
+            (error, attempt) => onFailure(error, attempt, event),
+            heartbeat,
+          );
+          // Leave the offset unresolved so the next member of the group gets this event again.
+          if (!done) throw new StoppedError(`consumer ${group} stopping`);
+        },
+      }),
+    );
+  }
+
+  /**
+   * eachBatch, cut into pieces of at most `maxBatchSize`; a piece's offsets are resolved only after its handler
+   * returned. Partitions are handled in parallel (each in order), which keeps every stream in order.
+   */
+  consumeBatches({ group, handleBatch, maxBatchSize }: ConsumeBatchesOptions): Promise<RunningConsumer> {
+    const onFailure = this.retryLogger(group);
+    const size = Math.max(1, maxBatchSize);
+    return this.join(group, (consumer, signal) =>
+      consumer.run({
+        autoCommit: true,
+        autoCommitInterval: 500,
+        eachBatchAutoResolve: false,
+        partitionsConsumedConcurrently: this.options.partitionsConsumedConcurrently ?? 2,
+        eachBatch: async ({
+          batch,
+          resolveOffset,
+          heartbeat,
+          commitOffsetsIfNecessary,
+          isRunning,
+          isStale,
+        }) => {
+          const { partition, messages } = batch;
+          for (let start = 0; start < messages.length; start += size) {
+            // A rebalance took the partition away: its next owner starts from the last resolved offset.
+            if (!isRunning() || isStale()) return;
+            const piece = messages.slice(start, start + size);
+            const events = piece.flatMap((message) => this.decode(group, partition, message) ?? []);
+            if (events.length > 0) {
+              const done = await retryUntilDone(
+                () => handleBatch(events, { partition }),
+                signal,
+                (error, attempt) => onFailure(error, attempt, events[0]!),
+                heartbeat,
+              );
+              if (!done) throw new StoppedError(`consumer ${group} stopping`);
+            }
+            resolveOffset(piece[piece.length - 1]!.offset);
+            await commitOffsetsIfNecessary();
+            await heartbeat();
+          }
+        },
+      }),
+    );
   }
 
   async ping(): Promise<void> {

@@ -1,0 +1,213 @@
+import type { PoolClient } from '../infra/db/pool.js';
+import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
+import type { Logger } from '../infra/logger.js';
+import { isDataError, type Projection } from './readModel.js';
+
+export type ApplyOutcome = 'applied' | 'duplicate' | 'ignored' | 'bad_data';
+
+export interface AppliedBatch {
+  /** One per event given, in the same order. */
+  outcomes: ApplyOutcome[];
+  /** The cache keys the batch made stale, each once; drop them after the commit. */
+  staleKeys: string[];
+}
+
+export interface ApplyEventsOptions {
+  logger: Logger;
+  /**
+   * The partition the events came from, whose position is moved to the newest of them; null leaves positions
+   * to the caller (rebuild records one position for everything it has applied).
+   */
+  partition: number | null;
+  /**
+   * Nobody else writes these guards (a rebuild's own tables): they are read, not locked, and written in one
+   * upsert, which saves a write of every guard row.
+   */
+  exclusive?: boolean;
+}
+
+/**
+ * Applies a batch of events to one projection, exactly once, inside the caller's transaction: the stream-revision
+ * guards are locked and read in one statement and written in one, the partition position in one, and the
+ * projection folds each stream's new events in memory and writes each row once.
+ *
+ * A bad event never stops the batch. Data the projection rejects itself is left out by the fold; when the
+ * database rejects the batch's writes (a constraint, a bad value), the batch is rolled back to its savepoint and
+ * applied again one event at a time, each in its own savepoint, so exactly the bad events are skipped, as if the
+ * events had come one by one. Other errors throw, and the caller retries the whole transaction.
+ */
+export async function applyEvents(
+  client: PoolClient,
+  projection: Projection,
+  events: readonly RecordedEvent[],
+  options: ApplyEventsOptions,
+): Promise<AppliedBatch> {
+  const outcomes: ApplyOutcome[] = events.map((event) =>
+    projection.eventTypes.has(event.type) ? 'applied' : 'ignored',
+  );
+  const handled = events.flatMap((event, index) => (outcomes[index] === 'applied' ? [index] : []));
+  let staleKeys: string[] = [];
+
+  if (handled.length > 0) {
+    const streams = handled.map((i) => events[i]!.streamId);
+    const revisions = options.exclusive
+      ? await readGuards(client, projection.name, streams)
+      : await lockGuards(client, projection.name, streams);
+    // Fresh: after the stored guard and after anything earlier in this batch (Kafka can deliver an event twice
+    // in one batch when the relay republished it).
+    const fresh: number[] = [];
+    const newest = new Map<string, RecordedEvent>();
+    for (const index of handled) {
+      const event = events[index]!;
+      const seen = newest.get(event.streamId)?.revision ?? revisions.get(event.streamId) ?? -1;
+      if (event.revision <= seen) {
+        outcomes[index] = 'duplicate';
+        continue;
+      }
+      newest.set(event.streamId, event);
+      fresh.push(index);
+    }
+
+    if (fresh.length > 0) {
+      const bad = new Map<number, unknown>();
+      const indexOf = new Map(fresh.map((index) => [events[index]!, index]));
+      const onBadEvent = (event: RecordedEvent, error: unknown) => bad.set(indexOf.get(event)!, error);
+      await client.query('SAVEPOINT apply_batch');
+      try {
+        staleKeys = await projection.project(
+          client,
+          fresh.map((i) => events[i]!),
+          onBadEvent,
+        );
+        await client.query('RELEASE SAVEPOINT apply_batch');
+      } catch (error) {
+        if (!isDataError(error)) throw error;
+        await client.query('ROLLBACK TO SAVEPOINT apply_batch');
+        bad.clear();
+        staleKeys = await applyOneByOne(client, projection, fresh, events, bad, onBadEvent);
+      }
+      for (const [index, error] of bad) {
+        outcomes[index] = 'bad_data';
+        const event = events[index]!;
+        options.logger.error(
+          {
+            err: error,
+            projection: projection.name,
+            stream: event.streamId,
+            revision: event.revision,
+            type: event.type,
+          },
+          'projection skipped an event it cannot use',
+        );
+      }
+      // A bad event still moves its stream's guard: it would be just as bad when delivered again.
+      await writeGuards(client, projection.name, [...newest.values()], options.exclusive ?? false);
+    }
+  }
+
+  if (options.partition !== null && events.length > 0) {
+    let position = events[0]!.position;
+    for (const event of events) if (event.position > position) position = event.position;
+    await recordPartitionPosition(client, projection.name, options.partition, position);
+  }
+  return { outcomes, staleKeys: [...new Set(staleKeys)] };
+}
+
+/** The careful path, as applyOnce used to go: each event in a savepoint of its own. */
+async function applyOneByOne(
+  client: PoolClient,
+  projection: Projection,
+  fresh: readonly number[],
+  events: readonly RecordedEvent[],
+  bad: Map<number, unknown>,
+  onBadEvent: (event: RecordedEvent, error: unknown) => void,
+): Promise<string[]> {
+  const staleKeys: string[] = [];
+  for (const index of fresh) {
+    const event = events[index]!;
+    await client.query('SAVEPOINT apply_event');
+    try {
+      staleKeys.push(...(await projection.project(client, [event], onBadEvent)));
+      await client.query('RELEASE SAVEPOINT apply_event');
+    } catch (error) {
+      if (!isDataError(error)) throw error;
+      await client.query('ROLLBACK TO SAVEPOINT apply_event');
+      bad.set(index, error);
+    }
+  }
+  return staleKeys;
+}
+
+/**
+ * Creates the missing guards and locks them all, returning each stream's applied revision (-1: none yet). The
+ * no-op update is what takes the row lock and returns the newest committed revision, so two consumers given the
+ * same events (a Kafka rebalance) take turns, and the second finds them applied. A placeholder row never
+ * outlives the transaction: writeGuards overwrites it before the commit.
+ */
+async function lockGuards(
+  client: PoolClient,
+  projection: string,
+  streams: readonly string[],
+): Promise<Map<string, number>> {
+  // Sorted, so two batches lock shared streams in one order.
+  const unique = [...new Set(streams)].sort();
+  const { rows } = await client.query<{ stream_id: string; revision: number }>(
+    `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
+     SELECT $1, s, -1, '' FROM unnest($2::text[]) AS s
+     ON CONFLICT (projection, stream_id) DO UPDATE SET revision = p.revision
+     RETURNING stream_id, revision`,
+    [projection, unique],
+  );
+  return new Map(rows.map((row) => [row.stream_id, row.revision]));
+}
+
+async function readGuards(
+  client: PoolClient,
+  projection: string,
+  streams: readonly string[],
+): Promise<Map<string, number>> {
+  const { rows } = await client.query<{ stream_id: string; revision: number }>(
+    `SELECT stream_id, revision FROM projection_stream_progress WHERE projection = $1 AND stream_id = ANY ($2::text[])`,
+    [projection, [...new Set(streams)]],
+  );
+  return new Map(rows.map((row) => [row.stream_id, row.revision]));
+}
+
+async function writeGuards(
+  client: PoolClient,
+  projection: string,
+  newest: readonly RecordedEvent[],
+  exclusive: boolean,
+) {
+  const values = [
+    projection,
+    newest.map((e) => e.streamId),
+    newest.map((e) => e.revision),
+    newest.map((e) => e.position),
+  ];
+  await client.query(
+    exclusive
+      ? `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
+         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[])
+         ON CONFLICT (projection, stream_id) DO UPDATE SET revision = excluded.revision, position = excluded.position`
+      : `UPDATE projection_stream_progress p SET revision = i.revision, position = i.position
+           FROM unnest($2::text[], $3::bigint[], $4::text[]) AS i (stream_id, revision, position)
+          WHERE p.projection = $1 AND p.stream_id = i.stream_id`,
+    values,
+  );
+}
+
+/** Only moves forward: partitions are consumed in order, but a lazy write of an older position may come late. */
+export async function recordPartitionPosition(
+  client: Pick<PoolClient, 'query'>,
+  projection: string,
+  partition: number,
+  position: string,
+): Promise<void> {
+  await client.query(
+    `INSERT INTO projection_partition_positions (projection, partition, position) VALUES ($1, $2, $3)
+     ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
+     WHERE projection_partition_positions.position < excluded.position`,
+    [projection, partition, position],
+  );
+}

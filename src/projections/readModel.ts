@@ -1,0 +1,146 @@
+import type { PoolClient } from '../infra/db/pool.js';
+import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
+
+/** A table a projection owns: what rebuild creates beside the live one, fills, compares and swaps in. */
+export interface ReadModelTable {
+  name: string;
+  /**
+   * SQL naming the stream a row of this table was built from, over the row alias `r`. Verify leaves out the rows
+   * of streams the live projector has not reached yet, so a projector that is merely behind is not reported as
+   * a difference.
+   */
+  streamOf: string;
+  /** Shown as "[redacted]" in differences: the CLI prints them, and secrets do not belong in a terminal. */
+  secretColumns?: readonly string[];
+}
+
+/** Called for an event whose data the projection cannot use; the event is left out, the others go on. */
+export type OnBadEvent = (event: RecordedEvent, error: unknown) => void;
+
+/**
+ * A read model built from the log, and the one registry of read models: rebuild takes its tables from here.
+ * The runner (applyEvents) owns idempotency: `project` is only given events not applied yet, each stream's in
+ * revision order, inside the transaction that also records the guards and positions, so it must only use
+ * `client`.
+ */
+export interface Projection {
+  readonly name: string;
+  readonly eventTypes: ReadonlySet<string>;
+  readonly tables: readonly ReadModelTable[];
+  /**
+   * Folds the events onto the rows they touch, in memory, and writes each changed row once. Returns the cache
+   * keys the change makes stale. Events whose data it cannot use go to `onBadEvent` and change nothing;
+   * database errors (data errors the database reports included) throw.
+   */
+  project(client: PoolClient, events: readonly RecordedEvent[], onBadEvent: OnBadEvent): Promise<string[]>;
+}
+
+/**
+ * How a read model folds: rows keyed by something every event names, loaded once per batch, evolved in memory
+ * by a pure function, written back once. `null` is "no row" (never created, or deleted).
+ */
+export interface FoldDefinition<Row> {
+  name: string;
+  eventTypes: ReadonlySet<string>;
+  tables: readonly ReadModelTable[];
+  /** The row the event is about. Throws (a TypeError) on an event that does not name one properly. */
+  keyOf(event: RecordedEvent): string;
+  /** The current rows of these keys; a key without a row is left out. */
+  load(client: PoolClient, keys: readonly string[]): Promise<Map<string, Row>>;
+  /** Pure. Returns `row` itself when nothing changes. Throws a TypeError or RangeError on data it cannot use. */
+  evolve(row: Row | null, event: RecordedEvent): Row | null;
+  /** Writes the changed rows (`null`: delete it) in as few statements as it can; returns the stale cache keys. */
+  write(client: PoolClient, changed: ReadonlyArray<{ key: string; row: Row | null }>): Promise<string[]>;
+}
+
+/** The column types read models use, as the bulk writes name them. */
+export type ColumnType =
+  'uuid' | 'text' | 'integer' | 'bigint' | 'double precision' | 'timestamptz' | 'jsonb';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Throws a TypeError when the database would reject `value` for the column. A fold checks every row it makes, so
+ * a bad event is rejected where it happens, as one-by-one writes would reject it, even when a later event of the
+ * batch overwrites the bad value before the row is written: the outcome never depends on where batches are cut.
+ */
+export function checkColumn(column: string, type: ColumnType, nullable: boolean, value: unknown): void {
+  const bad = () => new TypeError(`${column}: ${JSON.stringify(value) ?? String(value)} is not a ${type}`);
+  if (value === null || value === undefined) {
+    if (!nullable) throw bad();
+    return;
+  }
+  switch (type) {
+    case 'uuid':
+      if (typeof value !== 'string' || !UUID.test(value)) throw bad();
+      return;
+    case 'text':
+      if (typeof value !== 'string' || value.includes('\u0000')) throw bad();
+      return;
+    case 'integer':
+      if (!Number.isInteger(value) || Math.abs(value as number) > 2 ** 31 - 1) throw bad();
+      return;
+    case 'bigint':
+      if (!Number.isSafeInteger(value)) throw bad();
+      return;
+    case 'double precision':
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw bad();
+      return;
+    case 'timestamptz':
+      if (typeof value !== 'string' || !Number.isFinite(Date.parse(value))) throw bad();
+      return;
+    case 'jsonb':
+      return;
+  }
+}
+
+/** Errors about the event's content (bad JSON shapes, constraint or type violations), not about the database being down. */
+export function isDataError(error: unknown): boolean {
+  if (error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError) return true;
+  const code = (error as { code?: string }).code ?? '';
+  return code.startsWith('22') || code.startsWith('23'); // data exceptions, integrity constraint violations
+}
+
+/** A projection from a fold: one read of the rows a batch touches, one write of the rows it changed. */
+export function defineProjection<Row>(definition: FoldDefinition<Row>): Projection {
+  const { name, eventTypes, tables } = definition;
+  return {
+    name,
+    eventTypes,
+    tables,
+    async project(client, events, onBadEvent) {
+      const keyed: Array<{ event: RecordedEvent; key: string }> = [];
+      for (const event of events) {
+        try {
+          keyed.push({ event, key: definition.keyOf(event) });
+        } catch (error) {
+          if (!isDataError(error)) throw error;
+          onBadEvent(event, error);
+        }
+      }
+      if (keyed.length === 0) return [];
+      const rows = await definition.load(client, [...new Set(keyed.map((k) => k.key))]);
+      const changed = new Set<string>();
+      for (const { event, key } of keyed) {
+        const before = rows.get(key) ?? null;
+        let after: Row | null;
+        try {
+          after = definition.evolve(before, event);
+        } catch (error) {
+          if (!isDataError(error)) throw error;
+          onBadEvent(event, error);
+          continue;
+        }
+        if (after === before) continue;
+        if (after === null) rows.delete(key);
+        else rows.set(key, after);
+        changed.add(key);
+      }
+      if (changed.size === 0) return [];
+      return definition.write(
+        client,
+        [...changed].map((key) => ({ key, row: rows.get(key) ?? null })),
+      );
+    },
+  };
+}

@@ -1,0 +1,427 @@
+import { expect } from 'chai';
+import { randomUUID } from 'node:crypto';
+import { Registry } from 'prom-client';
+import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import type { JsonObject, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
+import { inTransaction, type Pool } from '../../src/infra/db/pool.js';
+import { silentLogger } from '../../src/infra/logger.js';
+import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
+import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
+import { cacheMetrics } from '../../src/infra/cache/cache.js';
+import { MemoryCache } from '../../src/infra/cache/memoryCache.js';
+import {
+  applyEvents,
+  recordPartitionPosition,
+  type ApplyOutcome,
+} from '../../src/projections/applyEvents.js';
+import {
+  applyBatchOnce,
+  applyOnce,
+  projectionMetrics,
+  runProjection,
+} from '../../src/projections/projectionRunner.js';
+import type { Projection } from '../../src/projections/readModel.js';
+import { PROJECTIONS } from '../../src/projections/index.js';
+import { tasksProjection } from '../../src/projections/tasks/projection.js';
+import { usersProjection } from '../../src/projections/users/projection.js';
+import { taskStreamId } from '../../src/commands/tasks/events.js';
+
+const logger = silentLogger();
+const T0 = Date.parse('2025-07-01T10:00:00.000Z');
+const at = (seconds: number) => new Date(T0 + seconds * 1000).toISOString();
+const TABLES: Record<string, string> = {
+  tasks: 'id',
+  users: 'id',
+  refresh_tokens: 'session_id',
+  projection_stream_progress: 'projection, stream_id',
+  projection_partition_positions: 'projection, partition',
+};
+
+async function snapshot(pool: Pool): Promise<Record<string, unknown>> {
+  const result: Record<string, unknown> = {};
+  for (const [table, order] of Object.entries(TABLES)) {
+    const { rows } = await pool.query<{ rows: unknown }>(
+      `SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY ${order}), '[]') AS rows FROM ${table} t`,
+    );
+    result[table] = rows[0]!.rows;
+  }
+  return result;
+}
+
+type Step = [streamId: string, type: string, data: JsonObject];
+
+const spec = (title: string) => ({
+  title,
+  description: null,
+  type: 'echo',
+  payload: { title },
+  priority: 5,
+  queue: 'default',
+  runAt: null,
+  maxAttempts: 3,
+  timeoutMs: 30000,
+});
+
+/** The lives of a few tasks, users and sessions, interleaved in the log as concurrent work would be. */
+function history(): Step[] {
+  const lives: Step[][] = [];
+  for (let n = 0; n < 6; n++) {
+    const taskId = randomUUID();
+    const stream = taskStreamId(taskId);
+    const life: Step[] = [
+      [
+        stream,
+        'TaskQueued',
+        { taskId, ownerId: randomUUID(), spec: spec(`task ${n}`), queuedAt: at(n), idempotencyKey: null },
+      ],
+      [
+        stream,
+        'TaskStarted',
+        { taskId, attempt: 1, workerId: 'w1', leaseUntil: at(n + 60), startedAt: at(n + 1) },
+      ],
+      [
+        stream,
+        'TaskProgressed',
+        { taskId, attempt: 1, progress: 0.5, message: 'half', progressedAt: at(n + 2) },
+      ],
+    ];
+    if (n % 2 === 0)
+      life.push(
+        [
+          stream,
+          'TaskAttemptFailed',
+          {
+            taskId,
+            attempt: 1,
+            error: { kind: 'error', message: 'boom' },
+            nextRunAt: at(n + 9),
+            failedAt: at(n + 3),
+          },
+        ],
+        [
+          stream,
+          'TaskStarted',
+          { taskId, attempt: 2, workerId: 'w2', leaseUntil: at(n + 70), startedAt: at(n + 10) },
+        ],
+      );
+    life.push(
+      n === 5
+        ? [
+            stream,
+            'TaskCanceled',
+            { taskId, canceledBy: randomUUID(), wasRunning: true, canceledAt: at(n + 11) },
+          ]
+        : [
+            stream,
+            'TaskSucceeded',
+            {
+              taskId,
+              attempt: 1 + (n % 2 === 0 ? 1 : 0),
+              result: { n },
+              resultTruncated: false,
+              finishedAt: at(n + 12),
+            },
+          ],
+    );
+    lives.push(life);
+  }
+  for (let n = 0; n < 3; n++) {
+    const userId = randomUUID();
+    const account = `account-${randomUUID().replace(/-/g, '')}`;
+    const email = `u${n}-${randomUUID()}@example.com`;
+    lives.push([
+      [account, 'UserRegistered', { userId, email, passwordHash: 'x', role: 'user', registeredAt: at(n) }],
+      [account, 'RoleGranted', { userId, role: 'auditor', grantedAt: at(n + 1) }],
+      [account, 'RoleGranted', { userId, role: 'admin', grantedAt: at(n + 2) }],
+    ]);
+    const sessionId = randomUUID();
+    const session = `session-${sessionId}`;
+    const life: Step[] = [
+      [
+        session,
+        'SessionStarted',
+        {
+          sessionId,
+          userId,
+          email,
+          refreshTokenHash: `h0-${sessionId}`,
+          expiresAt: at(1000),
+          startedAt: at(n),
+        },
+      ],
+      [
+        session,
+        'RefreshTokenRotated',
+        {
+          sessionId,
+          previousTokenHash: `h0-${sessionId}`,
+          refreshTokenHash: `h1-${sessionId}`,
+          expiresAt: at(2000),
+          rotatedAt: at(n + 1),
+        },
+      ],
+      [
+        session,
+        'RefreshTokenRotated',
+        {
+          sessionId,
+          previousTokenHash: `h1-${sessionId}`,
+          refreshTokenHash: `h2-${sessionId}`,
+          expiresAt: at(3000),
+          rotatedAt: at(n + 2),
+        },
+      ],
+    ];
+    if (n === 1)
+      life.push([session, 'SessionRevoked', { sessionId, userId, reason: 'logout', revokedAt: at(n + 3) }]);
+    lives.push(life);
+  }
+  lives.push([
+    ['loginAttempts-0123abcd', 'LoginFailed', { email: 'eve@example.com', reason: 'unknown_email' }],
+  ]);
+  // Round robin: every stream's events spread over the log, so batches cut across streams.
+  const steps: Step[] = [];
+  for (let i = 0; lives.some((life) => i < life.length); i++)
+    for (const life of lives) if (life[i]) steps.push(life[i]!);
+  return steps;
+}
+
+describe('projections in batches', function () {
+  this.timeout(60000);
+  let one: TestDatabase;
+  let batched: TestDatabase;
+  let store: PostgresEventStore;
+
+  beforeEach(async () => {
+    [one, batched] = await Promise.all([createTestDatabase('batch1'), createTestDatabase('batchn')]);
+    store = new PostgresEventStore({
+      pool: one.pool,
+      connectionString: one.url,
+      logger,
+      pollIntervalMs: 50,
+      batchSize: 100,
+    });
+  });
+
+  afterEach(async () => {
+    await store.close();
+    await Promise.all([one.drop(), batched.drop()]);
+  });
+
+  /** Appends the steps and returns them as recorded, in log order. */
+  async function record(steps: Step[]): Promise<RecordedEvent[]> {
+    const after = await store.headPosition();
+    for (const [streamId, type, data] of steps)
+      await store.append(
+        streamId,
+        [
+          {
+            eventId: randomUUID(),
+            type,
+            data,
+            metadata: { correlationId: randomUUID(), causationId: null, userId: null, timestamp: at(0) },
+          },
+        ],
+        { expectedRevision: 'any' },
+      );
+    for (;;) {
+      const events = await store.readAll({ after, limit: 10_000 });
+      if (events.length === steps.length) return events;
+      await new Promise((resolve) => setTimeout(resolve, 10)); // another suite's open transaction holds them back
+    }
+  }
+
+  /**
+   * The reference: every event to every projection, one transaction each, as the runner used to (positions of
+   * events a projection ignores moved too, as the runner does lazily).
+   */
+  async function oneByOne(pool: Pool, events: readonly RecordedEvent[]): Promise<ApplyOutcome[]> {
+    const outcomes: ApplyOutcome[] = [];
+    for (const event of events)
+      for (const projection of PROJECTIONS)
+        if (projection.eventTypes.has(event.type))
+          outcomes.push((await applyOnce(pool, projection, event, logger)).outcome);
+        else await recordPartitionPosition(pool, projection.name, 0, event.position);
+    return outcomes;
+  }
+
+  async function inBatches(
+    pool: Pool,
+    events: readonly RecordedEvent[],
+    size: number,
+  ): Promise<ApplyOutcome[]> {
+    const outcomes: ApplyOutcome[] = [];
+    for (let start = 0; start < events.length; start += size) {
+      const batch = events.slice(start, start + size);
+      for (const projection of PROJECTIONS) {
+        const result = await applyBatchOnce(pool, projection, batch, logger);
+        outcomes.push(...result.outcomes.filter((o) => o !== 'ignored'));
+      }
+    }
+    return outcomes;
+  }
+
+  it('gives the same rows, guards and positions as applying one by one, whatever the batch size', async () => {
+    const events = await record(history());
+    await oneByOne(one.pool, events);
+    const expected = await snapshot(one.pool);
+    expect((expected.tasks as unknown[]).length).to.equal(6);
+    expect((expected.refresh_tokens as unknown[]).length).to.equal(2);
+
+    for (const size of [events.length, 7, 2]) {
+      await batched.pool.query(
+        'TRUNCATE tasks, users, refresh_tokens, projection_stream_progress, projection_partition_positions',
+      );
+      const outcomes = await inBatches(batched.pool, events, size);
+      expect(new Set(outcomes), `batches of ${size}`).to.deep.equal(new Set(['applied']));
+      expect(await snapshot(batched.pool), `batches of ${size}`).to.deep.equal(expected);
+    }
+  });
+
+  it('skips the bad events of a batch, and only them, applying the rest as one by one would', async () => {
+    const good = history();
+    const orphan = randomUUID(); // started, never queued: the fold rejects it
+    const [victim] = good
+      .filter(([, type]) => type === 'TaskQueued')
+      .map(([, , data]) => data.taskId as string);
+    const [registered] = good.filter(([, type]) => type === 'UserRegistered');
+    const steps: Step[] = [
+      ...good.slice(0, 20),
+      [
+        taskStreamId(orphan),
+        'TaskStarted',
+        { taskId: orphan, attempt: 1, workerId: 'w', leaseUntil: at(9), startedAt: at(9) },
+      ],
+      // The database rejects these two: a number column given a word, a second user with a taken email.
+      [
+        taskStreamId(victim!),
+        'TaskProgressed',
+        { taskId: victim!, attempt: 1, progress: 'lots', message: 'odd', progressedAt: at(30) },
+      ],
+      [
+        `account-${randomUUID().replace(/-/g, '')}`,
+        'UserRegistered',
+        { ...registered![2], userId: randomUUID() },
+      ],
+      ...good.slice(20),
+    ];
+    const events = await record(steps);
+    const reference = await oneByOne(one.pool, events);
+    expect(reference.filter((o) => o === 'bad_data')).to.have.length(3);
+
+    const { outcomes } = await applyBatchOnce(batched.pool, tasksProjection, events, logger);
+    const bad = events.filter((_, i) => outcomes[i] === 'bad_data').map((e) => e.type);
+    expect(bad).to.deep.equal(['TaskStarted', 'TaskProgressed']);
+    const users = await applyBatchOnce(batched.pool, usersProjection, events, logger);
+    expect(events.filter((_, i) => users.outcomes[i] === 'bad_data').map((e) => e.type)).to.deep.equal([
+      'UserRegistered',
+    ]);
+    for (const projection of PROJECTIONS.filter((p) => p !== tasksProjection && p !== usersProjection))
+      await applyBatchOnce(batched.pool, projection, events, logger);
+
+    expect(await snapshot(batched.pool)).to.deep.equal(await snapshot(one.pool));
+    // The stream went on after its bad event: the task finished.
+    const { rows } = await batched.pool.query('SELECT status, revision FROM tasks WHERE id = $1', [victim]);
+    expect(rows).to.deep.equal([{ status: 'done', revision: 6 }]);
+  });
+
+  it('applies a batch exactly once when it is delivered again after a crash before its commit', async () => {
+    const events = await record(history());
+    await oneByOne(one.pool, events);
+
+    let crashed = false;
+    await inTransaction(batched.pool, async (client) => {
+      for (const projection of PROJECTIONS)
+        await applyEvents(client, projection, events, { logger, partition: 0 });
+      throw new Error('crash before commit');
+    }).catch(() => (crashed = true));
+    expect(crashed).to.equal(true);
+    expect((await snapshot(batched.pool)).projection_stream_progress).to.deep.equal([]);
+
+    expect(new Set(await inBatches(batched.pool, events, events.length))).to.deep.equal(new Set(['applied']));
+    const once = await snapshot(batched.pool);
+    expect(once).to.deep.equal(await snapshot(one.pool));
+    // And once more after the commit (the offset or checkpoint was not recorded): all duplicates, nothing moves.
+    expect(new Set(await inBatches(batched.pool, events, 5))).to.deep.equal(new Set(['duplicate']));
+    expect(await snapshot(batched.pool)).to.deep.equal(once);
+  });
+
+  it('applies a batch once when two consumers are given it at the same moment (a rebalance)', async () => {
+    const events = await record(history());
+    await oneByOne(one.pool, events);
+    const [first, second] = await Promise.all([
+      applyBatchOnce(batched.pool, tasksProjection, events, logger),
+      applyBatchOnce(batched.pool, tasksProjection, events, logger),
+    ]);
+    const handled = (outcomes: ApplyOutcome[]) => [...new Set(outcomes.filter((o) => o !== 'ignored'))];
+    expect([handled(first.outcomes), handled(second.outcomes)].map(String).sort()).to.deep.equal([
+      'applied',
+      'duplicate',
+    ]);
+    const tasks = (pool: Pool) => pool.query('SELECT * FROM tasks ORDER BY id').then((r) => r.rows);
+    expect(await tasks(batched.pool)).to.deep.equal(await tasks(one.pool));
+  });
+
+  it('runs on the bus in batches: retried after a database failure, applied once, cache keys dropped per batch', async () => {
+    const events = await record(history());
+    await oneByOne(batched.pool, events);
+    const expected = await snapshot(batched.pool);
+    const taskIds = (expected.tasks as Array<{ id: string }>).map((t) => t.id);
+
+    // The projector reads one's log into one's own tables; its first transaction dies after writing.
+    let failures = 1;
+    const flaky: Projection = {
+      ...tasksProjection,
+      async project(client, batch, onBadEvent) {
+        const keys = await tasksProjection.project(client, batch, onBadEvent);
+        if (failures-- > 0) throw Object.assign(new Error('terminating connection'), { code: '57P01' });
+        return keys;
+      },
+    };
+    const cache = new MemoryCache({
+      maxEntries: 100,
+      defaultTtlSeconds: 60,
+      metrics: cacheMetrics(new Registry()),
+    });
+    for (const id of taskIds) await cache.set(`task:${id}`, 'stale');
+    const deletes: string[][] = [];
+    const remove = cache.delete.bind(cache);
+    cache.delete = async (...keys: string[]) => {
+      deletes.push(keys);
+      await remove(...keys);
+    };
+    const registry = new Registry();
+    const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(one.pool), logger });
+    const running = await runProjection({
+      bus,
+      pool: one.pool,
+      cache,
+      projection: flaky,
+      logger,
+      metrics: projectionMetrics(registry),
+      maxBatchSize: 1000,
+    });
+    try {
+      const deadline = Date.now() + 20000;
+      while (
+        (await registry.getSingleMetric('projection_events_applied_total')!.get()).values[0]?.value !== 30
+      ) {
+        if (Date.now() > deadline) throw new Error('the projector did not apply the 30 task events');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    } finally {
+      await running.stop();
+    }
+    expect(failures).to.be.below(0);
+    expect((await snapshot(one.pool)).tasks).to.deep.equal(expected.tasks);
+    // The log was read as one page, so one batch: one delete for the six keys, not one per event.
+    expect(deletes).to.have.length(1);
+    expect([...deletes[0]!].sort()).to.deep.equal(taskIds.map((id) => `task:${id}`).sort());
+    for (const id of taskIds) expect(await cache.get(`task:${id}`)).to.equal(undefined);
+    const { rows } = await one.pool.query(
+      `SELECT position FROM projection_partition_positions WHERE projection = 'tasks' AND partition = 0`,
+    );
+    expect(rows).to.deep.equal([{ position: events[events.length - 1]!.position }]);
+  });
+});
