@@ -95,8 +95,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       let victim: Awaited<ReturnType<typeof account>>;
       let claims: jwt.JwtPayload;
       let now: number;
-      const sign = (payload: object) =>
-        hs256({ alg: 'HS256', typ: 'JWT' }, payload, service.jwtSecret);
+      const sign = (payload: object) => hs256({ alg: 'HS256', typ: 'JWT' }, payload, service.jwtSecret);
 
       before(async () => {
         victim = await account();

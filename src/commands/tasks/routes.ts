@@ -6,6 +6,7 @@ import type { Config } from '../../config.js';
 import type { HandlerRegistry } from '../../workers/handlers/handler.js';
 import { requireRole } from '../identity/routes.js';
 import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
+import { GENESIS_HASH } from '../../infra/eventStore/hashChain.js';
 import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';
 import { task, type Task } from './state.js';
 import { submitTask } from './submitTask.js';
@@ -181,6 +182,9 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       (state) =>
         submitTask({ taskId, ownerId: req.auth!.userId, spec, idempotencyKey: key, now: clock() }, state),
       context(req),
+      // A new task's stream does not exist yet: decide without reading it (a conflict would read it and decide
+      // again, which answers "already exists").
+      { known: { state: task.initialState, revision: null, hash: GENESIS_HASH } },
     );
     return { resource: taskResource(result.state, result.revision!), position: result.position! };
   };
@@ -222,6 +226,8 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
           state,
         ),
       context(req),
+      // Most keys are new; a reused one costs a conflict, then a read.
+      { known: { state: idempotencyKey.initialState, revision: null, hash: GENESIS_HASH } },
     );
     if (!isLive(claim.state, clock())) throw new Error('idempotency key claim did not take');
     if (claim.state.requestHash !== hash)

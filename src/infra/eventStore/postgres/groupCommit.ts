@@ -120,7 +120,8 @@ export class GroupCommitAppender {
       } catch (error) {
         // Lost a race for some revision or event id to a writer outside this batch: the next run's check sees it.
         // A deadlock (a claim holding the schedule row this append's trigger updates) is retried the same way.
-        if ((isUniqueViolation(error) || (error as { code?: string }).code === '40P01') && attempt < 5) continue;
+        if ((isUniqueViolation(error) || (error as { code?: string }).code === '40P01') && attempt < 5)
+          continue;
         // One append PostgreSQL refuses (bad bytes, say) must not fail the others: write them one by one, so
         // each caller gets its own answer. When the database itself is away, every one of them fails alike.
         if (batch.length > 1 && !isConnectionError(error)) {
