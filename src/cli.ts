@@ -12,6 +12,7 @@ import { exportLog } from './audit/export.js';
 import { createAnchor, generateAuditKeyPair } from './audit/anchors.js';
 import { createProgressReporter } from './audit/progress.js';
 import { describeDifference, rebuildReadModels } from './projections/rebuild.js';
+import { rebuildSchedule, verifySchedule } from './workers/schedule.js';
 import { PROJECTIONS } from './projections/index.js';
 import type { Pool } from './infra/db/pool.js';
 import { createPool } from './infra/db/pool.js';
@@ -172,8 +173,32 @@ async function projectionsCommand(config: Config, logger: Logger, args: string[]
         ? `swapped in; the previous tables are kept in schema ${report.oldSchema} for rollback\n`
         : `not swapped: the rebuilt tables are in schema ${report.schema}\n`,
     );
+    if (store.name === 'postgres') await scheduleRebuild(pool, values.verify, !values['no-swap']);
     return 0;
   });
+}
+
+/**
+ * The schedule (task_schedule) is derived too, though written inline by a trigger rather than by a projection:
+ * verify compares it with a fold of the log in TypeScript; a rebuild replays the trigger's function over the log.
+ */
+async function scheduleRebuild(pool: Pool, verify: boolean, replace: boolean): Promise<void> {
+  if (verify) {
+    const differences = await verifySchedule(pool);
+    process.stdout.write(
+      differences.length === 0
+        ? 'verify: task_schedule equals a fold of the log\n'
+        : `verify: task_schedule: ${differences.length} tasks differ from a fold of the log\n`,
+    );
+    for (const difference of differences.slice(0, 10))
+      process.stdout.write(
+        `  task ${difference.taskId}: expected ${JSON.stringify(difference.expected)}, found ${JSON.stringify(difference.actual)}\n`,
+      );
+  }
+  if (replace) {
+    const events = await rebuildSchedule(pool);
+    process.stdout.write(`task_schedule rebuilt from ${events} task events\n`);
+  }
 }
 
 async function auditCommand(config: Config, logger: Logger, args: string[]): Promise<number> {

@@ -87,7 +87,9 @@ export async function claimDueTasks(pool: Pool, request: ClaimRequest): Promise<
   const client = await pool.connect();
   let broken = false;
   try {
-    await client.query('BEGIN');
+    // The events lock before anything else: FOR UPDATE gives this transaction an id, and log readers pass over a
+    // running transaction that does not hold this lock (see migrations/0011_log_safe_horizon.sql).
+    await client.query('BEGIN; LOCK TABLE events IN ROW EXCLUSIVE MODE');
     const { rows: due } = await client.query<{ task_id: string; queue: string }>(
       `SELECT task_id, queue FROM task_schedule
         WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[]))

@@ -117,6 +117,7 @@ export class TaskWorker {
   private wokenSinceLastLook = false;
   private loops: Promise<void>[] = [];
   private consumer: RunningConsumer | null = null;
+  private stopWatchingAppends: (() => void) | null = null;
   private pausedCache: { paused: boolean; readAt: number } = { paused: false, readAt: 0 };
   /** Claims come from the inline schedule table: only when the log itself is in PostgreSQL. */
   private readonly usesSchedule: boolean;
@@ -142,6 +143,10 @@ export class TaskWorker {
         if (WAKING_EVENTS.has(event.type)) this.wake();
       },
     });
+    // Appends in this process (and, through NOTIFY, in others) wake the dispatcher before the bus can: the
+    // schedule it claims from is written with the events, so there is something to claim at once.
+    if (this.usesSchedule)
+      this.stopWatchingAppends = this.options.store.onAppended?.(() => this.wake()) ?? null;
     this.loops = [this.dispatchLoop(), this.reapLoop()];
     if (this.usesSchedule) this.loops.push(this.cancelWatchLoop());
   }
@@ -152,6 +157,7 @@ export class TaskWorker {
    */
   async stop(): Promise<void> {
     this.stopping.abort();
+    this.stopWatchingAppends?.();
     this.wake();
     await this.consumer?.stop();
     await Promise.all(this.loops);

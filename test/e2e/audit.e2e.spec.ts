@@ -238,13 +238,21 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
       ids.push(
         (await call(service.url, 'POST', '/tasks', { body: { title: `rebuilt ${i}` }, token })).body.id,
       );
+    // One that waits, so the schedule has a row to verify.
+    delayed = (
+      await call(service.url, 'POST', '/tasks', {
+        body: { title: 'later', run_at: new Date(Date.now() + 3_600_000).toISOString() },
+        token,
+      })
+    ).body.id;
     await eventually(async () => {
       const { rows } = await service.service.infrastructure.pool.query(
-        `SELECT count(*)::int AS n FROM tasks WHERE status = 'done'`,
+        `SELECT count(*) FILTER (WHERE status = 'done')::int AS done, count(*)::int AS n FROM tasks`,
       );
-      return rows[0].n === 3 ? true : undefined;
+      return rows[0].done === 3 && rows[0].n === 4 ? true : undefined;
     });
   });
+  let delayed = '';
   after(async () => service?.stop());
 
   const rebuild = (args: string[]) =>
@@ -260,6 +268,24 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
   it('reports no difference on an untouched system', async () => {
     const { stdout } = await rebuild(['--verify', '--no-swap']);
     expect(stdout).to.include('the rebuilt read models equal the live ones').and.include('not swapped');
+    expect(stdout).to.include('verify: task_schedule equals a fold of the log');
+  });
+
+  it('names a damaged schedule row, and the rebuild puts it right', async () => {
+    const { pool } = service.service.infrastructure;
+    const before = (await pool.query('SELECT * FROM task_schedule WHERE task_id = $1', [delayed])).rows;
+    expect(before).to.have.length(1);
+    await pool.query(
+      `UPDATE task_schedule SET priority = 0, run_at = now() + interval '1 day' WHERE task_id = $1`,
+      [delayed],
+    );
+    const { stdout } = await rebuild(['--verify']);
+    expect(stdout).to.include('verify: task_schedule: 1 tasks differ from a fold of the log');
+    expect(stdout).to.include(`task ${delayed}`);
+    expect(stdout).to.match(/task_schedule rebuilt from \d+ task events/);
+    expect(
+      (await pool.query('SELECT * FROM task_schedule WHERE task_id = $1', [delayed])).rows,
+    ).to.deep.equal(before);
   });
 
   it('names damaged rows and, after the swap, serves the originals again while the service runs', async () => {

@@ -1,3 +1,6 @@
+import { expect } from 'chai';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { eventStoreContract } from '../contract/eventStore.contract.js';
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
@@ -26,3 +29,84 @@ eventStoreContract(
     await database?.drop();
   },
 );
+
+describe('the PostgreSQL log horizon', function () {
+  this.timeout(30_000);
+  let db: TestDatabase;
+  let horizonStore: PostgresEventStore;
+  before(async () => {
+    db = await createTestDatabase('horizon');
+    horizonStore = new PostgresEventStore({
+      pool: db.pool,
+      connectionString: db.url,
+      logger: silentLogger(),
+      pollIntervalMs: 100,
+      batchSize: 50,
+    });
+  });
+  after(async () => {
+    await horizonStore?.close();
+    await db?.drop();
+  });
+
+  const event = (type: string) => ({
+    eventId: randomUUID(),
+    type,
+    data: {},
+    metadata: {
+      correlationId: randomUUID(),
+      causationId: null,
+      userId: null,
+      timestamp: new Date().toISOString(),
+    },
+  });
+
+  it('is not held back by an open transaction that does not write events (a projection, say)', async () => {
+    const other = new pg.Client({ connectionString: db.url });
+    await other.connect();
+    try {
+      // A transaction with an id of its own, open while the append happens, writing elsewhere.
+      await other.query('BEGIN');
+      await other.query('CREATE TEMP TABLE scratch (n int)');
+      await other.query('INSERT INTO scratch VALUES (1)');
+      const streamId = `horizon-${randomUUID()}`;
+      const { position } = await horizonStore.append(streamId, [event('Appended')], {
+        expectedRevision: 'no_stream',
+      });
+      const read = await horizonStore.readAll({ after: null, limit: 1000 });
+      expect(read.map((e) => e.position)).to.include(position);
+      await other.query('COMMIT');
+    } finally {
+      await other.end();
+    }
+  });
+
+  it('holds back behind an open transaction that has written events, and delivers its events once it commits', async () => {
+    const slowStream = `horizon-${randomUUID()}`;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let reachedCommit!: () => void;
+    const atCommit = new Promise<void>((resolve) => (reachedCommit = resolve));
+    const slow = horizonStore.append(slowStream, [event('Slow')], {
+      expectedRevision: 'no_stream',
+      beforeCommit: async () => {
+        reachedCommit();
+        await released;
+      },
+    });
+    await atCommit;
+    const before = (await horizonStore.readAll({ after: null, limit: 10_000 })).at(-1)?.position ?? null;
+    const fast = await horizonStore.append(`horizon-${randomUUID()}`, [event('Fast')], {
+      expectedRevision: 'no_stream',
+    });
+    const whileOpen = await horizonStore.readAll({ after: before, limit: 1000 });
+    expect(
+      whileOpen.map((e) => e.position),
+      'nothing after the open writer is read yet',
+    ).not.to.include(fast.position);
+    release();
+    const slowResult = await slow;
+    const after = await horizonStore.readAll({ after: before, limit: 1000 });
+    expect(after.map((e) => e.position)).to.include.members([slowResult.position, fast.position]);
+  });
+});

@@ -114,6 +114,12 @@ export interface EventStore {
   readAll(options: ReadAllOptions): Promise<RecordedEvent[]>;
   /** Catch-up then live: yields every event after the checkpoint, in log order, until the signal aborts. */
   subscribeToAll(options: SubscribeOptions): AsyncIterable<RecordedEvent>;
+  /**
+   * Calls `listener` soon after events are appended (by this process at once; by others when the adapter can
+   * tell), as a hint to look again: it carries nothing and may fire for appends the listener does not care
+   * about. Returns the function that removes the listener. Optional: the bus stays the way events are delivered.
+   */
+  onAppended?(listener: () => void): () => void;
   /** The position of the newest event in the log, or null for an empty log. */
   headPosition(): Promise<Position | null>;
   /** Cheap check for /ready. */

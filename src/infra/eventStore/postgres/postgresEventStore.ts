@@ -75,8 +75,9 @@ export interface PostgresEventStoreOptions {
 
 /**
  * The event store on PostgreSQL. Concurrency comes from the unique (stream_id, revision) key; the global log is
- * read in (transaction id, sequence) order and only below the oldest running transaction, so an event that
- * commits late is never skipped by a reader that has moved on. NOTIFY only wakes pollers early.
+ * read in (transaction id, sequence) order and only below the oldest running transaction that may write events
+ * (events_safe_horizon() in migrations/0011), so an event that commits late is never skipped by a reader that has moved on. NOTIFY only wakes
+ * pollers early.
  */
 export class PostgresEventStore implements EventStore {
   readonly name = 'postgres' as const;
@@ -281,9 +282,11 @@ export class PostgresEventStore implements EventStore {
   async readAll({ after, limit }: ReadAllOptions): Promise<RecordedEvent[]> {
     const { high, low } = after ? decodePosition(after) : { high: 0n, low: 0n };
     const { rows } = await this.options.pool.query<EventRow>(
+      // Only below every transaction that may still commit events "in the past": events_safe_horizon()
+      // (migrations/0011) is pg_snapshot_xmin without the running transactions that cannot write events.
       `SELECT ${EVENT_COLUMNS} FROM events
         WHERE (transaction_id, sequence) > ($1::text::xid8, $2::bigint)
-          AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          AND transaction_id < (SELECT events_safe_horizon())
         ORDER BY transaction_id, sequence
         LIMIT $3`,
       [high.toString(), low.toString(), limit],
@@ -373,6 +376,12 @@ export class PostgresEventStore implements EventStore {
       }
     })().finally(() => (this.listenerStarting = null));
     await this.listenerStarting;
+  }
+
+  onAppended(listener: () => void): () => void {
+    this.wakeups.on('wake', listener);
+    void this.ensureListening().catch(() => undefined);
+    return () => this.wakeups.off('wake', listener);
   }
 
   async headPosition(): Promise<Position | null> {
