@@ -7,7 +7,9 @@ CREATE TABLE task_schedule (
   task_id      uuid PRIMARY KEY,
   queue        text NOT NULL,
   priority     integer NOT NULL,
-  status       text NOT NULL CHECK (status IN ('pending', 'running', 'failed', 'canceled')),
+  -- 'claimed': a worker took the row and is appending its TaskStarted (a lock marker, not a state of the task:
+  -- the log still says pending; a claim whose worker died is put back once its lease_until passes).
+  status       text NOT NULL CHECK (status IN ('pending', 'claimed', 'running', 'failed', 'canceled')),
   run_at       timestamptz NOT NULL,
   attempt      integer NOT NULL,
   worker_id    text,
@@ -17,15 +19,20 @@ CREATE TABLE task_schedule (
 
 -- The claim: due pending tasks, highest priority first, then the earliest due (FOR UPDATE SKIP LOCKED).
 CREATE INDEX task_schedule_due ON task_schedule (priority DESC, run_at, created_at) WHERE status = 'pending';
--- The lease reaper.
-CREATE INDEX task_schedule_leases ON task_schedule (lease_until) WHERE status = 'running';
+-- The lease reaper, and claims whose worker vanished before its TaskStarted.
+CREATE INDEX task_schedule_leases ON task_schedule (lease_until) WHERE status IN ('running', 'claimed');
 
 -- Mirrors evolveTask (src/commands/tasks/state.ts) for the fields a claim needs; the verify step catches drift.
 CREATE FUNCTION task_schedule_apply(p_stream_id text, p_type text, p_data jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_task_id uuid := substr(p_stream_id, 6)::uuid;
+  v_task_id uuid;
 BEGIN
+  -- Only streams named as the tasks decider names them (task-<uuid>); any other stream is none of its business.
+  IF substr(p_stream_id, 6) !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+    RETURN;
+  END IF;
+  v_task_id := substr(p_stream_id, 6)::uuid;
   CASE p_type
     WHEN 'TaskQueued' THEN
       INSERT INTO task_schedule (task_id, queue, priority, status, run_at, attempt, created_at)

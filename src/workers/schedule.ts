@@ -1,6 +1,11 @@
-import type { Pool, PoolClient } from '../infra/db/pool.js';
-import { encodePosition, type EventContext, type Position } from '../infra/eventStore/eventStore.js';
-import { eventRows, type BatchedAppend } from '../infra/eventStore/postgres/groupCommit.js';
+import type { Pool } from '../infra/db/pool.js';
+import { chainHashes } from '../infra/eventStore/hashChain.js';
+import {
+  WrongExpectedRevisionError,
+  type EventContext,
+  type EventStore,
+  type Position,
+} from '../infra/eventStore/eventStore.js';
 import { IllegalStateError } from '../errors.js';
 import { foldEvents } from '../commands/commandHandler.js';
 import { TASK_STREAM_PREFIX, taskStreamId, type TaskEvent } from '../commands/tasks/events.js';
@@ -13,13 +18,13 @@ import { startTask } from '../commands/tasks/workerCommands.js';
  * statement on it. PostgreSQL event store only: with EventStoreDB the worker claims from the tasks read model.
  */
 
-export type ScheduleStatus = 'pending' | 'running' | 'failed' | 'canceled';
+export type ScheduleStatus = 'pending' | 'claimed' | 'running' | 'failed' | 'canceled';
 
 export interface ScheduleRow {
   taskId: string;
   queue: string;
   priority: number;
-  status: ScheduleStatus;
+  status: Exclude<ScheduleStatus, 'claimed'>;
   runAt: string;
   attempt: number;
   workerId: string | null;
@@ -48,6 +53,7 @@ export function scheduleRowOf(state: Task): ScheduleRow | null {
 export interface ClaimedTask {
   state: Task;
   revision: number;
+  /** The chain hash of the TaskStarted. */
   hash: string;
   position: Position;
 }
@@ -76,45 +82,55 @@ interface StreamEventRow {
 }
 
 /**
- * The claim, in one transaction: the most urgent due tasks this worker has room for (highest priority, then the
- * earliest due), locked with SKIP LOCKED so concurrent workers take disjoint rows; their streams read and folded;
- * a TaskStarted appended for each at the revision read. A stream another writer extended meanwhile (a cancel)
- * keeps its row: ON CONFLICT skips that one claim alone.
+ * The claim, in two steps. First one statement takes the most urgent due rows this worker has room for (highest
+ * priority, then the earliest due; FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows), marks them
+ * `claimed` and returns their streams. Then their TaskStarted events are appended at the revisions just read,
+ * through the store's group commit with everything else being appended. An append that conflicts (a cancel or an
+ * edit came in between) gives that row back; a worker that dies between the steps leaves rows `claimed` until
+ * their lease_until passes, when `releaseAbandonedClaims` puts them back. Two workers never run one attempt: the
+ * row lock keeps them apart, and the expected revision would anyway.
  */
-export async function claimDueTasks(pool: Pool, request: ClaimRequest): Promise<ClaimedTask[]> {
+export async function claimDueTasks(
+  pool: Pool,
+  store: Pick<EventStore, 'append'>,
+  request: ClaimRequest,
+): Promise<ClaimedTask[]> {
   const fullQueues = [...request.roomByQueue].filter(([, room]) => room <= 0).map(([queue]) => queue);
   if (request.limit <= 0) return [];
-  const client = await pool.connect();
-  let broken = false;
-  try {
-    // The events lock before anything else: FOR UPDATE gives this transaction an id, and log readers pass over a
-    // running transaction that does not hold this lock (see migrations/0011_log_safe_horizon.sql).
-    await client.query('BEGIN; LOCK TABLE events IN ROW EXCLUSIVE MODE');
-    const { rows: due } = await client.query<{ task_id: string; queue: string }>(
-      `SELECT task_id, queue FROM task_schedule
+  const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
+  const { rows } = await pool.query<StreamEventRow & { task_id: string; queue: string }>(
+    `WITH due AS (
+       SELECT task_id FROM task_schedule
         WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[]))
           AND (cardinality($3::text[]) = 0 OR queue = ANY($3::text[]))
         ORDER BY priority DESC, run_at, created_at
         LIMIT $4
-        FOR UPDATE SKIP LOCKED`,
-      [request.now, fullQueues, request.onlyQueues, request.limit],
-    );
-    const room = new Map(request.roomByQueue);
-    const chosen = due.filter((row) => {
-      const left = room.get(row.queue) ?? request.defaultRoom;
-      room.set(row.queue, left - 1);
-      return left > 0;
-    });
-    if (chosen.length === 0) {
-      await client.query('COMMIT');
-      return [];
-    }
-    const states = await readTaskStreams(
-      client,
-      chosen.map((row) => row.task_id),
-    );
-    const appends: Array<BatchedAppend & { after: Task }> = [];
-    for (const { state, revision, hash } of states) {
+        FOR UPDATE SKIP LOCKED
+     ), claimed AS (
+       UPDATE task_schedule s SET status = 'claimed', worker_id = $5, lease_until = $6
+         FROM due WHERE s.task_id = due.task_id
+       RETURNING s.task_id, s.queue
+     )
+     SELECT c.task_id, c.queue, e.stream_id, e.revision::text AS revision, e.type, e.data,
+            e.metadata->>'hash' AS hash
+       FROM claimed c JOIN events e ON e.stream_id = 'task-' || c.task_id::text
+      ORDER BY e.stream_id, e.revision`,
+    [request.now, fullQueues, request.onlyQueues, request.limit, request.workerId, claimLeaseUntil],
+  );
+  const streams = foldStreams(rows);
+  // Room per queue: rows of a queue beyond what this worker may run go straight back.
+  const room = new Map(request.roomByQueue);
+  const kept: typeof streams = [];
+  const giveBack: string[] = [];
+  for (const stream of streams) {
+    const queue = stream.state.spec?.queue ?? '';
+    const left = room.get(queue) ?? request.defaultRoom;
+    room.set(queue, left - 1);
+    if (left > 0) kept.push(stream);
+    else giveBack.push(stream.state.id!);
+  }
+  const outcomes = await Promise.all(
+    kept.map(async ({ state, revision, hash }): Promise<ClaimedTask | null> => {
       let started: TaskEvent[];
       try {
         started = startTask(
@@ -122,64 +138,83 @@ export async function claimDueTasks(pool: Pool, request: ClaimRequest): Promise<
           state,
         );
       } catch (error) {
-        if (error instanceof IllegalStateError) continue; // the row and the stream disagree: verify reports it
+        if (error instanceof IllegalStateError) return null; // the row and the stream disagree: verify says so
         throw error;
       }
-      appends.push({
-        streamId: taskStreamId(state.id!),
-        events: started.map((event) => ({
-          eventId: request.newId(),
-          type: event.type,
-          data: event.data,
-          metadata: request.metadata,
-        })),
-        expectedHead: revision,
-        previousHash: hash,
-        after: started.reduce(task.evolve, state),
-      });
-    }
-    const columns = eventRows(appends);
-    const { rows: inserted } = await client.query<{
-      stream_id: string;
-      revision: string;
-      transaction_id: string;
-      sequence: string;
-      hash: string;
-    }>(
-      `INSERT INTO events (stream_id, revision, event_id, type, data, metadata)
-       SELECT stream_id, revision, event_id, type, data, metadata::jsonb
-         FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[])
-              AS r(stream_id, revision, event_id, type, data, metadata)
-       ON CONFLICT DO NOTHING
-       RETURNING stream_id, revision::text, transaction_id::text, sequence::text, metadata->>'hash' AS hash`,
-      [columns.streamIds, columns.revisions, columns.eventIds, columns.types, columns.data, columns.metadata],
-    );
-    await client.query('COMMIT');
-    const byStream = new Map(appends.map((append) => [append.streamId, append]));
-    return inserted.map((row) => ({
-      state: byStream.get(row.stream_id)!.after,
-      revision: Number(row.revision),
-      hash: row.hash,
-      position: encodePosition(BigInt(row.transaction_id), BigInt(row.sequence)),
-    }));
-  } catch (error) {
-    await client.query('ROLLBACK').catch(() => (broken = true));
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+      const events = started.map((event) => ({
+        eventId: request.newId(),
+        type: event.type,
+        data: event.data,
+        metadata: request.metadata,
+      }));
+      try {
+        const result = await store.append(taskStreamId(state.id!), events, {
+          expectedRevision: revision,
+          previousHash: hash,
+        });
+        // The chain hash the store gave the TaskStarted, so the outcome can be appended without reading.
+        const hashes = chainHashes(
+          taskStreamId(state.id!),
+          revision + 1,
+          hash,
+          events.map((event) => ({ type: event.type, rawData: JSON.stringify(event.data) })),
+        );
+        return {
+          state: started.reduce(task.evolve, state),
+          revision: result.nextRevision,
+          hash: hashes.at(-1)!,
+          position: result.position,
+        };
+      } catch (error) {
+        if (error instanceof WrongExpectedRevisionError) return null; // given back below
+        throw error;
+      }
+    }),
+  ).then(
+    (results) => results,
+    async (error) => {
+      await giveBackClaims(
+        pool,
+        request.workerId,
+        kept.map((s) => s.state.id!),
+      );
+      throw error;
+    },
+  );
+  const claimed = outcomes.filter((outcome): outcome is ClaimedTask => outcome !== null);
+  const started = new Set(claimed.map((c) => c.state.id!));
+  giveBack.push(...kept.map((s) => s.state.id!).filter((id) => !started.has(id)));
+  if (giveBack.length > 0) await giveBackClaims(pool, request.workerId, giveBack);
+  return claimed;
 }
 
-/** Many task streams in one query, each folded: the state, its head revision and the head's chain hash. */
-async function readTaskStreams(
-  client: PoolClient,
-  taskIds: readonly string[],
-): Promise<Array<{ state: Task; revision: number; hash: string }>> {
-  const { rows } = await client.query<StreamEventRow>(
-    `SELECT stream_id, revision::text, type, data, metadata->>'hash' AS hash FROM events
-      WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, revision`,
-    [taskIds.map(taskStreamId)],
+/** How long a row may stay `claimed` before the reaper gives it back: far longer than a claim's two steps take. */
+const CLAIM_LEASE_MS = 30_000;
+
+/** Rows this worker marked but did not start go back to `pending`; ones the log has moved on are left alone. */
+async function giveBackClaims(pool: Pool, workerId: string, taskIds: readonly string[]): Promise<void> {
+  if (taskIds.length === 0) return;
+  await pool.query(
+    `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
+      WHERE task_id = ANY($1::uuid[]) AND status = 'claimed' AND worker_id = $2`,
+    [taskIds, workerId],
   );
+}
+
+/** Claims whose worker vanished between marking the rows and appending TaskStarted: back to `pending`. */
+export async function releaseAbandonedClaims(pool: Pool, now: Date): Promise<number> {
+  const { rowCount } = await pool.query(
+    `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
+      WHERE status = 'claimed' AND lease_until < $1`,
+    [now],
+  );
+  return rowCount ?? 0;
+}
+
+/** Rows of many streams (ordered by stream, then revision), each folded: state, head revision, head's hash. */
+function foldStreams(
+  rows: readonly StreamEventRow[],
+): Array<{ state: Task; revision: number; hash: string }> {
   const byStream = new Map<string, StreamEventRow[]>();
   for (const row of rows) {
     const list = byStream.get(row.stream_id) ?? [];
@@ -290,15 +325,17 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
     const differences: ScheduleDifference[] = [];
     const seen = new Set<string>();
     for (const row of actualRows) {
+      // A `claimed` row is a worker's lock marker over a task the log still has pending.
+      const claimed = row.status === 'claimed';
       const actual: ScheduleRow = {
         taskId: row.task_id,
         queue: row.queue,
         priority: row.priority,
-        status: row.status,
+        status: claimed ? 'pending' : (row.status as ScheduleRow['status']),
         runAt: row.run_at.toISOString(),
         attempt: row.attempt,
-        workerId: row.worker_id,
-        leaseUntil: row.lease_until?.toISOString() ?? null,
+        workerId: claimed ? null : row.worker_id,
+        leaseUntil: claimed ? null : (row.lease_until?.toISOString() ?? null),
         createdAt: row.created_at.toISOString(),
       };
       seen.add(row.task_id);

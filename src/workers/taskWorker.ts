@@ -27,6 +27,7 @@ import {
   claimDueTasks as claimFromSchedule,
   expiredLeases,
   msUntilNextDue,
+  releaseAbandonedClaims,
   type ClaimedTask,
 } from './schedule.js';
 
@@ -256,7 +257,7 @@ export class TaskWorker {
     for (const attempt of this.running.values())
       roomByQueue.set(attempt.queue, (roomByQueue.get(attempt.queue) ?? this.queueLimit(attempt.queue)) - 1);
     const now = this.clock();
-    const claimed = await claimFromSchedule(pool, {
+    const claimed = await claimFromSchedule(pool, this.options.store, {
       limit: settings.concurrency - this.running.size,
       now,
       roomByQueue,
@@ -559,6 +560,7 @@ export class TaskWorker {
     while (!this.stopping.signal.aborted) {
       try {
         const now = this.clock();
+        if (this.usesSchedule) await releaseAbandonedClaims(pool, now);
         const ids = this.usesSchedule
           ? await expiredLeases(pool, now)
           : (

@@ -4,7 +4,7 @@ import { Registry } from 'prom-client';
 import { handleCommand, type CommandContext } from '../../src/commands/commandHandler.js';
 import { taskStreamId, type TaskSpec } from '../../src/commands/tasks/events.js';
 import { task } from '../../src/commands/tasks/state.js';
-import { cancelTask } from '../../src/commands/tasks/ownerCommands.js';
+import { cancelTask, updateTask } from '../../src/commands/tasks/ownerCommands.js';
 import { submitTask } from '../../src/commands/tasks/submitTask.js';
 import { loadConfig } from '../../src/config.js';
 import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
@@ -16,6 +16,7 @@ import {
   claimDueTasks,
   expiredLeases,
   rebuildSchedule,
+  releaseAbandonedClaims,
   verifySchedule,
   type ClaimRequest,
 } from '../../src/workers/schedule.js';
@@ -122,7 +123,7 @@ describe('the task schedule (inline projection) and batched claims', function ()
     await Promise.all(
       ['w1', 'w2', 'w3', 'w4'].map(async (workerId) => {
         for (;;) {
-          const claimed = await claimDueTasks(db.pool, request(workerId, 25));
+          const claimed = await claimDueTasks(db.pool, store, request(workerId, 25));
           if (claimed.length === 0) return;
           for (const claim of claimed) {
             expect(claim.state.status).to.equal('in_progress');
@@ -146,9 +147,9 @@ describe('the task schedule (inline projection) and batched claims', function ()
     const low = await submit({ priority: 1 });
     const high = await submit({ priority: 9 });
     const later = await submit({ priority: 10, runAt: new Date(Date.now() + 60_000).toISOString() });
-    const first = await claimDueTasks(db.pool, request('w', 1));
+    const first = await claimDueTasks(db.pool, store, request('w', 1));
     expect(first.map((c) => c.state.id)).to.deep.equal([high]);
-    const rest = await claimDueTasks(db.pool, request('w', 10));
+    const rest = await claimDueTasks(db.pool, store, request('w', 10));
     expect(rest.map((c) => c.state.id)).to.deep.equal([low]);
     expect(rest.map((c) => c.state.id)).not.to.include(later);
   });
@@ -162,7 +163,7 @@ describe('the task schedule (inline projection) and batched claims', function ()
       (state) => cancelTask({ actorId: state.ownerId!, now: now() }, state),
       context(),
     );
-    const claimed = await claimDueTasks(db.pool, request('w', 10));
+    const claimed = await claimDueTasks(db.pool, store, request('w', 10));
     expect(claimed.map((c) => c.state.id)).not.to.include(taskId);
     const events = await store.readStream(taskStreamId(taskId));
     expect(events.map((e) => e.type)).to.deep.equal(['TaskQueued', 'TaskCanceled']);
@@ -170,7 +171,10 @@ describe('the task schedule (inline projection) and batched claims', function ()
 
   it('leaves no task stuck when a worker dies between its claim and running it: the lease ends, another worker runs it', async () => {
     const taskId = await submit();
-    const [claim] = await claimDueTasks(db.pool, { ...request('vanished-worker', 1), leaseMs: () => 200 });
+    const [claim] = await claimDueTasks(db.pool, store, {
+      ...request('vanished-worker', 1),
+      leaseMs: () => 200,
+    });
     expect(claim?.state.id).to.equal(taskId);
     // The claiming worker is gone (it never ran the handler); a live one reaps the lease and runs the task.
     const config = loadConfig({ env: {} });
@@ -213,6 +217,43 @@ describe('the task schedule (inline projection) and batched claims', function ()
       await worker.stop();
       await bus.close();
     }
+  });
+
+  it('gives back the rows of a worker that died between marking them and appending TaskStarted', async () => {
+    const taskId = await submit();
+    // What the first step of a claim leaves behind when its worker dies at once.
+    await db.pool.query(
+      `UPDATE task_schedule SET status = 'claimed', worker_id = 'dead', lease_until = now() - interval '1 second'
+        WHERE task_id = $1`,
+      [taskId],
+    );
+    expect(await verifySchedule(db.pool), 'a claim marker is not a difference').to.deep.equal([]);
+    expect(await claimDueTasks(db.pool, store, request('w', 10))).to.deep.equal([]);
+    expect(await releaseAbandonedClaims(db.pool, now())).to.equal(1);
+    const claimed = await claimDueTasks(db.pool, store, request('w', 10));
+    expect(claimed.map((c) => c.state.id)).to.deep.equal([taskId]);
+  });
+
+  it('gives a row back when its TaskStarted conflicts with another writer', async () => {
+    const taskId = await submit();
+    // The real store, but an owner's edit lands on the stream just before the claim's TaskStarted does.
+    const losing = {
+      append: async (...args: Parameters<PostgresEventStore['append']>) => {
+        await handleCommand(
+          store,
+          args[0],
+          task,
+          (state) => updateTask({ actorId: state.ownerId!, changes: { priority: 7 }, now: now() }, state),
+          context(),
+        );
+        return store.append(...args);
+      },
+    };
+    expect(await claimDueTasks(db.pool, losing, request('w', 10))).to.deep.equal([]);
+    const { rows } = await db.pool.query('SELECT status, worker_id FROM task_schedule WHERE task_id = $1', [
+      taskId,
+    ]);
+    expect(rows).to.deep.equal([{ status: 'pending', worker_id: null }]);
   });
 
   it('is verified against a fold of the log, and rebuilt from it', async () => {

@@ -174,6 +174,10 @@ export class KafkaRelay {
       const reading = new AbortController();
       const stopReading = () => reading.abort();
       stop.addEventListener('abort', stopReading, { once: true });
+      // The checkpoint of a batch is written while the next one is read and sent: in order, each only after its
+      // own acks, and a failure stops the relay (it restarts from the last checkpoint written, so at worst a
+      // batch is published twice, which consumers absorb).
+      let recording: Promise<void> = Promise.resolve();
       try {
         for await (const batch of asyncBatches(
           store.subscribeToAll({ after, signal: reading.signal }),
@@ -193,9 +197,15 @@ export class KafkaRelay {
           );
           await this.options.afterProduce?.(batch);
           if (stop.aborted) break; // lock possibly lost: do not store a checkpoint through a dead connection
-          await this.recordPublished(lockClient, heads, batch[batch.length - 1]!.position);
-          this.published += batch.length;
+          await recording; // the previous batch's checkpoint, so they are written in order
+          const checkpoint = batch[batch.length - 1]!.position;
+          recording = this.recordPublished(lockClient, heads, checkpoint).then(() => {
+            this.published += batch.length;
+          });
+          // Surfaced at the next batch or when the loop ends, not as an unhandled rejection in between.
+          recording.catch(() => undefined);
         }
+        await recording;
       } finally {
         stop.removeEventListener('abort', stopReading);
         reading.abort();
