@@ -198,6 +198,22 @@ async function writeGuards(
 }
 
 /** Only moves forward: partitions are consumed in order, but a lazy write of an older position may come late. */
+/** Several partitions' positions of one projection in one statement, each only ever moving forward. */
+export async function recordPartitionPositions(
+  client: Pick<PoolClient, 'query'>,
+  projection: string,
+  positions: ReadonlyMap<number, string>,
+): Promise<void> {
+  if (positions.size === 0) return;
+  await client.query(
+    `INSERT INTO projection_partition_positions (projection, partition, position)
+     SELECT $1, partition, position FROM unnest($2::int[], $3::text[]) AS p(partition, position)
+     ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
+     WHERE projection_partition_positions.position < excluded.position`,
+    [projection, [...positions.keys()], [...positions.values()]],
+  );
+}
+
 export async function recordPartitionPosition(
   client: Pick<PoolClient, 'query'>,
   projection: string,

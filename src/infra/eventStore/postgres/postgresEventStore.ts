@@ -25,7 +25,7 @@ import {
 
 const NOTIFY_CHANNEL = 'task_manager_events';
 /** Appends in one process announce themselves to other processes at most this often. */
-const NOTIFY_COALESCE_MS = 3;
+const NOTIFY_COALESCE_MS = 10;
 
 interface EventRow {
   sequence: number;
