@@ -56,6 +56,9 @@ interface RunningAttempt {
   done: Promise<void>;
 }
 
+/** How stale the worker's view of the pause switch may be. */
+const PAUSE_CHECK_MS = 100;
+
 /** Events after which a pending task may be startable: each wakes the dispatcher early. */
 const WAKING_EVENTS = new Set([
   'TaskQueued',
@@ -206,8 +209,9 @@ export class TaskWorker {
   }
 
   private async paused(): Promise<boolean> {
-    // The switch is one tiny stream; reading it once a second is cheaper than a projection for it.
-    if (Date.now() - this.pausedCache.readAt > 1000) {
+    // The switch is one tiny stream; reading it at most every PAUSE_CHECK_MS is cheaper than a projection for it.
+    // Short, since appends wake the dispatcher at once: a longer cache let it claim for a second after a pause.
+    if (Date.now() - this.pausedCache.readAt > PAUSE_CHECK_MS) {
       const state = foldEvents(workerControl, await this.options.store.readStream(workerControlStreamId));
       this.pausedCache = { paused: state.paused, readAt: Date.now() };
     }
