@@ -13,6 +13,7 @@ import { createAnchor, generateAuditKeyPair } from './audit/anchors.js';
 import { createProgressReporter } from './audit/progress.js';
 import { describeDifference, rebuildReadModels } from './projections/rebuild.js';
 import { rebuildSchedule, verifySchedule } from './workers/schedule.js';
+import { isApiProcess, onPrimaryStop, startApiCluster } from './apiProcesses.js';
 import { PROJECTIONS } from './projections/index.js';
 import type { Pool } from './infra/db/pool.js';
 import { createPool } from './infra/db/pool.js';
@@ -20,7 +21,9 @@ import { migrate } from './infra/db/migrate.js';
 
 const USAGE = `usage: task-manager <command>
 
-  start [--roles api,relay,projector,worker]   run the chosen roles (all by default)
+  start [--roles api,relay,projector,worker] [--processes N]
+                                               run the chosen roles (all by default); --processes: the API in N
+                                               processes sharing the port, the other roles in this one
   migrate                                      apply database migrations and exit
   users grant-role <email> <role>              roles: user, auditor, admin
   projections rebuild [--verify] [--no-swap]   rebuild every read model from the log beside the live one,
@@ -48,31 +51,59 @@ function parseRoles(value: string | undefined): Role[] {
 }
 
 async function start(config: Config, logger: Logger, args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { roles: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: { roles: { type: 'string' }, processes: { type: 'string' } },
+    strict: true,
+  });
   const roles = parseRoles(values.roles);
-  const service = await startService(config, roles, logger);
+  const processes = parseProcesses(values.processes);
+  // An API process forked by `--processes`: serve the API only, and stop when the primary says so.
+  if (isApiProcess()) {
+    // Its in-process cache would never be invalidated (the projector runs in the primary): Redis or nothing.
+    const service = await startService(config, ['api'], logger, { processLocalCache: false });
+    logger.info({ roles: ['api'], pid: process.pid }, 'task-manager API process started');
+    const shutdown = gracefulShutdown(logger, () => service.stop());
+    onPrimaryStop(() => shutdown('primary'));
+    process.on('SIGTERM', () => shutdown('SIGTERM'));
+    process.on('SIGINT', () => undefined); // the primary got it too, and stops us
+    return;
+  }
+  const clustered = processes > 1 && roles.includes('api');
+  const cluster = clustered ? await startApiCluster(config, roles, processes, logger) : null;
+  const service = cluster?.service ?? (await startService(config, roles, logger));
+  const url = cluster?.url ?? service.url;
   const mode = [
     config.databaseUrl ? 'PostgreSQL from DATABASE_URL' : 'embedded PostgreSQL',
     `${service.infrastructure.store.name} event store`,
     `${service.infrastructure.bus.name} bus`,
     `${service.infrastructure.cache.name} cache`,
+    ...(clustered ? [`the API in ${processes} processes`] : []),
   ].join(', ');
   logger.info({ roles, mode }, 'task-manager started');
-  if (service.url) {
-    const shown = service.url.replace('://0.0.0.0:', '://127.0.0.1:');
+  if (url) {
+    const shown = url.replace('://0.0.0.0:', '://127.0.0.1:');
     process.stdout.write(
       `task-manager is running (${mode})\n  API:     ${shown}\n  Swagger: ${shown}/swagger\n`,
     );
   }
+  const shutdown = gracefulShutdown(logger, () => (cluster ? cluster.stop() : service.stop()));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+/** The first signal stops gracefully; a second one, while that runs, exits at once. */
+function gracefulShutdown(logger: Logger, stop: () => Promise<void>): (signal: string) => void {
   let stopping = false;
-  const shutdown = (signal: string) => {
+  return (signal: string) => {
     if (stopping) {
+      if (signal === 'primary') return;
       logger.warn({ signal }, 'second signal: exiting now');
       process.exit(130);
     }
     stopping = true;
     logger.info({ signal }, 'stopping gracefully');
-    service.stop().then(
+    stop().then(
       () => process.exit(0),
       (error) => {
         logger.error({ err: error }, 'error during shutdown');
@@ -80,8 +111,14 @@ async function start(config: Config, logger: Logger, args: string[]): Promise<vo
       },
     );
   };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+function parseProcesses(value: string | undefined): number {
+  if (value === undefined) return 1;
+  const processes = Number(value);
+  if (!Number.isInteger(processes) || processes < 1 || processes > 64)
+    throw new UsageError(`--processes: expected a whole number from 1 to 64, got ${JSON.stringify(value)}`);
+  return processes;
 }
 
 async function migrateCommand(config: Config, logger: Logger): Promise<void> {

@@ -13,6 +13,7 @@ import { createKafka } from './infra/bus/kafka/kafkaClient.js';
 import { LogCheckpoints } from './infra/bus/checkpoints.js';
 import { cacheMetrics, type Cache } from './infra/cache/cache.js';
 import { MemoryCache } from './infra/cache/memoryCache.js';
+import { NoCache } from './infra/cache/noCache.js';
 import { RedisCache } from './infra/cache/redisCache.js';
 import { Api } from './infra/http/api.js';
 import { createHttpApp, createMetrics, listen } from './infra/http/app.js';
@@ -86,7 +87,12 @@ export async function createEventStore(
   });
 }
 
-export async function buildInfrastructure(config: Config, logger: Logger): Promise<Infrastructure> {
+export async function buildInfrastructure(
+  config: Config,
+  logger: Logger,
+  /** processLocalCache false: without Redis, cache nothing (a process whose cache no projection invalidates). */
+  options: { processLocalCache?: boolean } = {},
+): Promise<Infrastructure> {
   const { databaseUrl, embedded } = await connectDatabase(config, logger);
   const pool = createPool(
     {
@@ -143,6 +149,8 @@ export async function buildInfrastructure(config: Config, logger: Logger): Promi
       if (!(await redisCache.waitUntilReady(3000)))
         logger.warn('Redis is not reachable yet; starting with the cache bypassed');
       cache = redisCache;
+    } else if (options.processLocalCache === false) {
+      cache = new NoCache();
     } else {
       cache = new MemoryCache({
         maxEntries: config.cache.memoryMaxEntries,
@@ -270,9 +278,11 @@ export async function startService(
   config: Config,
   roles: readonly Role[],
   logger: Logger,
-  options: { clock?: () => Date } = {},
+  options: { clock?: () => Date; processLocalCache?: boolean } = {},
 ): Promise<RunningService> {
-  const infrastructure = await buildInfrastructure(config, logger);
+  const infrastructure = await buildInfrastructure(config, logger, {
+    processLocalCache: options.processLocalCache,
+  });
   const stops: Array<() => Promise<void>> = [];
   let url: string | null = null;
   try {

@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,10 +6,15 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
-import { startRoleProcess, type RoleProcess } from '../support/processes.js';
+import {
+  apiUrlIn,
+  startCli,
+  startRoleProcess,
+  type RoleProcess,
+  type StartedCli,
+} from '../support/processes.js';
 
 const repo = path.resolve(import.meta.dirname, '../..');
-const cli = path.join(repo, 'bin/task-manager.mjs');
 
 /** HS256 by hand, so a forged token can use any key, the empty one included (jsonwebtoken refuses that). */
 const forge = (claims: object, key: string): string => {
@@ -19,50 +23,8 @@ const forge = (claims: object, key: string): string => {
   return `${unsigned}.${createHmac('sha256', key).update(unsigned).digest('base64url')}`;
 };
 
-const apiUrlIn = (output: string): string | null => {
-  const match = /API:\s+(http:\/\/\S+)/.exec(output);
-  return match ? match[1]!.replace('localhost', '127.0.0.1') : null;
-};
-
-interface Started {
-  url: string;
-  output: () => string;
-  stop(): Promise<void>;
-}
-
 /** `npm start` as the README runs it: the CLI's start, no settings at all, in a directory of its own. */
-async function startAsTheReadmeDoes(cwd: string): Promise<Started> {
-  const child: ChildProcess = spawn(process.execPath, [cli, 'start'], {
-    cwd,
-    // Nothing inherited that names a service or a secret; PORT only so the test does not take 3000.
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? cwd, PORT: '0' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout!.on('data', (chunk) => (output += chunk));
-  child.stderr!.on('data', (chunk) => (output += chunk));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 90_000;
-  let url = apiUrlIn(output);
-  while (!url) {
-    if (child.exitCode !== null)
-      throw new Error(`start exited early (${child.exitCode}):\n${output.slice(-2000)}`);
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`start did not print its URL in time:\n${output.slice(-2000)}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    url = apiUrlIn(output);
-  }
-  return {
-    url,
-    output: () => output,
-    stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
+const startAsTheReadmeDoes = (cwd: string) => startCli(cwd, ['start']);
 
 const json = async (url: string, init: { method?: string; body?: unknown; token?: string } = {}) => {
   const response = await fetch(url, {
@@ -100,7 +62,7 @@ describe('the default signing secret', function () {
 
   describe('the service started as the README starts it (no settings)', () => {
     let workDir: string;
-    let service: Started | null = null;
+    let service: StartedCli | null = null;
     before(() => {
       workDir = mkdtempSync(path.join(tmpdir(), 'tm-default-secret-'));
       // As a checkout is: readable by others, so that as root PostgreSQL's own user can reach ./.data.

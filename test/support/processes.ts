@@ -67,3 +67,58 @@ export async function startRoleProcess(
     },
   };
 }
+
+/** The URL `task-manager start` prints, from its output. */
+export const apiUrlIn = (output: string): string | null => {
+  const match = /API:\s+(http:\/\/\S+)/.exec(output);
+  return match ? match[1]!.replace('localhost', '127.0.0.1') : null;
+};
+
+export interface StartedCli {
+  url: string;
+  pid: number;
+  output: () => string;
+  /** SIGTERM, then wait for the exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/**
+ * The CLI (`bin/task-manager.mjs <args>`) in `cwd` as a user would start it: nothing inherited that names a
+ * service or a secret, PORT=0 so no test takes 3000. Resolves once it has printed its URL.
+ */
+export async function startCli(
+  cwd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<StartedCli> {
+  const cli = path.resolve(import.meta.dirname, '../../bin/task-manager.mjs');
+  const child: ChildProcess = spawn(process.execPath, [cli, ...args], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? cwd, PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (chunk) => (output += chunk));
+  child.stderr!.on('data', (chunk) => (output += chunk));
+  const deadline = Date.now() + 90_000;
+  let url = apiUrlIn(output);
+  while (!url) {
+    if (child.exitCode !== null)
+      throw new Error(`start exited early (${child.exitCode}):\n${output.slice(-2000)}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`start did not print its URL in time:\n${output.slice(-2000)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    url = apiUrlIn(output);
+  }
+  return {
+    url,
+    pid: child.pid!,
+    output: () => output,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited(child);
+    },
+  };
+}

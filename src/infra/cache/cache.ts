@@ -5,7 +5,7 @@ import { Counter, type Registry } from 'prom-client';
  * own failures (logged, counted), so a cache outage slows queries down and never fails them.
  */
 export interface Cache {
-  readonly name: 'redis' | 'memory';
+  readonly name: 'redis' | 'memory' | 'none';
   get<T>(key: string): Promise<T | undefined>;
   set(key: string, value: unknown, ttlSeconds?: number): Promise<void>;
   /** Many keys in one call: a projection drops a whole batch's stale keys in one round trip. */

@@ -1,0 +1,90 @@
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startCli, type StartedCli } from '../support/processes.js';
+
+const call = async (url: string, init: { method?: string; body?: unknown; token?: string } = {}) => {
+  const response = await fetch(url, {
+    method: init.method ?? (init.body ? 'POST' : 'GET'),
+    headers: {
+      ...(init.body ? { 'content-type': 'application/json' } : {}),
+      ...(init.token ? { authorization: `Bearer ${init.token}` } : {}),
+    },
+    body: init.body ? JSON.stringify(init.body) : undefined,
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+};
+
+/** The API processes the primary forked: its children running the CLI (the embedded PostgreSQL's are not). */
+const apiProcessesOf = (pid: number): number[] =>
+  execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(pid)], { encoding: 'utf8' })
+    .split('\n')
+    .filter((line) => line.includes('task-manager.mjs'))
+    .map((line) => Number(line.trim().split(/\s+/)[0]));
+
+describe('the API in several processes (start --processes 2, embedded default)', function () {
+  this.timeout(180_000);
+  let workDir: string;
+  let service: StartedCli | null = null;
+  before(() => {
+    workDir = mkdtempSync(path.join(tmpdir(), 'tm-processes-'));
+    chmodSync(workDir, 0o755); // as root, PostgreSQL's own user must reach ./.data
+  });
+  after(async () => {
+    await service?.stop();
+    rmSync(workDir, { recursive: true, force: true });
+  });
+
+  it('serves one API from two processes, never a stale cached task, and stops them all on SIGTERM', async () => {
+    service = await startCli(workDir, ['start', '--processes', '2']);
+    expect(service.output()).to.include('the API in 2 processes');
+    const children = apiProcessesOf(service.pid);
+    expect(children, 'two API processes forked').to.have.length(2);
+
+    const credentials = { email: `processes-${randomUUID()}@example.com`, password: 'correct horse battery' };
+    expect((await call(`${service.url}/register`, { body: credentials })).status).to.equal(201);
+    const token = (await call(`${service.url}/login`, { body: credentials })).body.access_token as string;
+    const delayed = await call(`${service.url}/tasks`, {
+      body: { title: 'later', run_at: new Date(Date.now() + 1500).toISOString() },
+      token,
+    });
+    expect(delayed.status).to.equal(202);
+    const id = delayed.body.id as string;
+    // Read it while it waits, through both processes (connections are spread over them), so any cache holds it.
+    for (let i = 0; i < 20; i++) {
+      const seen = await call(`${service.url}/tasks/${id}`, { token });
+      if (seen.status === 200) expect(seen.body.status).to.equal('pending');
+    }
+    // Done within seconds, as every process shows it: a cache no projection invalidates would say pending for a
+    // minute.
+    const deadline = Date.now() + 20_000;
+    let statuses: string[] = [];
+    while (Date.now() < deadline) {
+      statuses = await Promise.all(
+        Array.from(
+          { length: 6 },
+          async () => (await call(`${service!.url}/tasks/${id}`, { token })).body.status,
+        ),
+      );
+      if (statuses.every((status) => status === 'done')) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    expect(statuses).to.deep.equal(Array(6).fill('done'));
+
+    expect(await service.stop(), 'a graceful stop exits 0').to.equal(0);
+    service = null;
+    for (const child of children) {
+      let alive = true;
+      try {
+        process.kill(child, 0);
+      } catch {
+        alive = false;
+      }
+      expect(alive, `API process ${child} stopped with the primary`).to.equal(false);
+    }
+  });
+});
