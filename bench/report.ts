@@ -143,7 +143,11 @@ export interface BenchResults {
   e2e_vs_graphile: number | null;
   /** Over the single-process e2e burst. */
   cpu_ms_per_task: CpuMsPerTask | null;
-  e2e_topologies: { single_process: TopologyResult | null; roles_apart: TopologyResult | null };
+  e2e_topologies: {
+    single_process: TopologyResult | null;
+    roles_apart: TopologyResult | null;
+    api_processes_2: TopologyResult | null;
+  };
   /** At e2e_latency_rate_per_s (the target's 200 tasks/s). */
   e2e_p50_ms: number | null;
   e2e_p95_ms: number | null;
@@ -188,6 +192,8 @@ export interface BenchResults {
     /** CPU by component during the e2e burst (the source of cpu_ms_per_task). */
     e2e_burst_cpu: CpuUsage | null;
     roles_apart: RolesApartRecord | null;
+    /** Everything in one `start --processes 2`: the API in two processes. */
+    api_processes: RolesApartRecord | null;
     rate_points: RatePoint[];
     /** The service's own timings during each end-to-end run, by run label. */
     service_trace: Record<string, ServiceTraceReport>;
@@ -402,7 +408,7 @@ export function renderTable(r: BenchResults): string {
           'CPU ms/task: service / PG / kafka / total',
         ],
         topologies.map(([name, t]) => [
-          name.replace('_', ' '),
+          name.replace(/_/g, ' '),
           t.processes.join('; '),
           fmt(t.e2e_per_s),
           fmt(t.burst_p99_ms),

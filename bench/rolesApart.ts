@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,25 @@ const OUTPUT_KEPT = 8_000;
 export interface RoleProcessInfo {
   roles: Role[];
   pid: number;
+}
+
+/** One process of a deployment: its roles, and how many API processes it forks (`--processes`), if any. */
+export interface ProcessGroup {
+  roles: Role[];
+  apiProcesses?: number;
+}
+
+/** The processes `pid` forked (the API processes of `--processes`), from /proc. */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
 }
 
 /** A deployment of its own with each group of roles in a process of its own, as `task-manager start --roles`. */
@@ -48,11 +67,14 @@ function exited(child: ChildProcess): Promise<void> {
  * it writes a line per request), and is ready when it prints its URL; the other roles log at info, which they
  * use for little besides "task-manager started", their sign of being ready.
  */
-async function startProcess(config: Config, roles: Role[], dir: string): Promise<Started> {
+async function startProcess(config: Config, group: ProcessGroup, dir: string): Promise<Started> {
+  const { roles } = group;
   const api = roles.includes('api');
   const file = path.join(dir, `config-${roles.join('-')}.yml`);
   writeFileSync(file, stringify({ ...config, logLevel: api ? 'silent' : 'info', port: 0 }));
-  const child = spawn(process.execPath, ['bin/task-manager.mjs', 'start', '--roles', roles.join(',')], {
+  const args = ['bin/task-manager.mjs', 'start', '--roles', roles.join(',')];
+  if (group.apiProcesses) args.push('--processes', String(group.apiProcesses));
+  const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH,
@@ -96,7 +118,7 @@ async function stopProcess(child: ChildProcess): Promise<void> {
  * with a fresh migrated database, a Kafka topic (and so consumer groups) and a cache key prefix of its own, so
  * that it shares nothing with the in-process service but the servers.
  */
-export async function startRolesApart(base: Config, groups: Role[][]): Promise<RolesApart> {
+export async function startRolesApart(base: Config, groups: ProcessGroup[]): Promise<RolesApart> {
   const t0 = Date.now();
   const database = await createTestDatabase('bench_roles');
   const suffix = randomBytes(4).toString('hex');
@@ -115,7 +137,7 @@ export async function startRolesApart(base: Config, groups: Role[][]): Promise<R
       rmSync(dir, { recursive: true, force: true });
     })());
   try {
-    const outcomes = await Promise.allSettled(groups.map((roles) => startProcess(config, roles, dir)));
+    const outcomes = await Promise.allSettled(groups.map((group) => startProcess(config, group, dir)));
     for (const outcome of outcomes) if (outcome.status === 'fulfilled') started.push(outcome.value);
     const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (failed) throw failed.reason;
@@ -123,19 +145,22 @@ export async function startRolesApart(base: Config, groups: Role[][]): Promise<R
     await stop();
     throw error;
   }
-  const apiIndex = groups.findIndex((roles) => roles.includes('api'));
+  const apiIndex = groups.findIndex((group) => group.roles.includes('api'));
   const match = apiIndex === -1 ? null : /API:\s+(http:\/\/\S+)/.exec(started[apiIndex]!.output());
   if (!match) {
     await stop();
     throw new Error('no process of the deployment runs the API');
   }
-  const processes = groups.map((roles, i) => ({ roles, pid: started[i]!.child.pid! }));
+  const processes = groups.map((group, i) => ({ roles: group.roles, pid: started[i]!.child.pid! }));
+  // The API processes a `--processes` group forked do the work too: their CPU counts as the service's. (The
+  // embedded PostgreSQL is never used here: the deployment has a DATABASE_URL.)
+  const forked = groups.flatMap((group, i) => (group.apiProcesses ? childrenOf(started[i]!.child.pid!) : []));
   return {
     url: match[1]!.replace('localhost', '127.0.0.1').replace('0.0.0.0', '127.0.0.1'),
     databaseUrl: database.url,
     database,
     processes,
-    pids: new Set(processes.map((p) => p.pid)),
+    pids: new Set([...processes.map((p) => p.pid), ...forked]),
     startup_s: Math.round((Date.now() - t0) / 100) / 10,
     stop,
   };

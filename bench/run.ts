@@ -20,9 +20,8 @@ import { LoadClient } from './loadClient.js';
 import { collectGarbage, MemorySampler } from './memory.js';
 import { PgTrace } from './pgTrace.js';
 import { ServiceTrace } from './serviceTrace.js';
-import { startRolesApart } from './rolesApart.js';
+import { startRolesApart, type ProcessGroup } from './rolesApart.js';
 import type { Pool } from '../src/infra/db/pool.js';
-import type { Role } from '../src/main.js';
 import { parseArgs, planFor, type Plan } from './plan.js';
 import {
   renderChart,
@@ -32,6 +31,7 @@ import {
   type PhaseRecord,
   type PipelineProfile,
   type RatePoint,
+  type RolesApartRecord,
   type SubmitProfile,
   type Target,
   type TargetRatio,
@@ -124,7 +124,7 @@ class Bench {
       e2e_vs_bullmq: null,
       e2e_vs_graphile: null,
       cpu_ms_per_task: null,
-      e2e_topologies: { single_process: null, roles_apart: null },
+      e2e_topologies: { single_process: null, roles_apart: null, api_processes_2: null },
       e2e_p50_ms: null,
       e2e_p95_ms: null,
       e2e_p99_ms: null,
@@ -166,6 +166,7 @@ class Bench {
         e2e_max: null,
         e2e_burst_cpu: null,
         roles_apart: null,
+        api_processes: null,
         rate_points: [],
         service_trace: {},
         settle: [],
@@ -799,30 +800,43 @@ class Bench {
   }
 
   /**
-   * The same end-to-end runs with the roles apart: api; relay + projector; worker, each a process of its own
-   * (`task-manager start --roles`), a deployment of its own on the same servers. The in-process service is
-   * stopped first, so the two topologies do not share the machine with each other.
+   * The same end-to-end runs on the topologies a user would run besides the one process: the roles apart (api;
+   * relay + projector; worker, each a process of its own, `task-manager start --roles`), then everything in one
+   * `task-manager start --processes 2` (the API in two processes). Each is a deployment of its own on the same
+   * servers; the in-process service is stopped first, and they run one after the other, never side by side.
    */
   async topologies(): Promise<void> {
-    const d = this.results.details;
     await this.stopInProcessService();
-    const groups: Role[][] = [['api'], ['relay', 'projector'], ['worker']];
-    const deployment = await this.phase('roles apart: start api; relay+projector; worker', () =>
-      startRolesApart(this.service!.config, groups),
+    this.results.details.roles_apart = await this.deployment('roles apart', [
+      { roles: ['api'] },
+      { roles: ['relay', 'projector'] },
+      { roles: ['worker'] },
+    ]);
+    this.results.details.api_processes = await this.deployment('api in 2 processes', [
+      { roles: ['api', 'relay', 'projector', 'worker'], apiProcesses: 2 },
+    ]);
+  }
+
+  private async deployment(label: string, groups: ProcessGroup[]): Promise<RolesApartRecord | null> {
+    const key = label.replace(/\W+/g, '-');
+    const deployment = await this.phase(
+      `${label}: start ${groups.map((g) => g.roles.join('+') + (g.apiProcesses ? ` (--processes ${g.apiProcesses})` : '')).join('; ')}`,
+      () => startRolesApart(this.service!.config, groups),
     );
-    if (!deployment) return;
+    if (!deployment) return null;
     cleanups.push(() => deployment.stop());
     for (const pid of deployment.pids) this.servicePids.add(pid);
     this.benchDatabases.add(deployment.database.name);
-    const record: NonNullable<BenchResults['details']['roles_apart']> = {
-      processes: deployment.processes.map((p) => p.roles.join('+')),
+    const record: RolesApartRecord = {
+      processes: groups.map(
+        (g) => g.roles.join('+') + (g.apiProcesses ? ` (api in ${g.apiProcesses} processes)` : ''),
+      ),
       startup_s: deployment.startup_s,
       warmup: null,
       burst: null,
       burst_cpu: null,
       rate: null,
     };
-    d.roles_apart = record;
     try {
       const token = await this.loginTo(deployment.url);
       const target: E2eTarget = {
@@ -834,14 +848,14 @@ class Bench {
         traced: false,
       };
       // Until the consumer groups have joined, nothing moves: a few tasks through the whole pipeline first.
-      record.warmup = await this.phase('roles apart: warm-up, 20 tasks', () =>
-        this.e2e('roles-apart-warmup', { burst: 20, concurrency: 20, drain: 60 }, target),
+      record.warmup = await this.phase(`${label}: warm-up, 20 tasks`, () =>
+        this.e2e(`${key}-warmup`, { burst: 20, concurrency: 20, drain: 60 }, target),
       );
       if (!record.warmup || record.warmup.undone > 0)
         throw new Error('the warm-up tasks did not all get done');
       const burstTasks = this.burstTasks || this.plan.burstTasks;
-      record.burst = await this.phase(`roles apart: burst of ${burstTasks} tasks, 64 in flight`, () =>
-        this.e2e('roles-apart-burst', { burst: burstTasks }, target),
+      record.burst = await this.phase(`${label}: burst of ${burstTasks} tasks, 64 in flight`, () =>
+        this.e2e(`${key}-burst`, { burst: burstTasks }, target),
       );
       if (record.burst) record.burst_cpu = this.lastPhaseCpu();
       target.capacity = record.burst?.achieved_per_s ?? null;
@@ -850,17 +864,16 @@ class Bench {
         capacity !== null && HEADLINE_RATE > capacity * 1.3
           ? this.plan.overloadSeconds
           : this.plan.e2eSeconds;
-      record.rate = await this.phase(`roles apart: ${HEADLINE_RATE} tasks/s for ${seconds} s`, () =>
-        this.e2e(`roles-apart-rate-${HEADLINE_RATE}`, { rate: HEADLINE_RATE, seconds }, target),
+      record.rate = await this.phase(`${label}: ${HEADLINE_RATE} tasks/s for ${seconds} s`, () =>
+        this.e2e(`${key}-rate-${HEADLINE_RATE}`, { rate: HEADLINE_RATE, seconds }, target),
       );
     } catch (error) {
-      this.results.details.errors.push(
-        `roles apart: ${error instanceof Error ? error.message : String(error)}`,
-      );
+      this.results.details.errors.push(`${label}: ${error instanceof Error ? error.message : String(error)}`);
     } finally {
       await deployment.stop();
       for (const pid of deployment.pids) this.servicePids.delete(pid);
     }
+    return record;
   }
 
   private async loginTo(url: string): Promise<string> {
@@ -924,6 +937,14 @@ class Bench {
       ),
       roles_apart: d.roles_apart
         ? topology(d.roles_apart.processes, d.roles_apart.burst, d.roles_apart.burst_cpu, d.roles_apart.rate)
+        : null,
+      api_processes_2: d.api_processes
+        ? topology(
+            d.api_processes.processes,
+            d.api_processes.burst,
+            d.api_processes.burst_cpu,
+            d.api_processes.rate,
+          )
         : null,
     };
     d.memory_samples = thin(this.memory.samples, 400);
@@ -1104,8 +1125,12 @@ function targetsIssue15(r: BenchResults): TargetRatio[] {
   const x = (value: number | null) => (value === null ? '-' : `${value}x`);
   const perS = (value: number | null | undefined) =>
     value === null || value === undefined ? '-' : `${value}/s`;
+  const clustered = r.e2e_topologies.api_processes_2;
   const apartNote = (baseline: number | null) =>
-    apart ? `; roles apart ${perS(apart.e2e_per_s)} (${x(ratio(apart.e2e_per_s, baseline))})` : '';
+    (apart ? `; roles apart ${perS(apart.e2e_per_s)} (${x(ratio(apart.e2e_per_s, baseline))})` : '') +
+    (clustered
+      ? `; api in 2 processes ${perS(clustered.e2e_per_s)} (${x(ratio(clustered.e2e_per_s, baseline))})`
+      : '');
   const submitRatios = d.submit
     .map((s) => {
       const pg = d.pg_insert.find((p) => p.concurrency === s.connections && !p.error);
