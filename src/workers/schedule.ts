@@ -129,7 +129,8 @@ export async function claimDueTasks(
     if (left > 0) kept.push(stream);
     else giveBack.push(stream.state.id!);
   }
-  const outcomes = await Promise.all(
+  // Settled one by one: a TaskStarted that committed is run even when another append of the round failed.
+  const settled = await Promise.allSettled(
     kept.map(async ({ state, revision, hash }): Promise<ClaimedTask | null> => {
       let started: TaskEvent[];
       try {
@@ -170,21 +171,19 @@ export async function claimDueTasks(
         throw error;
       }
     }),
-  ).then(
-    (results) => results,
-    async (error) => {
-      await giveBackClaims(
-        pool,
-        request.workerId,
-        kept.map((s) => s.state.id!),
-      );
-      throw error;
-    },
   );
+  const failure = settled.find((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected');
+  const outcomes = settled.map((outcome) => (outcome.status === 'fulfilled' ? outcome.value : null));
   const claimed = outcomes.filter((outcome): outcome is ClaimedTask => outcome !== null);
   const started = new Set(claimed.map((c) => c.state.id!));
   giveBack.push(...kept.map((s) => s.state.id!).filter((id) => !started.has(id)));
-  if (giveBack.length > 0) await giveBackClaims(pool, request.workerId, giveBack);
+  // A give-back that fails leaves rows `claimed` for the reaper; it must not lose the attempts that did start.
+  if (giveBack.length > 0)
+    await giveBackClaims(pool, request.workerId, giveBack).catch((error) => {
+      if (claimed.length === 0) throw error;
+    });
+  // Nothing started and something broke (the database, say): let the dispatcher log it and back off.
+  if (claimed.length === 0 && failure) throw failure.reason;
   return claimed;
 }
 

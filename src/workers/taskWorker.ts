@@ -45,6 +45,12 @@ export interface TaskWorkerOptions {
   random?: () => number;
 }
 
+/**
+ * An attempt this worker now owns: the task's state after its TaskStarted and the stream's head then (the chain
+ * hash is null on EventStoreDB, whose claim does not know it: the outcome then reads the stream first).
+ */
+type ClaimedAttempt = Pick<ClaimedTask, 'state' | 'revision'> & { hash: string | null };
+
 /** Why a running handler was aborted: each ends the attempt differently. */
 type AbortReason = 'timeout' | 'canceled' | 'release';
 
@@ -348,14 +354,12 @@ export class TaskWorker {
       if (error instanceof IllegalStateError || error instanceof ConflictError) return false;
       throw error;
     }
-    this.startAttempt({ state: claimed.state, revision: claimed.revision!, hash: null, position: null });
+    this.startAttempt({ state: claimed.state, revision: claimed.revision!, hash: null });
     return true;
   }
 
   /** A claimed attempt: run it in the background, holding one slot until it has ended. */
-  private startAttempt(
-    claim: Omit<ClaimedTask, 'hash' | 'position'> & { hash: string | null; position: unknown },
-  ) {
+  private startAttempt(claim: ClaimedAttempt) {
     const { logger } = this.options;
     const { state } = claim;
     const taskId = state.id!;
