@@ -1,5 +1,4 @@
 import type { Pool } from '../infra/db/pool.js';
-import { chainHashes } from '../infra/eventStore/hashChain.js';
 import {
   WrongExpectedRevisionError,
   type EventContext,
@@ -153,17 +152,10 @@ export async function claimDueTasks(
           expectedRevision: revision,
           previousHash: hash,
         });
-        // The chain hash the store gave the TaskStarted, so the outcome can be appended without reading.
-        const hashes = chainHashes(
-          taskStreamId(state.id!),
-          revision + 1,
-          hash,
-          events.map((event) => ({ type: event.type, rawData: JSON.stringify(event.data) })),
-        );
         return {
           state: started.reduce(task.evolve, state),
           revision: result.nextRevision,
-          hash: hashes.at(-1)!,
+          hash: result.hash,
           position: result.position,
         };
       } catch (error) {

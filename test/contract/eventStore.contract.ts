@@ -287,6 +287,21 @@ export function eventStoreContract(
         expect(results[0]).to.deep.equal(first);
         for (const id of streams) expect(await store.readStream(id)).to.have.length(1);
       });
+      it('answers each append with the chain hash of its last event, to continue the chain from', async () => {
+        const streamId = `${category()}-1`;
+        const first = await store.append(streamId, [newEvent('A'), newEvent('B')], {
+          expectedRevision: 'no_stream',
+        });
+        const next = await store.append(streamId, [newEvent('C')], {
+          expectedRevision: first.nextRevision,
+          previousHash: first.hash,
+        });
+        const any = await store.append(streamId, [newEvent('D')], { expectedRevision: 'any' });
+        const stored = await store.readStream(streamId);
+        expect([first.hash, next.hash, any.hash]).to.deep.equal(
+          [stored[1]!, stored[2]!, stored[3]!].map((event) => event.metadata.hash),
+        );
+      });
     });
 
     describe('idempotency by event id', () => {

@@ -5,19 +5,7 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startCli, type StartedCli } from '../support/processes.js';
-
-const call = async (url: string, init: { method?: string; body?: unknown; token?: string } = {}) => {
-  const response = await fetch(url, {
-    method: init.method ?? (init.body ? 'POST' : 'GET'),
-    headers: {
-      ...(init.body ? { 'content-type': 'application/json' } : {}),
-      ...(init.token ? { authorization: `Bearer ${init.token}` } : {}),
-    },
-    body: init.body ? JSON.stringify(init.body) : undefined,
-  });
-  const text = await response.text();
-  return { status: response.status, body: text ? JSON.parse(text) : null };
-};
+import { call } from '../support/service.js';
 
 /** The API processes the primary forked: its children running the CLI (the embedded PostgreSQL's are not). */
 const apiProcessesOf = (pid: number): number[] =>
@@ -46,9 +34,10 @@ describe('the API in several processes (start --processes 2, embedded default)',
     expect(children, 'two API processes forked').to.have.length(2);
 
     const credentials = { email: `processes-${randomUUID()}@example.com`, password: 'correct horse battery' };
-    expect((await call(`${service.url}/register`, { body: credentials })).status).to.equal(201);
-    const token = (await call(`${service.url}/login`, { body: credentials })).body.access_token as string;
-    const delayed = await call(`${service.url}/tasks`, {
+    expect((await call(service.url, 'POST', '/register', { body: credentials })).status).to.equal(201);
+    const token = (await call(service.url, 'POST', '/login', { body: credentials })).body
+      .access_token as string;
+    const delayed = await call(service.url, 'POST', '/tasks', {
       body: { title: 'later', run_at: new Date(Date.now() + 1500).toISOString() },
       token,
     });
@@ -56,7 +45,7 @@ describe('the API in several processes (start --processes 2, embedded default)',
     const id = delayed.body.id as string;
     // Read it while it waits, through both processes (connections are spread over them), so any cache holds it.
     for (let i = 0; i < 20; i++) {
-      const seen = await call(`${service.url}/tasks/${id}`, { token });
+      const seen = await call(service.url, 'GET', `/tasks/${id}`, { token });
       if (seen.status === 200) expect(seen.body.status).to.equal('pending');
     }
     // Done within seconds, as every process shows it: a cache no projection invalidates would say pending for a
@@ -67,7 +56,7 @@ describe('the API in several processes (start --processes 2, embedded default)',
       statuses = await Promise.all(
         Array.from(
           { length: 6 },
-          async () => (await call(`${service!.url}/tasks/${id}`, { token })).body.status,
+          async () => (await call(service!.url, 'GET', `/tasks/${id}`, { token })).body.status,
         ),
       );
       if (statuses.every((status) => status === 'done')) break;

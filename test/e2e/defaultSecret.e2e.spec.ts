@@ -6,6 +6,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { call } from '../support/service.js';
 import {
   apiUrlIn,
   startCli,
@@ -26,24 +27,11 @@ const forge = (claims: object, key: string): string => {
 /** `npm start` as the README runs it: the CLI's start, no settings at all, in a directory of its own. */
 const startAsTheReadmeDoes = (cwd: string) => startCli(cwd, ['start']);
 
-const json = async (url: string, init: { method?: string; body?: unknown; token?: string } = {}) => {
-  const response = await fetch(url, {
-    method: init.method ?? (init.body ? 'POST' : 'GET'),
-    headers: {
-      ...(init.body ? { 'content-type': 'application/json' } : {}),
-      ...(init.token ? { authorization: `Bearer ${init.token}` } : {}),
-    },
-    body: init.body ? JSON.stringify(init.body) : undefined,
-  });
-  const text = await response.text();
-  return { status: response.status, body: text ? JSON.parse(text) : null };
-};
-
 async function registerAndLogin(url: string): Promise<{ userId: string; accessToken: string }> {
   const credentials = { email: `secret-${randomUUID()}@example.com`, password: 'correct horse battery' };
-  const registered = await json(`${url}/register`, { body: credentials });
+  const registered = await call(url, 'POST', '/register', { body: credentials });
   expect(registered.status, JSON.stringify(registered.body)).to.equal(201);
-  const login = await json(`${url}/login`, { body: credentials });
+  const login = await call(url, 'POST', '/login', { body: credentials });
   expect(login.status, JSON.stringify(login.body)).to.equal(200);
   return { userId: registered.body.id, accessToken: login.body.access_token };
 }
@@ -51,9 +39,9 @@ async function registerAndLogin(url: string): Promise<{ userId: string; accessTo
 /** Requests an admin-only, an auditor-only and a user route with the token; returns their statuses. */
 async function statusesWith(url: string, token: string): Promise<number[]> {
   return Promise.all([
-    json(`${url}/me`, { token }).then((r) => r.status),
-    json(`${url}/audit/events`, { token }).then((r) => r.status),
-    json(`${url}/admin/workers/pause`, { method: 'POST', token }).then((r) => r.status),
+    call(url, 'GET', '/me', { token }).then((r) => r.status),
+    call(url, 'GET', '/audit/events', { token }).then((r) => r.status),
+    call(url, 'POST', '/admin/workers/pause', { token }).then((r) => r.status),
   ]);
 }
 
@@ -109,13 +97,13 @@ describe('the default signing secret', function () {
       );
       expect(readFileSync(secretFile, 'utf8').trim().length).to.be.at.least(43); // 256 bits in base64url
 
-      const me = await json(`${service.url}/me`, { token: accessToken });
+      const me = await call(service.url, 'GET', '/me', { token: accessToken });
       expect(me.status).to.equal(200);
       expect(me.body.id).to.equal(userId);
 
       await service.stop();
       service = await startAsTheReadmeDoes(workDir);
-      const meAfterRestart = await json(`${service.url}/me`, { token: accessToken });
+      const meAfterRestart = await call(service.url, 'GET', '/me', { token: accessToken });
       expect(meAfterRestart.status, 'a token issued before the restart').to.equal(200);
       expect(meAfterRestart.body.id).to.equal(userId);
       for (const key of publicKeys)
@@ -147,7 +135,7 @@ describe('the default signing secret', function () {
       expect(second).to.be.a('string').and.not.equal(first);
 
       const { userId, accessToken } = await registerAndLogin(first!);
-      const me = await json(`${second}/me`, { token: accessToken });
+      const me = await call(second!, 'GET', '/me', { token: accessToken });
       expect(me.status, 'the token the first process issued, at the second').to.equal(200);
       expect(me.body.id).to.equal(userId);
       expect(

@@ -22,6 +22,7 @@ import {
 } from '../../src/workers/schedule.js';
 import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { eventually } from '../support/service.js';
 
 const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
   title: 'scheduled',
@@ -35,16 +36,6 @@ const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
   timeoutMs: 60000,
   ...overrides,
 });
-
-const eventually = async <T>(look: () => Promise<T | undefined>, ms: number, what: string): Promise<T> => {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await look();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-};
 
 describe('the task schedule (inline projection) and batched claims', function () {
   this.timeout(60_000);

@@ -86,6 +86,8 @@ export interface AppendResult {
   nextRevision: number;
   /** Global position of the last appended event. */
   position: Position;
+  /** The chain hash of the last appended event: a caller that appends again next can pass it as previousHash. */
+  hash: string;
 }
 
 export interface ReadAllOptions {

@@ -232,7 +232,7 @@ export class EsdbEventStore implements EventStore {
         `stream ${streamId}: some of these event ids are already stored elsewhere in the stream`,
       );
     const last = window[window.length - 1]!;
-    return { nextRevision: Number(last.revision), position: positionOf(last) };
+    return { nextRevision: Number(last.revision), position: positionOf(last), hash: hashOf(last) };
   }
 
   /**
@@ -251,7 +251,7 @@ export class EsdbEventStore implements EventStore {
       throw new Error(
         `stream ${streamId}: the append succeeded but revision ${nextRevision} is not event ${lastId}`,
       );
-    return { nextRevision: Number(nextRevision), position: positionOf(last) };
+    return { nextRevision: Number(nextRevision), position: positionOf(last), hash: hashOf(last) };
   }
 
   /** The newest `count` events of the stream, oldest first; [] when it does not exist. */

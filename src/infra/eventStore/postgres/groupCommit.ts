@@ -22,8 +22,10 @@ export type BatchedAppendOutcome =
   | { kind: 'duplicate' };
 
 /** The events of many appends as column arrays for `unnest`, each chained to the previous hash its caller read. */
-export function eventRows(appends: readonly BatchedAppend[]) {
+function eventRows(appends: readonly BatchedAppend[]) {
   const columns = {
+    /** Per append: the chain hash of its last event. */
+    lastHashes: [] as string[],
     appendIndex: [] as number[],
     streamIds: [] as string[],
     revisions: [] as number[],
@@ -41,6 +43,7 @@ export function eventRows(appends: readonly BatchedAppend[]) {
       append.previousHash,
       append.events.map((event, i) => ({ type: event.type, rawData: rawData[i]! })),
     );
+    columns.lastHashes.push(hashes.at(-1)!);
     append.events.forEach((event, i) => {
       columns.appendIndex.push(index);
       columns.streamIds.push(append.streamId);
@@ -196,6 +199,7 @@ export class GroupCommitAppender {
           result: {
             nextRevision: first + append.events.length - 1,
             position: encodePosition(BigInt(row.transaction_id!), BigInt(row.sequence!)),
+            hash: columns.lastHashes[index]!,
           },
         };
       } else if (row.kind === 'refused') {

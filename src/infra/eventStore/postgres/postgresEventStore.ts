@@ -158,13 +158,15 @@ export class PostgresEventStore implements EventStore {
           transaction_id: string;
           sequence: number;
           event_id: string;
+          hash: string;
         }> | null;
         head_revision: number | null;
         head_hash: string | null;
       }>(
         `SELECT
            (SELECT json_agg(json_build_object('stream_id', stream_id, 'revision', revision, 'event_id', event_id,
-                   'transaction_id', transaction_id::text, 'sequence', sequence) ORDER BY revision)
+                   'transaction_id', transaction_id::text, 'sequence', sequence, 'hash', metadata->>'hash')
+                   ORDER BY revision)
               FROM events WHERE event_id = ANY($2::uuid[])) AS existing,
            head.revision AS head_revision, head.hash AS head_hash
          FROM (SELECT 1) AS one
@@ -208,6 +210,7 @@ export class PostgresEventStore implements EventStore {
       return {
         nextRevision: firstRevision + events.length - 1,
         position: encodePosition(BigInt(last.transaction_id), BigInt(last.sequence)),
+        hash: hashes.at(-1)!,
       };
     } catch (error) {
       await client.query('ROLLBACK').catch(() => (broken = true));
@@ -249,6 +252,7 @@ export class PostgresEventStore implements EventStore {
       transaction_id: string;
       sequence: number;
       event_id: string;
+      hash: string;
     }>,
   ): AppendResult {
     const sameAppend =
@@ -260,6 +264,7 @@ export class PostgresEventStore implements EventStore {
     return {
       nextRevision: last.revision,
       position: encodePosition(BigInt(last.transaction_id), BigInt(last.sequence)),
+      hash: last.hash,
     };
   }
 
