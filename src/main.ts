@@ -21,7 +21,7 @@ import type { Registry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import { MemoryRateLimiter, RedisRateLimiter, type RateLimiter } from './infra/rateLimit/rateLimiter.js';
 import { bearerAuthenticator, registerIdentityRoutes } from './commands/identity/routes.js';
-import { projectionMetrics, runProjection } from './projections/projectionRunner.js';
+import { projectionMetrics, runProjections } from './projections/projectionRunner.js';
 import { PROJECTIONS } from './projections/index.js';
 import { projectionReached } from './projections/watermark.js';
 import { createHandlerRegistry } from './workers/handlers/index.js';
@@ -293,10 +293,8 @@ export async function startService(
     }
     if (roles.includes('projector')) {
       const metrics = projectionMetrics(infrastructure.metrics);
-      for (const projection of PROJECTIONS) {
-        const consumer = await runProjection({ ...infrastructure, projection, metrics });
-        stops.push(() => consumer.stop());
-      }
+      const consumer = await runProjections({ ...infrastructure, projections: PROJECTIONS, metrics });
+      stops.push(() => consumer.stop());
     }
     // Signed anchors of the log, on a schedule. Several processes doing it is harmless (expected revisions).
     if (roles.includes('projector') && config.audit.privateKey) {

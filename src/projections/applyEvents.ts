@@ -24,6 +24,21 @@ export interface ApplyEventsOptions {
    * upsert, which saves a write of every guard row.
    */
   exclusive?: boolean;
+  /**
+   * How a write the database refuses (a constraint, a bad value) is handled. `savepoint` (the default): the
+   * batch's writes run in a savepoint, and a refusal is answered by applying the batch again one event at a time.
+   * `throw`: no savepoint (two round trips fewer), and a refusal throws a {@link BatchRefusedError}, which has
+   * left the transaction aborted: the caller rolls back and applies the batch again with `savepoint`.
+   */
+  onRefusal?: 'savepoint' | 'throw';
+}
+
+/** The database refused a batch applied without a savepoint: roll back, and apply it again with one. */
+export class BatchRefusedError extends Error {
+  override name = 'BatchRefusedError';
+  constructor(readonly refusal: unknown) {
+    super('the database refused a projection batch; apply it again event by event');
+  }
 }
 
 /**
@@ -72,19 +87,24 @@ export async function applyEvents(
       const bad = new Map<number, unknown>();
       const indexOf = new Map(fresh.map((index) => [events[index]!, index]));
       const onBadEvent = (event: RecordedEvent, error: unknown) => bad.set(indexOf.get(event)!, error);
-      await client.query('SAVEPOINT apply_batch');
-      try {
-        staleKeys = await projection.project(
-          client,
-          fresh.map((i) => events[i]!),
-          onBadEvent,
-        );
-        await client.query('RELEASE SAVEPOINT apply_batch');
-      } catch (error) {
-        if (!isDataError(error)) throw error;
-        await client.query('ROLLBACK TO SAVEPOINT apply_batch');
-        bad.clear();
-        staleKeys = await applyOneByOne(client, projection, fresh, events, bad, onBadEvent);
+      const batch = fresh.map((i) => events[i]!);
+      if (options.onRefusal === 'throw') {
+        try {
+          staleKeys = await projection.project(client, batch, onBadEvent);
+        } catch (error) {
+          throw isDataError(error) ? new BatchRefusedError(error) : error;
+        }
+      } else {
+        await client.query('SAVEPOINT apply_batch');
+        try {
+          staleKeys = await projection.project(client, batch, onBadEvent);
+          await client.query('RELEASE SAVEPOINT apply_batch');
+        } catch (error) {
+          if (!isDataError(error)) throw error;
+          await client.query('ROLLBACK TO SAVEPOINT apply_batch');
+          bad.clear();
+          staleKeys = await applyOneByOne(client, projection, fresh, events, bad, onBadEvent);
+        }
       }
       for (const [index, error] of bad) {
         outcomes[index] = 'bad_data';
@@ -100,17 +120,25 @@ export async function applyEvents(
           'projection skipped an event it cannot use',
         );
       }
-      // A bad event still moves its stream's guard: it would be just as bad when delivered again.
-      await writeGuards(client, projection.name, [...newest.values()], options.exclusive ?? false);
+      // A bad event still moves its stream's guard: it would be just as bad when delivered again. The partition's
+      // position moves in the same statement.
+      await writeGuards(client, projection.name, [...newest.values()], options.exclusive ?? false, {
+        partition: options.partition,
+        position: newestPosition(events),
+      });
+      return { outcomes, staleKeys: [...new Set(staleKeys)] };
     }
   }
 
-  if (options.partition !== null && events.length > 0) {
-    let position = events[0]!.position;
-    for (const event of events) if (event.position > position) position = event.position;
-    await recordPartitionPosition(client, projection.name, options.partition, position);
-  }
+  if (options.partition !== null && events.length > 0)
+    await recordPartitionPosition(client, projection.name, options.partition, newestPosition(events));
   return { outcomes, staleKeys: [...new Set(staleKeys)] };
+}
+
+function newestPosition(events: readonly RecordedEvent[]): string {
+  let position = events[0]!.position;
+  for (const event of events) if (event.position > position) position = event.position;
+  return position;
 }
 
 /** The careful path, as applyOnce used to go: each event in a savepoint of its own. */
@@ -173,11 +201,13 @@ async function readGuards(
   return new Map(rows.map((row) => [row.stream_id, row.revision]));
 }
 
+/** The guards, and with `partition` not null the partition's position too (one statement, one round trip). */
 async function writeGuards(
   client: PoolClient,
   projection: string,
   newest: readonly RecordedEvent[],
   exclusive: boolean,
+  { partition, position }: { partition: number | null; position: string },
 ) {
   const values = [
     projection,
@@ -185,19 +215,30 @@ async function writeGuards(
     newest.map((e) => e.revision),
     newest.map((e) => e.position),
   ];
-  await client.query(
-    exclusive
-      ? `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
-         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[])
-         ON CONFLICT (projection, stream_id) DO UPDATE SET revision = excluded.revision, position = excluded.position`
-      : `UPDATE projection_stream_progress p SET revision = i.revision, position = i.position
-           FROM unnest($2::text[], $3::bigint[], $4::text[]) AS i (stream_id, revision, position)
-          WHERE p.projection = $1 AND p.stream_id = i.stream_id`,
-    values,
-  );
+  const guards = exclusive
+    ? `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
+       SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[])
+       ON CONFLICT (projection, stream_id) DO UPDATE SET revision = excluded.revision, position = excluded.position`
+    : `UPDATE projection_stream_progress p SET revision = i.revision, position = i.position
+         FROM unnest($2::text[], $3::bigint[], $4::text[]) AS i (stream_id, revision, position)
+        WHERE p.projection = $1 AND p.stream_id = i.stream_id`;
+  if (partition === null) {
+    await client.query(guards, values);
+    return;
+  }
+  await client.query(`WITH guards AS (${guards} RETURNING 1) ${positionUpsert('$5', '$6')}`, [
+    ...values,
+    partition,
+    position,
+  ]);
 }
 
-/** Only moves forward: partitions are consumed in order, but a lazy write of an older position may come late. */
+/** Moves a partition's position of projection $1, only ever forward. */
+const positionUpsert = (partition: string, position: string) =>
+  `INSERT INTO projection_partition_positions (projection, partition, position) VALUES ($1, ${partition}, ${position})
+   ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
+   WHERE projection_partition_positions.position < excluded.position`;
+
 /** Several partitions' positions of one projection in one statement, each only ever moving forward. */
 export async function recordPartitionPositions(
   client: Pick<PoolClient, 'query'>,
@@ -214,16 +255,12 @@ export async function recordPartitionPositions(
   );
 }
 
+/** Only moves forward: partitions are consumed in order, but a lazy write of an older position may come late. */
 export async function recordPartitionPosition(
   client: Pick<PoolClient, 'query'>,
   projection: string,
   partition: number,
   position: string,
 ): Promise<void> {
-  await client.query(
-    `INSERT INTO projection_partition_positions (projection, partition, position) VALUES ($1, $2, $3)
-     ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
-     WHERE projection_partition_positions.position < excluded.position`,
-    [projection, partition, position],
-  );
+  await client.query(positionUpsert('$2', '$3'), [projection, partition, position]);
 }

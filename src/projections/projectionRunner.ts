@@ -6,6 +6,7 @@ import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import {
   applyEvents,
+  BatchRefusedError,
   recordPartitionPositions,
   type AppliedBatch,
   type ApplyOutcome,
@@ -46,14 +47,25 @@ export function projectionMetrics(registry: Registry): ProjectionMetrics {
 }
 
 /** A batch in one transaction: the read-model change, the stream guards and the partition position commit together. */
-export const applyBatchOnce = (
+export async function applyBatchOnce(
   pool: Pool,
   projection: Projection,
   events: readonly RecordedEvent[],
   logger: Logger,
   partition = 0,
-): Promise<AppliedBatch> =>
-  inTransaction(pool, (client) => applyEvents(client, projection, events, { logger, partition }));
+): Promise<AppliedBatch> {
+  try {
+    // Without a savepoint first: a batch the database refuses is rare, and then applied again, carefully.
+    return await inTransaction(pool, (client) =>
+      applyEvents(client, projection, events, { logger, partition, onRefusal: 'throw' }),
+    );
+  } catch (error) {
+    if (!(error instanceof BatchRefusedError)) throw error;
+    return inTransaction(pool, (client) =>
+      applyEvents(client, projection, events, { logger, partition, onRefusal: 'savepoint' }),
+    );
+  }
+}
 
 /**
  * Applies one event exactly once (a batch of one): data the projection cannot use is logged, counted and skipped,
@@ -71,51 +83,78 @@ export async function applyOnce(
   return { outcome: outcomes[0]!, staleKeys };
 }
 
-export async function runProjection(options: {
+/**
+ * The projector: one consumer for every read model, so each event is fetched and decoded once, not once per read
+ * model. A batch goes to each projection that wants any of its events, in parallel (each in its own transaction,
+ * with its own guards and positions); the others record the batch's position lazily. A failure of any one makes
+ * the bus redeliver the batch to all: those that applied it already skip it by their guards.
+ *
+ * The consumer group is named for the set of projections (`projection.refresh_tokens+tasks+users`), so every
+ * member of a group runs the same set; a single projection keeps its old group name, `projection.<name>`.
+ */
+export async function runProjections(options: {
   bus: EventBus;
   pool: Pool;
   cache: Cache;
-  projection: Projection;
+  projections: readonly Projection[];
   logger: Logger;
   metrics: ProjectionMetrics;
   /** Events per transaction at most. */
   maxBatchSize?: number;
 }): Promise<RunningConsumer> {
-  const { bus, pool, cache, projection, logger, metrics } = options;
-  // A batch of events this projection ignores still moves its per-partition position (so readers waiting for a
-  // position are not kept waiting by someone else's events), but lazily: at most one write per partition every
+  const { bus, pool, cache, projections, logger, metrics } = options;
+  if (projections.length === 0) throw new Error('runProjections needs at least one projection');
+  // A batch of events a projection ignores still moves its per-partition position (so readers waiting for a
+  // position are not kept waiting by someone else's events), but lazily: at most one write per projection every
   // 250 ms, every partition in one statement. That is safe because a partition is consumed in order: everything
   // before an ignored event is applied.
-  const ignoredUpTo = new Map<number, string>();
+  const ignoredUpTo = new Map(projections.map((projection) => [projection.name, new Map<number, string>()]));
   let flushTimer: NodeJS.Timeout | null = null;
   const flushIgnored = async () => {
     flushTimer = null;
-    const pending = new Map(ignoredUpTo);
-    ignoredUpTo.clear();
-    await recordPartitionPositions(pool, projection.name, pending).catch((error) =>
-      logger.warn({ err: error, projection: projection.name }, 'could not record a projection position'),
+    await Promise.all(
+      projections.map(async ({ name }) => {
+        const positions = ignoredUpTo.get(name)!;
+        if (positions.size === 0) return;
+        const pending = new Map(positions);
+        positions.clear();
+        await recordPartitionPositions(pool, name, pending).catch((error) =>
+          logger.warn({ err: error, projection: name }, 'could not record a projection position'),
+        );
+      }),
     );
   };
+
+  const applyTo = async (projection: Projection, events: RecordedEvent[], partition: number) => {
+    if (!events.some((event) => projection.eventTypes.has(event.type))) {
+      ignoredUpTo.get(projection.name)!.set(partition, events[events.length - 1]!.position);
+      flushTimer ??= setTimeout(() => void flushIgnored(), 250);
+      return;
+    }
+    const { outcomes, staleKeys } = await applyBatchOnce(pool, projection, events, logger, partition);
+    const counts = { applied: 0, duplicate: 0, bad_data: 0, ignored: 0 };
+    for (const outcome of outcomes) counts[outcome]++;
+    if (counts.applied > 0) metrics.applied.inc({ projection: projection.name }, counts.applied);
+    if (counts.duplicate > 0)
+      metrics.skipped.inc({ projection: projection.name, reason: 'duplicate' }, counts.duplicate);
+    if (counts.bad_data > 0)
+      metrics.skipped.inc({ projection: projection.name, reason: 'bad_data' }, counts.bad_data);
+    // After the commit, in one round trip: a reader between commit and delete sees the old cached value for an
+    // instant, never a value that outlives the change.
+    if (staleKeys.length > 0) await cache.delete(...staleKeys);
+  };
+
+  const names = projections.map((projection) => projection.name).sort();
   const consumer = await bus.consumeBatches({
-    group: `projection.${projection.name}`,
+    group: `projection.${names.join('+')}`,
     maxBatchSize: options.maxBatchSize ?? 500,
     handleBatch: async (events, { partition }) => {
-      if (!events.some((event) => projection.eventTypes.has(event.type))) {
-        ignoredUpTo.set(partition, events[events.length - 1]!.position);
-        flushTimer ??= setTimeout(() => void flushIgnored(), 250);
-        return;
-      }
-      const { outcomes, staleKeys } = await applyBatchOnce(pool, projection, events, logger, partition);
-      const counts = { applied: 0, duplicate: 0, bad_data: 0, ignored: 0 };
-      for (const outcome of outcomes) counts[outcome]++;
-      if (counts.applied > 0) metrics.applied.inc({ projection: projection.name }, counts.applied);
-      if (counts.duplicate > 0)
-        metrics.skipped.inc({ projection: projection.name, reason: 'duplicate' }, counts.duplicate);
-      if (counts.bad_data > 0)
-        metrics.skipped.inc({ projection: projection.name, reason: 'bad_data' }, counts.bad_data);
-      // After the commit, in one round trip: a reader between commit and delete sees the old cached value for an
-      // instant, never a value that outlives the change.
-      if (staleKeys.length > 0) await cache.delete(...staleKeys);
+      // Every projection is given the batch even when one fails (allSettled), so a retry redoes only what failed.
+      const results = await Promise.allSettled(
+        projections.map((projection) => applyTo(projection, events, partition)),
+      );
+      const failed = results.find((result) => result.status === 'rejected');
+      if (failed) throw failed.reason;
     },
   });
   return {

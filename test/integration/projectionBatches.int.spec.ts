@@ -19,7 +19,7 @@ import {
   applyBatchOnce,
   applyOnce,
   projectionMetrics,
-  runProjection,
+  runProjections,
 } from '../../src/projections/projectionRunner.js';
 import type { Projection } from '../../src/projections/readModel.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
@@ -393,11 +393,11 @@ describe('projections in batches', function () {
     };
     const registry = new Registry();
     const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(one.pool), logger });
-    const running = await runProjection({
+    const running = await runProjections({
       bus,
       pool: one.pool,
       cache,
-      projection: flaky,
+      projections: [flaky],
       logger,
       metrics: projectionMetrics(registry),
       maxBatchSize: 1000,
@@ -423,5 +423,64 @@ describe('projections in batches', function () {
       `SELECT position FROM projection_partition_positions WHERE projection = 'tasks' AND partition = 0`,
     );
     expect(rows).to.deep.equal([{ position: events[events.length - 1]!.position }]);
+  });
+
+  it('feeds every read model from one consumer: a failure of one redelivers the batch, the others skip it', async () => {
+    const events = await record(history());
+    await oneByOne(batched.pool, events);
+    const expected = await snapshot(batched.pool);
+
+    let failures = 1;
+    const flakyTasks: Projection = {
+      ...tasksProjection,
+      async project(client, batch, onBadEvent) {
+        const keys = await tasksProjection.project(client, batch, onBadEvent);
+        if (failures-- > 0) throw Object.assign(new Error('terminating connection'), { code: '57P01' });
+        return keys;
+      },
+    };
+    const projections = PROJECTIONS.map((p) => (p.name === 'tasks' ? flakyTasks : p));
+    const registry = new Registry();
+    const cache = new MemoryCache({
+      maxEntries: 100,
+      defaultTtlSeconds: 60,
+      metrics: cacheMetrics(new Registry()),
+    });
+    const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(one.pool), logger });
+    const running = await runProjections({
+      bus,
+      pool: one.pool,
+      cache,
+      projections,
+      logger,
+      metrics: projectionMetrics(registry),
+      maxBatchSize: 1000,
+    });
+    const valuesOf = async (name: string) =>
+      (await registry.getSingleMetric(name)!.get()).values.map((v) => ({ labels: v.labels, value: v.value }));
+    const userEvents = events.filter((e) => usersProjection.eventTypes.has(e.type)).length;
+    try {
+      const deadline = Date.now() + 20000;
+      while (
+        !(await valuesOf('projection_events_applied_total')).some((v) => v.labels.projection === 'tasks')
+      ) {
+        if (Date.now() > deadline) throw new Error('the projector did not apply the task events');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    } finally {
+      await running.stop();
+    }
+    expect(failures).to.be.below(0);
+    // Every read model equals the one-by-one reference, positions of ignored events included.
+    expect(await snapshot(one.pool)).to.deep.equal(expected);
+    // The users projection had applied the batch when the tasks projection failed: the redelivery found it done.
+    const skipped = await valuesOf('projection_events_skipped_total');
+    expect(skipped).to.deep.include({
+      labels: { projection: 'users', reason: 'duplicate' },
+      value: userEvents,
+    });
+    // One consumer, so one checkpoint, named for the set of read models.
+    const { rows } = await one.pool.query(`SELECT name FROM log_checkpoints WHERE name LIKE 'consumer:%'`);
+    expect(rows).to.deep.equal([{ name: 'consumer:projection.refresh_tokens+tasks+users' }]);
   });
 });

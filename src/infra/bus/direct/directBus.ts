@@ -42,16 +42,24 @@ export class DirectBus implements EventBus {
     });
   }
 
-  consumeBatches({ group, handleBatch, maxBatchSize }: ConsumeBatchesOptions): Promise<RunningConsumer> {
+  consumeBatches({
+    group,
+    handleBatch,
+    maxBatchSize,
+    types,
+  }: ConsumeBatchesOptions): Promise<RunningConsumer> {
     return this.run(group, async function* (events, signal, onFailure) {
       // What the log read brought at once (a page of it), up to the maximum, is one batch.
       for await (const batch of asyncBatches(events, Math.max(1, maxBatchSize))) {
-        const done = await retryUntilDone(
-          () => handleBatch(batch, { partition: 0 }),
-          signal,
-          (error, attempt) => onFailure(error, attempt, batch[0]!),
-        );
-        if (!done) return;
+        const wanted = types ? batch.filter((event) => types.has(event.type)) : batch;
+        if (wanted.length > 0) {
+          const done = await retryUntilDone(
+            () => handleBatch(wanted, { partition: 0 }),
+            signal,
+            (error, attempt) => onFailure(error, attempt, wanted[0]!),
+          );
+          if (!done) return;
+        }
         yield batch[batch.length - 1]!.position;
       }
     });

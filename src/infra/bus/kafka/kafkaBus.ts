@@ -17,8 +17,19 @@ export interface KafkaBusOptions {
   logger: Logger;
   /** How long a fetch waits for data on a quiet topic; lower means less latency, more requests. */
   maxWaitTimeInMs?: number;
-  /** Partitions a batch consumer handles at once (each in order); more means more database connections busy. */
+  /**
+   * Partitions a batch consumer handles at once (each in order); more means more database connections busy.
+   * Default: the configured partition count.
+   */
   partitionsConsumedConcurrently?: number;
+}
+
+/** False only when the message's `type` header names a type not wanted; a message without one is decoded to tell. */
+function wanted(types: ReadonlySet<string>, message: KafkaMessage): boolean {
+  const header = message.headers?.type;
+  if (header === undefined) return true;
+  const type = Array.isArray(header) ? header[0] : header;
+  return type === undefined || types.has(type.toString());
 }
 
 class StoppedError extends Error {
@@ -135,7 +146,12 @@ export class KafkaBus implements EventBus {
    * eachBatch, cut into pieces of at most `maxBatchSize`; a piece's offsets are resolved only after its handler
    * returned. Partitions are handled in parallel (each in order), which keeps every stream in order.
    */
-  consumeBatches({ group, handleBatch, maxBatchSize }: ConsumeBatchesOptions): Promise<RunningConsumer> {
+  consumeBatches({
+    group,
+    handleBatch,
+    maxBatchSize,
+    types,
+  }: ConsumeBatchesOptions): Promise<RunningConsumer> {
     const onFailure = this.retryLogger(group);
     const size = Math.max(1, maxBatchSize);
     return this.join(group, (consumer, signal) =>
@@ -143,7 +159,10 @@ export class KafkaBus implements EventBus {
         autoCommit: true,
         autoCommitInterval: 500,
         eachBatchAutoResolve: false,
-        partitionsConsumedConcurrently: this.options.partitionsConsumedConcurrently ?? 2,
+        // Every partition at once by default: a batch's time is mostly round trips, so partitions taken in turns
+        // add their times up in the latency of the last one.
+        partitionsConsumedConcurrently:
+          this.options.partitionsConsumedConcurrently ?? this.options.settings.partitions,
         eachBatch: async ({
           batch,
           resolveOffset,
@@ -157,7 +176,11 @@ export class KafkaBus implements EventBus {
             // A rebalance took the partition away: its next owner starts from the last resolved offset.
             if (!isRunning() || isStale()) return;
             const piece = messages.slice(start, start + size);
-            const events = piece.flatMap((message) => this.decode(group, partition, message) ?? []);
+            const events = piece.flatMap((message) => {
+              if (types && !wanted(types, message)) return [];
+              const event = this.decode(group, partition, message);
+              return event && (!types || types.has(event.type)) ? [event] : [];
+            });
             if (events.length > 0) {
               const done = await retryUntilDone(
                 () => handleBatch(events, { partition }),
