@@ -1,4 +1,5 @@
 import type { PoolClient } from '../infra/db/pool.js';
+import { prepared } from '../infra/db/prepared.js';
 import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import { isDataError, type Projection } from './readModel.js';
@@ -180,11 +181,13 @@ async function lockGuards(
   // Sorted, so two batches lock shared streams in one order.
   const unique = [...new Set(streams)].sort();
   const { rows } = await client.query<{ stream_id: string; revision: number }>(
-    `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
-     SELECT $1, s, -1, '' FROM unnest($2::text[]) AS s
-     ON CONFLICT (projection, stream_id) DO UPDATE SET revision = p.revision
-     RETURNING stream_id, revision`,
-    [projection, unique],
+    prepared(
+      `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
+       SELECT $1, s, -1, '' FROM unnest($2::text[]) AS s
+       ON CONFLICT (projection, stream_id) DO UPDATE SET revision = p.revision
+       RETURNING stream_id, revision`,
+      [projection, unique],
+    ),
   );
   return new Map(rows.map((row) => [row.stream_id, row.revision]));
 }
@@ -223,14 +226,16 @@ async function writeGuards(
          FROM unnest($2::text[], $3::bigint[], $4::text[]) AS i (stream_id, revision, position)
         WHERE p.projection = $1 AND p.stream_id = i.stream_id`;
   if (partition === null) {
-    await client.query(guards, values);
+    await client.query(prepared(guards, values));
     return;
   }
-  await client.query(`WITH guards AS (${guards} RETURNING 1) ${positionUpsert('$5', '$6')}`, [
-    ...values,
-    partition,
-    position,
-  ]);
+  await client.query(
+    prepared(`WITH guards AS (${guards} RETURNING 1) ${positionUpsert('$5', '$6')}`, [
+      ...values,
+      partition,
+      position,
+    ]),
+  );
 }
 
 /** Moves a partition's position of projection $1, only ever forward. */
@@ -247,11 +252,13 @@ export async function recordPartitionPositions(
 ): Promise<void> {
   if (positions.size === 0) return;
   await client.query(
-    `INSERT INTO projection_partition_positions (projection, partition, position)
-     SELECT $1, partition, position FROM unnest($2::int[], $3::text[]) AS p(partition, position)
-     ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
-     WHERE projection_partition_positions.position < excluded.position`,
-    [projection, [...positions.keys()], [...positions.values()]],
+    prepared(
+      `INSERT INTO projection_partition_positions (projection, partition, position)
+       SELECT $1, partition, position FROM unnest($2::int[], $3::text[]) AS p(partition, position)
+       ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
+       WHERE projection_partition_positions.position < excluded.position`,
+      [projection, [...positions.keys()], [...positions.values()]],
+    ),
   );
 }
 
@@ -262,5 +269,5 @@ export async function recordPartitionPosition(
   partition: number,
   position: string,
 ): Promise<void> {
-  await client.query(positionUpsert('$2', '$3'), [projection, partition, position]);
+  await client.query(prepared(positionUpsert('$2', '$3'), [projection, partition, position]));
 }

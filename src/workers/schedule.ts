@@ -1,4 +1,5 @@
 import type { Pool } from '../infra/db/pool.js';
+import { prepared } from '../infra/db/prepared.js';
 import {
   WrongExpectedRevisionError,
   type EventContext,
@@ -97,6 +98,7 @@ export async function claimDueTasks(
   const fullQueues = [...request.roomByQueue].filter(([, room]) => room <= 0).map(([queue]) => queue);
   if (request.limit <= 0) return [];
   const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
+  // Not prepared: with LIMIT a parameter, a generic plan could sort every pending row instead of walking the index.
   const { rows } = await pool.query<StreamEventRow & { task_id: string; queue: string }>(
     `WITH due AS (
        SELECT task_id FROM task_schedule
@@ -186,18 +188,22 @@ const CLAIM_LEASE_MS = 30_000;
 async function giveBackClaims(pool: Pool, workerId: string, taskIds: readonly string[]): Promise<void> {
   if (taskIds.length === 0) return;
   await pool.query(
-    `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
-      WHERE task_id = ANY($1::uuid[]) AND status = 'claimed' AND worker_id = $2`,
-    [taskIds, workerId],
+    prepared(
+      `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
+        WHERE task_id = ANY($1::uuid[]) AND status = 'claimed' AND worker_id = $2`,
+      [taskIds, workerId],
+    ),
   );
 }
 
 /** Claims whose worker vanished between marking the rows and appending TaskStarted: back to `pending`. */
 export async function releaseAbandonedClaims(pool: Pool, now: Date): Promise<number> {
   const { rowCount } = await pool.query(
-    `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
-      WHERE status = 'claimed' AND lease_until < $1`,
-    [now],
+    prepared(
+      `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
+        WHERE status = 'claimed' AND lease_until < $1`,
+      [now],
+    ),
   );
   return rowCount ?? 0;
 }
@@ -229,9 +235,11 @@ export async function msUntilNextDue(
   onlyQueues: readonly string[],
 ): Promise<number | null> {
   const { rows } = await pool.query<{ run_at: Date | null }>(
-    `SELECT min(run_at) AS run_at FROM task_schedule WHERE status = 'pending' AND run_at > $1
-       AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
-    [now, onlyQueues],
+    prepared(
+      `SELECT min(run_at) AS run_at FROM task_schedule WHERE status = 'pending' AND run_at > $1
+         AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
+      [now, onlyQueues],
+    ),
   );
   const runAt = rows[0]?.run_at;
   return runAt ? runAt.getTime() - now.getTime() : null;
@@ -257,11 +265,13 @@ export async function attemptsNoLongerOurs(
 ): Promise<string[]> {
   if (attempts.length === 0) return [];
   const { rows } = await pool.query<{ task_id: string }>(
-    `SELECT r.task_id FROM unnest($1::uuid[], $2::int[]) AS r(task_id, attempt)
-      WHERE NOT EXISTS (SELECT 1 FROM task_schedule s
-                         WHERE s.task_id = r.task_id AND s.status = 'running' AND s.attempt = r.attempt
-                           AND s.worker_id = $3)`,
-    [attempts.map((a) => a.taskId), attempts.map((a) => a.attempt), workerId],
+    prepared(
+      `SELECT r.task_id FROM unnest($1::uuid[], $2::int[]) AS r(task_id, attempt)
+        WHERE NOT EXISTS (SELECT 1 FROM task_schedule s
+                           WHERE s.task_id = r.task_id AND s.status = 'running' AND s.attempt = r.attempt
+                             AND s.worker_id = $3)`,
+      [attempts.map((a) => a.taskId), attempts.map((a) => a.attempt), workerId],
+    ),
   );
   return rows.map((row) => row.task_id);
 }

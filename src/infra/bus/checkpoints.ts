@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Pool } from '../db/pool.js';
+import { prepared } from '../db/prepared.js';
 
 type Queryable = Pool | pg.ClientBase;
 import type { Position } from '../eventStore/eventStore.js';
@@ -19,10 +20,12 @@ export class LogCheckpoints {
   /** Only moves forward, so a slow, stale writer cannot drag a checkpoint back. */
   async save(name: string, position: Position, client: Queryable = this.pool): Promise<void> {
     await client.query(
-      `INSERT INTO log_checkpoints (name, position) VALUES ($1, $2)
-       ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
-       WHERE log_checkpoints.position < excluded.position`,
-      [name, position],
+      prepared(
+        `INSERT INTO log_checkpoints (name, position) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
+         WHERE log_checkpoints.position < excluded.position`,
+        [name, position],
+      ),
     );
   }
 }

@@ -5,6 +5,7 @@ import type { Position } from '../../infra/eventStore/eventStore.js';
 import type { TaskStatus } from '../../commands/tasks/events.js';
 import { taskResource, type TaskResource } from '../../commands/tasks/resource.js';
 import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from '../../projections/tasks/projection.js';
+import { prepared } from '../../infra/db/prepared.js';
 
 /** The same representation the task commands answer with: one definition, so the two cannot drift apart. */
 export type TaskView = TaskResource;
@@ -82,7 +83,9 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
   const { pool, cache } = deps;
 
   const readRow = async (id: string): Promise<TaskSnapshot | null> => {
-    const { rows } = await pool.query<TaskRow>(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1`, [id]);
+    const { rows } = await pool.query<TaskRow>(
+      prepared(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1`, [id]),
+    );
     const row = rows[0];
     return row ? { task: rowView(row), position: row.last_position } : null;
   };

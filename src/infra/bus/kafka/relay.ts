@@ -4,6 +4,7 @@ import type { EventStore, RecordedEvent } from '../../eventStore/eventStore.js';
 import type { Logger } from '../../logger.js';
 import type { LogCheckpoints } from '../checkpoints.js';
 import { asyncBatches } from '../../asyncBatches.js';
+import { prepared } from '../../db/prepared.js';
 import { backoffMs, sleep } from '../../abort.js';
 import {
   defaultPartitioner,
@@ -111,10 +112,12 @@ export class KafkaRelay {
     await client.query('BEGIN');
     try {
       await client.query(
-        `INSERT INTO relay_partition_heads (partition, position) SELECT * FROM unnest($1::int[], $2::text[])
-         ON CONFLICT (partition) DO UPDATE SET position = excluded.position
-         WHERE relay_partition_heads.position < excluded.position`,
-        [[...heads.keys()], [...heads.values()]],
+        prepared(
+          `INSERT INTO relay_partition_heads (partition, position) SELECT * FROM unnest($1::int[], $2::text[])
+           ON CONFLICT (partition) DO UPDATE SET position = excluded.position
+           WHERE relay_partition_heads.position < excluded.position`,
+          [[...heads.keys()], [...heads.values()]],
+        ),
       );
       await this.options.checkpoints.save(RELAY_CHECKPOINT, checkpoint, client);
       await client.query('COMMIT');

@@ -22,6 +22,7 @@ import {
   type RecordedEvent,
   type SubscribeOptions,
 } from '../eventStore.js';
+import { prepared } from '../../db/prepared.js';
 
 const NOTIFY_CHANNEL = 'task_manager_events';
 /** Appends in one process announce themselves to other processes at most this often. */
@@ -237,9 +238,11 @@ export class PostgresEventStore implements EventStore {
     clearTimeout(this.notifyTimer);
     if (!this.notifyPending) return;
     this.notifyPending = false;
-    await this.options.pool.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, '']).catch((error) => {
-      this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
-    });
+    await this.options.pool
+      .query(prepared('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, '']))
+      .catch((error) => {
+        this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
+      });
   }
 
   /** The same events appended again (a retried request): answer as the first append did, write nothing. */
@@ -270,16 +273,17 @@ export class PostgresEventStore implements EventStore {
 
   private async head(streamId: string): Promise<number | null> {
     const { rows } = await this.options.pool.query<{ revision: number | null }>(
-      'SELECT max(revision) AS revision FROM events WHERE stream_id = $1',
-      [streamId],
+      prepared('SELECT max(revision) AS revision FROM events WHERE stream_id = $1', [streamId]),
     );
     return rows[0]?.revision ?? null;
   }
 
   async readStream(streamId: string, options: { fromRevision?: number } = {}): Promise<RecordedEvent[]> {
     const { rows } = await this.options.pool.query<EventRow>(
-      `SELECT ${EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND revision >= $2 ORDER BY revision`,
-      [streamId, options.fromRevision ?? 0],
+      prepared(
+        `SELECT ${EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND revision >= $2 ORDER BY revision`,
+        [streamId, options.fromRevision ?? 0],
+      ),
     );
     return rows.map(toRecordedEvent);
   }
@@ -288,13 +292,16 @@ export class PostgresEventStore implements EventStore {
     const { high, low } = after ? decodePosition(after) : { high: 0n, low: 0n };
     const { rows } = await this.options.pool.query<EventRow>(
       // Only below every transaction that may still commit events "in the past": events_safe_horizon()
-      // (migrations/0011) is pg_snapshot_xmin without the running transactions that cannot write events.
-      `SELECT ${EVENT_COLUMNS} FROM events
-        WHERE (transaction_id, sequence) > ($1::text::xid8, $2::bigint)
-          AND transaction_id < (SELECT events_safe_horizon())
-        ORDER BY transaction_id, sequence
-        LIMIT $3`,
-      [high.toString(), low.toString(), limit],
+      // (migrations/0011) is pg_snapshot_xmin without the running transactions that cannot write events. The
+      // limit is in the text, not a parameter, so the prepared statement's plan knows it (pages are a few sizes).
+      prepared(
+        `SELECT ${EVENT_COLUMNS} FROM events
+          WHERE (transaction_id, sequence) > ($1::text::xid8, $2::bigint)
+            AND transaction_id < (SELECT events_safe_horizon())
+          ORDER BY transaction_id, sequence
+          LIMIT ${Math.max(1, Math.floor(limit))}`,
+        [high.toString(), low.toString()],
+      ),
     );
     return rows.map(toRecordedEvent);
   }
