@@ -181,13 +181,11 @@ async function lockGuards(
   // Sorted, so two batches lock shared streams in one order.
   const unique = [...new Set(streams)].sort();
   const { rows } = await client.query<{ stream_id: string; revision: number }>(
-    prepared(
-      `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
-       SELECT $1, s, -1, '' FROM unnest($2::text[]) AS s
-       ON CONFLICT (projection, stream_id) DO UPDATE SET revision = p.revision
-       RETURNING stream_id, revision`,
-      [projection, unique],
-    ),
+    `INSERT INTO projection_stream_progress AS p (projection, stream_id, revision, position)
+     SELECT $1, s, -1, '' FROM unnest($2::text[]) AS s
+     ON CONFLICT (projection, stream_id) DO UPDATE SET revision = p.revision
+     RETURNING stream_id, revision`,
+    [projection, unique],
   );
   return new Map(rows.map((row) => [row.stream_id, row.revision]));
 }
@@ -226,16 +224,16 @@ async function writeGuards(
          FROM unnest($2::text[], $3::bigint[], $4::text[]) AS i (stream_id, revision, position)
         WHERE p.projection = $1 AND p.stream_id = i.stream_id`;
   if (partition === null) {
-    await client.query(prepared(guards, values));
+    await client.query(guards, values);
     return;
   }
-  await client.query(
-    prepared(`WITH guards AS (${guards} RETURNING 1) ${positionUpsert('$5', '$6')}`, [
-      ...values,
-      partition,
-      position,
-    ]),
-  );
+  // Not prepared, like every statement here that joins an array to a large table: a generic plan does not know
+  // the array's size.
+  await client.query(`WITH guards AS (${guards} RETURNING 1) ${positionUpsert('$5', '$6')}`, [
+    ...values,
+    partition,
+    position,
+  ]);
 }
 
 /** Moves a partition's position of projection $1, only ever forward. */

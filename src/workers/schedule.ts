@@ -99,11 +99,12 @@ export async function claimDueTasks(
   if (request.limit <= 0) return [];
   const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
   // Not prepared: with LIMIT a parameter, a generic plan could sort every pending row instead of walking the index.
+  // A worker of some queues only names them plainly, so the index by queue (migrations/0012) reads only theirs.
   const { rows } = await pool.query<StreamEventRow & { task_id: string; queue: string }>(
     `WITH due AS (
        SELECT task_id FROM task_schedule
         WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[]))
-          AND (cardinality($3::text[]) = 0 OR queue = ANY($3::text[]))
+          AND ${queueFilter(request.onlyQueues, '$3')}
         ORDER BY priority DESC, run_at, created_at
         LIMIT $4
         FOR UPDATE SKIP LOCKED
@@ -116,7 +117,14 @@ export async function claimDueTasks(
             e.metadata->>'hash' AS hash
        FROM claimed c JOIN events e ON e.stream_id = 'task-' || c.task_id::text
       ORDER BY e.stream_id, e.revision`,
-    [request.now, fullQueues, request.onlyQueues, request.limit, request.workerId, claimLeaseUntil],
+    [
+      request.now,
+      fullQueues,
+      queueParameter(request.onlyQueues),
+      request.limit,
+      request.workerId,
+      claimLeaseUntil,
+    ],
   );
   const streams = foldStreams(rows);
   // Room per queue: rows of a queue beyond what this worker may run go straight back.
@@ -181,6 +189,18 @@ export async function claimDueTasks(
   return claimed;
 }
 
+/**
+ * The queues a worker serves, as SQL: every queue (`true`), one (`queue = $n`, which the planner can seek in the
+ * index by queue in order) or several (`queue = ANY($n)`).
+ */
+function queueFilter(onlyQueues: readonly string[], parameter: string): string {
+  if (onlyQueues.length === 0) return `(${parameter}::text IS NULL)`;
+  return onlyQueues.length === 1 ? `queue = ${parameter}::text` : `queue = ANY(${parameter}::text[])`;
+}
+
+const queueParameter = (onlyQueues: readonly string[]): string | readonly string[] | null =>
+  onlyQueues.length === 0 ? null : onlyQueues.length === 1 ? onlyQueues[0]! : onlyQueues;
+
 /** How long a row may stay `claimed` before the reaper gives it back: far longer than a claim's two steps take. */
 const CLAIM_LEASE_MS = 30_000;
 
@@ -188,11 +208,9 @@ const CLAIM_LEASE_MS = 30_000;
 async function giveBackClaims(pool: Pool, workerId: string, taskIds: readonly string[]): Promise<void> {
   if (taskIds.length === 0) return;
   await pool.query(
-    prepared(
-      `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
-        WHERE task_id = ANY($1::uuid[]) AND status = 'claimed' AND worker_id = $2`,
-      [taskIds, workerId],
-    ),
+    `UPDATE task_schedule SET status = 'pending', worker_id = NULL, lease_until = NULL
+      WHERE task_id = ANY($1::uuid[]) AND status = 'claimed' AND worker_id = $2`,
+    [taskIds, workerId],
   );
 }
 
@@ -235,11 +253,9 @@ export async function msUntilNextDue(
   onlyQueues: readonly string[],
 ): Promise<number | null> {
   const { rows } = await pool.query<{ run_at: Date | null }>(
-    prepared(
-      `SELECT min(run_at) AS run_at FROM task_schedule WHERE status = 'pending' AND run_at > $1
-         AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
-      [now, onlyQueues],
-    ),
+    `SELECT min(run_at) AS run_at FROM task_schedule
+      WHERE status = 'pending' AND run_at > $1 AND ${queueFilter(onlyQueues, '$2')}`,
+    [now, queueParameter(onlyQueues)],
   );
   const runAt = rows[0]?.run_at;
   return runAt ? runAt.getTime() - now.getTime() : null;
@@ -265,13 +281,11 @@ export async function attemptsNoLongerOurs(
 ): Promise<string[]> {
   if (attempts.length === 0) return [];
   const { rows } = await pool.query<{ task_id: string }>(
-    prepared(
-      `SELECT r.task_id FROM unnest($1::uuid[], $2::int[]) AS r(task_id, attempt)
-        WHERE NOT EXISTS (SELECT 1 FROM task_schedule s
-                           WHERE s.task_id = r.task_id AND s.status = 'running' AND s.attempt = r.attempt
-                             AND s.worker_id = $3)`,
-      [attempts.map((a) => a.taskId), attempts.map((a) => a.attempt), workerId],
-    ),
+    `SELECT r.task_id FROM unnest($1::uuid[], $2::int[]) AS r(task_id, attempt)
+      WHERE NOT EXISTS (SELECT 1 FROM task_schedule s
+                         WHERE s.task_id = r.task_id AND s.status = 'running' AND s.attempt = r.attempt
+                           AND s.worker_id = $3)`,
+    [attempts.map((a) => a.taskId), attempts.map((a) => a.attempt), workerId],
   );
   return rows.map((row) => row.task_id);
 }

@@ -5,6 +5,7 @@ import { skipSuiteUnless } from '../support/skips.js';
 import { call, unavailableReason } from '../support/service.js';
 import { adminDatabaseUrl } from '../support/postgres.js';
 import {
+  LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   readLog,
@@ -73,13 +74,17 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
 
   it('loses no task while every connection of the service is killed again and again', async () => {
     const load = startLoad(client(), {
-      count: 300,
+      count: 300 * LOAD_FACTOR,
       concurrency: 8,
-      perSecond: 30,
+      perSecond: 30 * LOAD_FACTOR,
       spec: patientTask,
       retryable: TRANSIENT,
     });
-    await waitFor('the load to get going', async () => load.submitted >= 30 || undefined, 30000);
+    await waitFor(
+      'the load to get going',
+      async () => load.submitted >= 30 * LOAD_FACTOR || undefined,
+      30000,
+    );
     let killed = 0;
     let rounds = 0;
     for (const stopAt = Date.now() + 10000; Date.now() < stopAt; rounds++) {
@@ -94,20 +99,24 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
     );
     expect(load.failures, 'submissions that never got through').to.deep.equal([]);
     expect(load.rejections.get(500) ?? 0, '500 answers (a killed connection must be a 503)').to.equal(0);
-    expect(await waitUntilAllTerminal(stack.db, load.ids, 120000)).to.deep.equal({ done: 300 });
+    expect(await waitUntilAllTerminal(stack.db, load.ids, 120000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
   });
 
   it('answers 503 while the database is unreachable, and recovers without a restart', async () => {
     expectAlive();
     const load = startLoad(client(), {
-      count: 100,
+      count: 100 * LOAD_FACTOR,
       concurrency: 4,
-      perSecond: 20,
+      perSecond: 20 * LOAD_FACTOR,
       spec: patientTask,
       retryable: TRANSIENT,
       retryForMs: 90000,
     });
-    await waitFor('the load to get going', async () => load.submitted >= 20 || undefined, 30000);
+    await waitFor(
+      'the load to get going',
+      async () => load.submitted >= 20 * LOAD_FACTOR || undefined,
+      30000,
+    );
     const probeKey = `probe-${randomBytes(4).toString('hex')}`;
     const submitProbe = () =>
       call(api.url, 'POST', '/tasks', {

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
+  LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   readLog,
@@ -41,7 +42,7 @@ describe('fault: a projector process killed mid-batch', function () {
     };
 
     const first = await stack.roleProcess(['projector']);
-    const load = startLoad(stack, { count: 300, concurrency: 8, perSecond: 30 });
+    const load = startLoad(stack, { count: 300 * LOAD_FACTOR, concurrency: 8, perSecond: 30 * LOAD_FACTOR });
     await waitFor(
       '60 tasks projected',
       async () => ((await projectedOfLoad()) >= 60 ? true : undefined),
@@ -72,7 +73,7 @@ describe('fault: a projector process killed mid-batch', function () {
     await stack.roleProcess(['projector']);
     await load.done;
     expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(stack.db, load.ids, 120000)).to.deep.equal({ done: 300 });
+    expect(await waitUntilAllTerminal(stack.db, load.ids, 120000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
 
     const events = await readLog(stack);
     expect(checkHistories(events, load.ids).problems).to.deep.equal([]);

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import { call, unavailableReason } from '../support/service.js';
 import {
+  LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   metricTotal,
@@ -62,8 +63,8 @@ describe('fault: Redis stopped', function () {
     };
     const limitedAfterFailures = [...Array(MAX_FAILED_LOGINS).fill(401), 429];
 
-    const load = startLoad(s, { count: 240, concurrency: 6, perSecond: 20 });
-    await waitFor('some tasks', async () => load.submitted >= 40 || undefined, 30000);
+    const load = startLoad(s, { count: 240 * LOAD_FACTOR, concurrency: 6, perSecond: 20 * LOAD_FACTOR });
+    await waitFor('some tasks', async () => load.submitted >= 40 * LOAD_FACTOR || undefined, 30000);
 
     // With Redis up: the cache serves repeated reads, and failed logins are limited.
     const hitsBefore = await hits();
@@ -107,7 +108,7 @@ describe('fault: Redis stopped', function () {
 
     await load.done;
     expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(s.db, load.ids, 90000)).to.deep.equal({ done: 240 });
+    expect(await waitUntilAllTerminal(s.db, load.ids, 90000)).to.deep.equal({ done: 240 * LOAD_FACTOR });
     const events = await readLog(s);
     expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
     expect(await readModelDifferences(s, events)).to.deep.equal([]);

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
+  LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   readLog,
@@ -30,7 +31,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
 
   it('publishes every event after three crashes, the re-sent batches absorbed as duplicates', async () => {
     const relayConfig: Config = structuredClone(stack.config);
-    const load = startLoad(stack, { count: 300, concurrency: 8, perSecond: 30 });
+    const load = startLoad(stack, { count: 300 * LOAD_FACTOR, concurrency: 8, perSecond: 30 * LOAD_FACTOR });
 
     // Three relays in a row, each SIGKILLed right after Kafka acknowledged its 1st, 2nd, 3rd batch: the first
     // holds the backlog that piled up while no relay ran, the others whatever was appended since.
@@ -62,7 +63,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
 
     await load.done;
     expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(stack.db, load.ids, 90000)).to.deep.equal({ done: 300 });
+    expect(await waitUntilAllTerminal(stack.db, load.ids, 90000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
 
     const events = await readLog(stack);
     expect(checkHistories(events, load.ids).problems).to.deep.equal([]);

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
+  LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   readLog,
@@ -38,7 +39,7 @@ describe('fault: two relays started at once', function () {
 
   it('publishes through one of them only, and the other takes over when it dies', async () => {
     const relays: Child[] = await Promise.all([stack.roleProcess(['relay']), stack.roleProcess(['relay'])]);
-    const first = startLoad(stack, { count: 150, concurrency: 8, perSecond: 50 });
+    const first = startLoad(stack, { count: 150 * LOAD_FACTOR, concurrency: 8, perSecond: 50 * LOAD_FACTOR });
     await first.done;
     expect(first.failures).to.deep.equal([]);
     await waitUntilAllTerminal(stack.db, first.ids, 60000);
@@ -55,14 +56,22 @@ describe('fault: two relays started at once', function () {
     expect(calm.duplicated, 'events published twice while both relays ran').to.equal(0);
     expect(calm.messages).to.equal(before.length);
 
-    const second = startLoad(stack, { count: 150, concurrency: 8, perSecond: 40 });
-    await waitFor('half of the second load', async () => second.submitted >= 60 || undefined, 30000);
+    const second = startLoad(stack, {
+      count: 150 * LOAD_FACTOR,
+      concurrency: 8,
+      perSecond: 40 * LOAD_FACTOR,
+    });
+    await waitFor(
+      'half of the second load',
+      async () => second.submitted >= 60 * LOAD_FACTOR || undefined,
+      30000,
+    );
     await publisher.kill('SIGKILL');
     await standby.waitForOutput(HOLDS_LOCK, 15000);
     await second.done;
     expect(second.failures).to.deep.equal([]);
     const ids = [...first.ids, ...second.ids];
-    expect(await waitUntilAllTerminal(stack.db, ids, 90000)).to.deep.equal({ done: 300 });
+    expect(await waitUntilAllTerminal(stack.db, ids, 90000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
 
     const events = await readLog(stack);
     expect(checkHistories(events, ids).problems).to.deep.equal([]);

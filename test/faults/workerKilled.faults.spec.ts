@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
+  LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   readLog,
@@ -33,9 +34,9 @@ describe('fault: a worker process killed with SIGKILL mid-load', function () {
     ]);
     const [victim] = workers as [Child, Child];
     const load = startLoad(stack, {
-      count: 300,
+      count: 300 * LOAD_FACTOR,
       concurrency: 8,
-      perSecond: 40,
+      perSecond: 40 * LOAD_FACTOR,
       spec: (index) =>
         index % 3 === 0
           ? { title: `echo ${index}`, type: 'echo', payload: { index }, timeout_ms: 2000 }
@@ -60,7 +61,7 @@ describe('fault: a worker process killed with SIGKILL mid-load', function () {
     };
     await waitFor(
       'a third of the load to be submitted',
-      async () => load.submitted >= 100 || undefined,
+      async () => load.submitted >= 100 * LOAD_FACTOR || undefined,
       60000,
     );
     const inFlight = await waitFor(
@@ -79,7 +80,7 @@ describe('fault: a worker process killed with SIGKILL mid-load', function () {
     await load.done;
     expect(load.failures, 'every submission accepted').to.deep.equal([]);
     const statuses = await waitUntilAllTerminal(stack.db, load.ids, 90000);
-    expect(statuses).to.deep.equal({ done: 300 });
+    expect(statuses).to.deep.equal({ done: 300 * LOAD_FACTOR });
 
     const events = await readLog(stack);
     const histories = checkHistories(events, load.ids);

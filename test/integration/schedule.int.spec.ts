@@ -14,6 +14,7 @@ import { silentLogger } from '../../src/infra/logger.js';
 import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
 import {
   claimDueTasks,
+  msUntilNextDue,
   expiredLeases,
   rebuildSchedule,
   releaseAbandonedClaims,
@@ -132,6 +133,43 @@ describe('the task schedule (inline projection) and batched claims', function ()
     );
     expect(Number(started.rows[0]!.count)).to.equal(ids.length);
     expect(await verifySchedule(db.pool)).to.deep.equal([]);
+  });
+
+  it('claims only the queues a worker serves, reading them by the index by queue past another queue’s backlog', async () => {
+    const mine = queue;
+    const second = `${mine}b`;
+    const elsewhere = `${mine}x`;
+    // An older, higher-priority backlog in a queue this worker does not serve: first in the shared index's order.
+    await Promise.all(Array.from({ length: 40 }, () => submit({ queue: elsewhere, priority: 9 })));
+    const own = await Promise.all([submit(), submit()]);
+    const other = await submit({ queue: second, runAt: new Date(Date.now() + 60_000).toISOString() });
+
+    const claimed = await claimDueTasks(db.pool, store, request('w', 10));
+    expect(claimed.map((c) => c.state.id).sort()).to.deep.equal([...own].sort());
+    const both = { ...request('w2', 10), onlyQueues: [mine, second] };
+    expect(await claimDueTasks(db.pool, store, both)).to.deep.equal([]); // the second queue's task is not due yet
+    const nextDue = await msUntilNextDue(db.pool, new Date(), [mine, second]);
+    expect(nextDue).to.be.within(50_000, 60_000);
+    expect(await msUntilNextDue(db.pool, new Date(), [mine])).to.equal(null);
+    expect(other).to.be.a('string');
+
+    // The plan of a one-queue claim seeks that queue in the index by queue (migrations/0012). A table this small
+    // might be read whole instead, so sequential scans are ruled out: the question is which index is chosen.
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SET LOCAL enable_seqscan = off');
+      const { rows } = await client.query<{ 'QUERY PLAN': string }>(
+        `EXPLAIN SELECT task_id FROM task_schedule
+          WHERE status = 'pending' AND run_at <= now() AND queue = $1::text
+          ORDER BY priority DESC, run_at, created_at LIMIT 10`,
+        [mine],
+      );
+      await client.query('COMMIT');
+      expect(rows.map((row) => row['QUERY PLAN']).join('\n')).to.include('task_schedule_due_by_queue');
+    } finally {
+      client.release();
+    }
   });
 
   it('claims the highest priority first, and never a task before its run_at', async () => {

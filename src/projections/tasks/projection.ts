@@ -9,7 +9,6 @@ import {
   type TaskStatus,
 } from '../../commands/tasks/events.js';
 import { evolveTask, initialTask, type Task } from '../../commands/tasks/state.js';
-import { prepared } from '../../infra/db/prepared.js';
 
 export const taskCacheKey = (taskId: string): string => `task:${taskId}`;
 
@@ -145,7 +144,7 @@ async function upsertTasks(client: PoolClient, states: readonly TaskState[]): Pr
   const rows = states.map((state) =>
     Object.fromEntries(TASK_WRITE_COLUMNS.map(([column, , , value]) => [column, value(state) ?? null])),
   );
-  await client.query(prepared(UPSERT_TASKS, [JSON.stringify(rows)]));
+  await client.query(UPSERT_TASKS, [JSON.stringify(rows)]);
 }
 
 /**
@@ -165,7 +164,8 @@ export const tasksProjection = defineProjection<TaskState>({
   },
   async load(client, taskIds) {
     const { rows } = await client.query<TaskRow>(
-      prepared(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ANY ($1::uuid[]) FOR UPDATE`, [taskIds]),
+      `SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ANY ($1::uuid[]) FOR UPDATE`,
+      [taskIds],
     );
     return new Map(
       rows.map((row) => [

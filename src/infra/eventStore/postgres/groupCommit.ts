@@ -1,6 +1,5 @@
 import type { Pool } from '../../db/pool.js';
 import { isConnectionError, isUniqueViolation } from '../../db/pool.js';
-import { prepared } from '../../db/prepared.js';
 import { chainHashes } from '../hashChain.js';
 import { encodePosition, type AppendResult, type NewEvent } from '../eventStore.js';
 
@@ -149,9 +148,9 @@ export class GroupCommitAppender {
       sequence: string | null;
       head: string | null;
     }>(
-      // Prepared: planning this statement costs PostgreSQL more than writing a small batch does.
-      prepared(
-        `WITH appends AS (
+      // Not prepared: a generic plan (made once, maybe while the table was small) can join the batch's arrays to
+      // events by scanning it; with the arrays' sizes known, the planner probes the indexes.
+      `WITH appends AS (
          SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) AS a(idx, stream_id, expected_head)
        ), heads AS (
          SELECT a.idx, a.expected_head,
@@ -177,19 +176,18 @@ export class GroupCommitAppender {
          FROM inserted GROUP BY stream_id, transaction_id
        UNION ALL SELECT 'refused', idx, NULL, NULL, NULL, head::text FROM refused
        UNION ALL SELECT 'duplicate', idx, NULL, NULL, NULL, NULL FROM duplicates`,
-        [
-          appends.map((_, index) => index),
-          appends.map((append) => append.streamId),
-          appends.map((append) => append.expectedHead),
-          columns.appendIndex,
-          columns.eventIds,
-          columns.streamIds,
-          columns.revisions,
-          columns.types,
-          columns.data,
-          columns.metadata,
-        ],
-      ),
+      [
+        appends.map((_, index) => index),
+        appends.map((append) => append.streamId),
+        appends.map((append) => append.expectedHead),
+        columns.appendIndex,
+        columns.eventIds,
+        columns.streamIds,
+        columns.revisions,
+        columns.types,
+        columns.data,
+        columns.metadata,
+      ],
     );
     const outcomes: Array<BatchedAppendOutcome | undefined> = new Array(appends.length);
     const byStream = new Map(appends.map((append, index) => [append.streamId, index]));
