@@ -37,8 +37,8 @@ export interface ApplyEventsOptions {
 /** The database refused a batch applied without a savepoint: roll back, and apply it again with one. */
 export class BatchRefusedError extends Error {
   override name = 'BatchRefusedError';
-  constructor(readonly refusal: unknown) {
-    super('the database refused a projection batch; apply it again event by event');
+  constructor(refusal: unknown) {
+    super('the database refused a projection batch; apply it again event by event', { cause: refusal });
   }
 }
 

@@ -98,13 +98,14 @@ export async function claimDueTasks(
   const fullQueues = [...request.roomByQueue].filter(([, room]) => room <= 0).map(([queue]) => queue);
   if (request.limit <= 0) return [];
   const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
+  const queues = queueScope(request.onlyQueues, '$3');
   // Not prepared: with LIMIT a parameter, a generic plan could sort every pending row instead of walking the index.
   // A worker of some queues only names them plainly, so the index by queue (migrations/0012) reads only theirs.
   const { rows } = await pool.query<StreamEventRow & { task_id: string; queue: string }>(
     `WITH due AS (
        SELECT task_id FROM task_schedule
         WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[]))
-          AND ${queueFilter(request.onlyQueues, '$3')}
+          AND ${queues.condition}
         ORDER BY priority DESC, run_at, created_at
         LIMIT $4
         FOR UPDATE SKIP LOCKED
@@ -117,14 +118,7 @@ export async function claimDueTasks(
             e.metadata->>'hash' AS hash
        FROM claimed c JOIN events e ON e.stream_id = 'task-' || c.task_id::text
       ORDER BY e.stream_id, e.revision`,
-    [
-      request.now,
-      fullQueues,
-      queueParameter(request.onlyQueues),
-      request.limit,
-      request.workerId,
-      claimLeaseUntil,
-    ],
+    [request.now, fullQueues, queues.value, request.limit, request.workerId, claimLeaseUntil],
   );
   const streams = foldStreams(rows);
   // Room per queue: rows of a queue beyond what this worker may run go straight back.
@@ -190,16 +184,18 @@ export async function claimDueTasks(
 }
 
 /**
- * The queues a worker serves, as SQL: every queue (`true`), one (`queue = $n`, which the planner can seek in the
- * index by queue in order) or several (`queue = ANY($n)`).
+ * The queues a worker serves, as a condition on parameter `parameter` and that parameter's value: every queue (a
+ * NULL the condition tests, so the parameter still has a type), one (`queue = $n`, which the planner seeks in the
+ * index by queue, in order) or several (`queue = ANY($n)`).
  */
-function queueFilter(onlyQueues: readonly string[], parameter: string): string {
-  if (onlyQueues.length === 0) return `(${parameter}::text IS NULL)`;
-  return onlyQueues.length === 1 ? `queue = ${parameter}::text` : `queue = ANY(${parameter}::text[])`;
+function queueScope(
+  onlyQueues: readonly string[],
+  parameter: string,
+): { condition: string; value: string | readonly string[] | null } {
+  if (onlyQueues.length === 0) return { condition: `(${parameter}::text IS NULL)`, value: null };
+  if (onlyQueues.length === 1) return { condition: `queue = ${parameter}::text`, value: onlyQueues[0]! };
+  return { condition: `queue = ANY(${parameter}::text[])`, value: onlyQueues };
 }
-
-const queueParameter = (onlyQueues: readonly string[]): string | readonly string[] | null =>
-  onlyQueues.length === 0 ? null : onlyQueues.length === 1 ? onlyQueues[0]! : onlyQueues;
 
 /** How long a row may stay `claimed` before the reaper gives it back: far longer than a claim's two steps take. */
 const CLAIM_LEASE_MS = 30_000;
@@ -252,10 +248,11 @@ export async function msUntilNextDue(
   now: Date,
   onlyQueues: readonly string[],
 ): Promise<number | null> {
+  const queues = queueScope(onlyQueues, '$2');
   const { rows } = await pool.query<{ run_at: Date | null }>(
     `SELECT min(run_at) AS run_at FROM task_schedule
-      WHERE status = 'pending' AND run_at > $1 AND ${queueFilter(onlyQueues, '$2')}`,
-    [now, queueParameter(onlyQueues)],
+      WHERE status = 'pending' AND run_at > $1 AND ${queues.condition}`,
+    [now, queues.value],
   );
   const runAt = rows[0]?.run_at;
   return runAt ? runAt.getTime() - now.getTime() : null;
