@@ -3,15 +3,19 @@ import type { ParamsDictionary, Query } from 'express-serve-static-core';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import { MethodNotAllowedError, ValidationError, type FieldError } from '../../errors.js';
 import { PROBLEM_CONTENT_TYPE } from './problemDetails.js';
-import { createAjv as createValidator, toFieldErrors as fieldErrors } from './validation.js';
+import {
+  createAjv as createValidator,
+  toFieldErrors as fieldErrors,
+  type JSONSchema,
+} from '../jsonSchema.js';
 
 /**
  * The one place a route is declared. The same schema objects drive request validation (ajv) and the
  * OpenAPI document, so Swagger cannot drift from what the server accepts.
  */
 
-// JSON Schema 2020-12, the dialect of OpenAPI 3.1. Loose on purpose: schemas are written as literals.
-export type JSONSchema = { [keyword: string]: unknown };
+/** Re-exported because every route file declares its schemas next to its Api operations. */
+export type { JSONSchema };
 
 export type HttpMethod = 'get' | 'post' | 'patch' | 'put' | 'delete';
 

@@ -1,8 +1,7 @@
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import { createAjv, toFieldErrors as fieldErrors } from '../../infra/http/validation.js';
 import type { FieldError } from '../../errors.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
-import type { JSONSchema } from '../../infra/http/api.js';
+import { createAjv, toFieldErrors as fieldErrors, type JSONSchema } from '../../infra/jsonSchema.js';
 import type { Logger } from '../../infra/logger.js';
 
 export interface TaskHandlerContext {

@@ -1,10 +1,13 @@
 import { Ajv2020, type ErrorObject } from 'ajv/dist/2020.js';
 import formatsPlugin from 'ajv-formats';
-import type { FieldError } from '../../errors.js';
+import type { FieldError } from '../errors.js';
+
+/** JSON Schema 2020-12, the dialect of OpenAPI 3.1. Loose on purpose: schemas are written as literals. */
+export type JSONSchema = { [keyword: string]: unknown };
 
 /**
- * The one ajv set-up for request bodies, query strings, path parameters and task payloads, so every 400 in the
- * API is decided by the same rules and worded the same way.
+ * The one ajv set-up for request bodies, query strings, path parameters, task payloads: every 400 in the API
+ * is decided by the same rules and worded the same way, whichever layer compiled the schema.
  */
 export function createAjv(options: { coerce?: boolean; useDefaults?: boolean } = {}): Ajv2020 {
   const ajv = new Ajv2020({
@@ -22,7 +25,10 @@ export function createAjv(options: { coerce?: boolean; useDefaults?: boolean } =
 
 const escapePointer = (segment: string): string => segment.replace(/~/g, '~0').replace(/\//g, '~1');
 
-/** ajv's errors as JSON Pointers into the request (`/body/title`, `/body/payload/ms`) with plain messages. */
+/**
+ * ajv's errors as JSON Pointers under `pathPrefix` (`/body` gives `/body/title`; `''` gives paths relative to
+ * the validated value) with plain messages.
+ */
 export function toFieldErrors(pathPrefix: string, errors: ErrorObject[] | null | undefined): FieldError[] {
   // `if` and `propertyNames` only say that something inside failed; that inner error, reported too, says
   // where and why.
