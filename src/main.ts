@@ -20,7 +20,9 @@ import { createHttpApp, createMetrics, listen } from './infra/http/app.js';
 import type { Registry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import { MemoryRateLimiter, RedisRateLimiter, type RateLimiter } from './infra/rateLimit/rateLimiter.js';
-import { bearerAuthenticator, registerIdentityRoutes } from './commands/identity/routes.js';
+import { registerIdentityRoutes } from './commands/identity/routes.js';
+import { accessTokenVerifier } from './commands/identity/tokens.js';
+import { bearerAuthenticator } from './infra/http/auth.js';
 import { projectionMetrics, runProjections } from './projections/projectionRunner.js';
 import { PROJECTIONS } from './projections/index.js';
 import { projectionReached } from './projections/watermark.js';
@@ -218,7 +220,7 @@ export async function resolveJwtSecret(infra: Infrastructure): Promise<string> {
 export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: () => Date = () => new Date()) {
   const { config } = infra;
   const tokens = { ...config.jwt, secret: jwtSecret };
-  const api = new Api({ authenticate: bearerAuthenticator(tokens, clock) });
+  const api = new Api({ authenticate: bearerAuthenticator(accessTokenVerifier(tokens, clock)) });
   const identity = registerIdentityRoutes(api, {
     store: infra.store,
     tokens,

@@ -7,7 +7,9 @@ import {
   UnauthorizedError,
   ValidationError,
 } from '../../errors.js';
-import type { Api, ApiHandler, ApiOperation, JSONSchema } from '../../infra/http/api.js';
+import type { Api, ApiHandler, ApiOperation } from '../../infra/http/api.js';
+import { bearerAuthenticator } from '../../infra/http/auth.js';
+import type { JSONSchema } from '../../infra/jsonSchema.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { RateLimiter } from '../../infra/rateLimit/rateLimiter.js';
 import type { Logger } from '../../infra/logger.js';
@@ -22,11 +24,10 @@ import {
   startSession,
 } from './session.js';
 import {
+  accessTokenVerifier,
   issueAccessToken,
   newRefreshToken,
   parseRefreshToken,
-  verifyAccessToken,
-  type AccessClaims,
   type TokenSettings,
 } from './tokens.js';
 import type { LoginFailed, UserRole } from './events.js';
@@ -44,13 +45,6 @@ export interface IdentityDeps {
   clock: () => Date;
   newId: () => string;
   logger: Logger;
-}
-
-declare module 'express-serve-static-core' {
-  interface Request {
-    /** Set by the bearer-token check on routes with `auth: 'bearer'`. */
-    auth?: AccessClaims;
-  }
 }
 
 /** bcrypt reads at most 72 bytes; longer passwords would be silently truncated, so they are refused. */
@@ -139,23 +133,6 @@ export interface IdentityRoutes {
   /** What POST /logout does before it answers: ends the refresh token's session; the log position, if any. */
   endSessionOf(req: Request): Promise<string | null>;
 }
-
-/** Verifies `Authorization: Bearer <jwt>`; the Api calls it for every operation marked `auth: 'bearer'`. */
-export function bearerAuthenticator(tokens: TokenSettings, clock: () => Date) {
-  return (req: Request): void => {
-    const header = req.get('authorization');
-    const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-    if (!match) throw new UnauthorizedError('send an access token as "Authorization: Bearer <token>"');
-    req.auth = verifyAccessToken(tokens, match[1]!, clock());
-  };
-}
-
-export const requireRole = (req: { auth?: AccessClaims }, ...roles: UserRole[]): AccessClaims => {
-  const claims = req.auth;
-  if (!claims) throw new UnauthorizedError();
-  if (!roles.includes(claims.role)) throw new ForbiddenError(`this needs the role ${roles.join(' or ')}`);
-  return claims;
-};
 
 export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRoutes {
   const { store, tokens, rateLimiter, clock, newId, logger } = deps;
@@ -390,7 +367,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
     // Logout needs no access token, but one that is sent must belong to the session's user.
     let caller: string | null = null;
     if (req.get('authorization')) {
-      bearerAuthenticator(tokens, clock)(req);
+      bearerAuthenticator(accessTokenVerifier(tokens, clock))(req);
       caller = req.auth!.userId;
     }
     const result = await handleCommand(

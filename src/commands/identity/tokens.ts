@@ -1,6 +1,7 @@
 import { createHash, createSecretKey, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import jwt from 'jsonwebtoken';
 import { UnauthorizedError } from '../../errors.js';
+import type { AccessTokenVerifier } from '../../infra/http/auth.js';
 import { ROLES, type UserRole } from './events.js';
 
 export interface TokenSettings {
@@ -85,6 +86,12 @@ export function verifyAccessToken(
     throw new UnauthorizedError('the access token is missing claims');
   return { userId: sub, role: role as UserRole, sessionId: sid, jti, expiresAt: new Date(exp * 1000) };
 }
+
+/** The bearer middleware's token check, with the settings and clock it needs bound in. */
+export const accessTokenVerifier =
+  (settings: TokenSettings, clock: () => Date): AccessTokenVerifier =>
+  (token) =>
+    verifyAccessToken(settings, token, clock());
 
 export const hashToken = (token: string): string => createHash('sha256').update(token, 'utf8').digest('hex');
 

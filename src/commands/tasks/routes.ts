@@ -4,7 +4,7 @@ import type { Api, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { HandlerRegistry } from '../../workers/handlers/handler.js';
-import { requireRole } from '../identity/routes.js';
+import { requireRole } from '../../infra/http/auth.js';
 import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
 import { GENESIS_HASH } from '../../infra/eventStore/hashChain.js';
 import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';

@@ -1,7 +1,8 @@
 import type { Request, Response } from 'express';
 import { NotFoundError } from '../../errors.js';
-import type { Api, ApiOperation, JSONSchema } from '../../infra/http/api.js';
-import type { AccessClaims } from '../../commands/identity/tokens.js';
+import type { Api, ApiOperation } from '../../infra/http/api.js';
+import type { CallerClaims } from '../../infra/http/auth.js';
+import type { JSONSchema } from '../../infra/jsonSchema.js';
 import type { IdentityRoutes } from '../../commands/identity/routes.js';
 import { editChanges, type EditBody, type TaskCommandRoutes } from '../../commands/tasks/routes.js';
 import { removeTask, updateTask } from '../../commands/tasks/ownerCommands.js';
@@ -255,7 +256,7 @@ export function registerGoServiceRoutes(api: Api, deps: GoServiceDeps): void {
       },
     },
     async (req, res) => {
-      const claims: AccessClaims = req.auth!;
+      const claims: CallerClaims = req.auth!;
       const id = req.params.task_id.toLowerCase();
       const snapshot = await taskQueries.queries.getTask(id);
       if (!snapshot || snapshot.task.owner_id !== claims.userId || snapshot.task.archived_at !== null)

@@ -1,4 +1,6 @@
-import type { Api, JSONSchema } from '../../infra/http/api.js';
+import type { Api } from '../../infra/http/api.js';
+import { requireRole } from '../../infra/http/auth.js';
+import type { JSONSchema } from '../../infra/jsonSchema.js';
 import {
   isPosition,
   type EventStore,
@@ -6,7 +8,6 @@ import {
   type RecordedEvent,
 } from '../../infra/eventStore/eventStore.js';
 import { ValidationError } from '../../errors.js';
-import { requireRole } from '../../commands/identity/routes.js';
 
 /**
  * Data keys that hold secrets or their hashes. Hashes of passwords and refresh tokens are still secrets to an

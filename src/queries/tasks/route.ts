@@ -1,5 +1,5 @@
 import type { Request, Response } from 'express';
-import { ForbiddenError, NotFoundError, UnauthorizedError, ValidationError } from '../../errors.js';
+import { ForbiddenError, NotFoundError, ValidationError } from '../../errors.js';
 import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
@@ -10,7 +10,7 @@ import {
   type Position,
   type RecordedEvent,
 } from '../../infra/eventStore/eventStore.js';
-import type { AccessClaims } from '../../commands/identity/tokens.js';
+import { claimsOf, seesAllTasks } from '../../infra/http/auth.js';
 import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
 import { foldEvents } from '../../commands/commandHandler.js';
 import { task as taskDecider } from '../../commands/tasks/state.js';
@@ -250,14 +250,6 @@ const pendingResponse = (schema: JSONSchema) => ({
   example: { status: 'pending', detail: PENDING_DETAIL },
   headers: { 'Retry-After': { description: 'Seconds to wait before retrying', schema: { type: 'integer' } } },
 });
-
-const claimsOf = (req: { auth?: AccessClaims }): AccessClaims => {
-  if (!req.auth) throw new UnauthorizedError();
-  return req.auth;
-};
-
-/** Auditors and admins may read every task; everyone else only their own. */
-const seesAllTasks = (claims: AccessClaims): boolean => claims.role === 'auditor' || claims.role === 'admin';
 
 /** The newer of `X-Min-Position` and `min_position`, or null when neither is sent; 400 for a malformed one. */
 /**
