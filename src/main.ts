@@ -27,6 +27,7 @@ import { projectionMetrics, runProjections } from './projections/projectionRunne
 import { PROJECTIONS } from './projections/index.js';
 import { projectionReached } from './projections/watermark.js';
 import { createHandlerRegistry } from './workers/handlers/index.js';
+import { TASK_TYPES, TaskTypes } from './domain/taskTypes.js';
 import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
 import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
@@ -233,7 +234,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
   const schemas = ensureTaskSchemas(api);
   const taskCommands = registerTaskCommandRoutes(api, {
     store: infra.store,
-    handlers: createHandlerRegistry(config.handlers),
+    taskTypes: new TaskTypes(TASK_TYPES),
     settings: config.tasks,
     clock,
     newId: randomUUID,

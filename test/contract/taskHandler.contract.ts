@@ -82,7 +82,7 @@ export function taskHandlerContract(
       const validate = ajv.compile(sample.handler.payloadSchema);
       expect(validate(sample.payload), ajv.errorsText(validate.errors)).to.equal(true);
       expect(
-        new HandlerRegistry([sample.handler]).validatePayload(sample.handler.type, sample.payload),
+        new HandlerRegistry([sample.handler]).catalogue.validatePayload(sample.handler.type, sample.payload),
       ).to.deep.equal([]);
     });
 

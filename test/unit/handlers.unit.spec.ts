@@ -13,6 +13,7 @@ import {
 } from '../../src/workers/handlers/handler.js';
 import { createHttpHandler, isPrivateAddress } from '../../src/workers/handlers/http.js';
 import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
+import { submittedPayloadErrors } from '../../src/commands/tasks/payloadErrors.js';
 import { sleepHandler } from '../../src/workers/handlers/sleep.js';
 
 const httpSettings = {
@@ -137,6 +138,9 @@ describe('fail handler', () => {
 
 describe('handler registry', () => {
   const registry = createHandlerRegistry({ http: httpSettings });
+  // A submission is checked against the catalogue of the types the registry runs.
+  const validatePayload = (type: string, payload: unknown) =>
+    submittedPayloadErrors(registry.catalogue, type, payload);
 
   it('registers the built-in handlers by type', () => {
     expect(registry.types()).to.deep.equal(['echo', 'fail', 'http', 'sleep']);
@@ -146,54 +150,50 @@ describe('handler registry', () => {
 
   it('has no handler for an unknown type, and says so with a path', () => {
     expect(registry.get('teleport')).to.equal(undefined);
-    const [error, ...rest] = registry.validatePayload('teleport', {});
+    const [error, ...rest] = validatePayload('teleport', {});
     expect(rest).to.deep.equal([]);
     expect(error!.path).to.equal('/body/type');
     expect(error!.message).to.contain('echo, fail, http, sleep');
   });
 
   it('accepts valid payloads, an absent one where the handler allows it', () => {
-    expect(registry.validatePayload('sleep', { ms: 0 })).to.deep.equal([]);
-    expect(registry.validatePayload('echo', undefined)).to.deep.equal([]);
-    expect(registry.validatePayload('fail', undefined)).to.deep.equal([]);
-    expect(registry.validatePayload('http', { url: 'https://hooks.example.com/x', body: [1] })).to.deep.equal(
-      [],
-    );
+    expect(validatePayload('sleep', { ms: 0 })).to.deep.equal([]);
+    expect(validatePayload('echo', undefined)).to.deep.equal([]);
+    expect(validatePayload('fail', undefined)).to.deep.equal([]);
+    expect(validatePayload('http', { url: 'https://hooks.example.com/x', body: [1] })).to.deep.equal([]);
   });
 
   it('points at the offending field', () => {
-    expect(registry.validatePayload('sleep', { ms: -1 })).to.deep.equal([
+    expect(validatePayload('sleep', { ms: -1 })).to.deep.equal([
       { path: '/body/payload/ms', message: 'must be >= 0' },
     ]);
-    expect(registry.validatePayload('sleep', { ms: 'soon' })).to.deep.equal([
+    expect(validatePayload('sleep', { ms: 'soon' })).to.deep.equal([
       { path: '/body/payload/ms', message: 'must be integer' },
     ]);
-    expect(registry.validatePayload('sleep', { ms: 3_600_001 }).map((e) => e.path)).to.deep.equal([
+    expect(validatePayload('sleep', { ms: 3_600_001 }).map((e) => e.path)).to.deep.equal([
       '/body/payload/ms',
     ]);
-    expect(registry.validatePayload('sleep', {})).to.deep.equal([
+    expect(validatePayload('sleep', {})).to.deep.equal([
       { path: '/body/payload/ms', message: 'is required' },
     ]);
-    expect(registry.validatePayload('sleep', undefined).map((e) => e.path)).to.deep.equal(['/body/payload']);
-    expect(registry.validatePayload('fail', { mesage: 'typo' })).to.deep.equal([
+    expect(validatePayload('sleep', undefined).map((e) => e.path)).to.deep.equal(['/body/payload']);
+    expect(validatePayload('fail', { mesage: 'typo' })).to.deep.equal([
       { path: '/body/payload/mesage', message: 'is not an allowed field' },
     ]);
   });
 
   it('checks http payloads: scheme, method, and no body with GET or HEAD', () => {
+    expect(validatePayload('http', { url: 'ftp://files.example.com/x' }).map((e) => e.path)).to.deep.equal([
+      '/body/payload/url',
+    ]);
     expect(
-      registry.validatePayload('http', { url: 'ftp://files.example.com/x' }).map((e) => e.path),
-    ).to.deep.equal(['/body/payload/url']);
-    expect(
-      registry.validatePayload('http', { url: 'https://a.example/', method: 'TRACE' }).map((e) => e.path),
+      validatePayload('http', { url: 'https://a.example/', method: 'TRACE' }).map((e) => e.path),
     ).to.deep.equal(['/body/payload/method']);
+    expect(validatePayload('http', { url: 'https://a.example/', method: 'GET', body: {} })).to.deep.equal([
+      { path: '/body/payload/body', message: 'is not allowed here' },
+    ]);
     expect(
-      registry.validatePayload('http', { url: 'https://a.example/', method: 'GET', body: {} }),
-    ).to.deep.equal([{ path: '/body/payload/body', message: 'is not allowed here' }]);
-    expect(
-      registry
-        .validatePayload('http', { url: 'https://a.example/', headers: { 'bad name': 'x' } })
-        .map((e) => e.path),
+      validatePayload('http', { url: 'https://a.example/', headers: { 'bad name': 'x' } }).map((e) => e.path),
     ).to.deep.equal(['/body/payload/headers/bad name']);
   });
 

@@ -3,7 +3,8 @@ import { ConflictError, PayloadTooLargeError, UnprocessableError, ValidationErro
 import type { Api, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
-import type { HandlerRegistry } from '../../workers/handlers/handler.js';
+import type { TaskTypeCatalogue } from '../../domain/taskTypes.js';
+import { submittedPayloadErrors } from './payloadErrors.js';
 import { requireRole } from '../../infra/http/auth.js';
 import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
 import { GENESIS_HASH } from '../../infra/eventStore/hashChain.js';
@@ -23,7 +24,8 @@ import { workerControl, workerControlStreamId, pauseWorkers, resumeWorkers } fro
 
 export interface TaskCommandDeps {
   store: EventStore;
-  handlers: HandlerRegistry;
+  /** The task types a submission may name, and their payload checks. */
+  taskTypes: TaskTypeCatalogue;
   settings: Config['tasks'];
   clock: () => Date;
   newId: () => string;
@@ -113,7 +115,7 @@ const positionHeader = {
 };
 
 export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): TaskCommandRoutes {
-  const { store, handlers, settings, clock, newId } = deps;
+  const { store, taskTypes, settings, clock, newId } = deps;
   const submitSchema = api.addSchema('SubmitTask', {
     type: 'object',
     additionalProperties: false,
@@ -121,7 +123,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     properties: {
       title: { type: 'string', minLength: 1, maxLength: 200 },
       description: { type: ['string', 'null'], maxLength: 5000 },
-      type: { enum: handlers.types(), description: 'The handler that runs the task (default echo).' },
+      type: { enum: taskTypes.types(), description: 'The handler that runs the task (default echo).' },
       payload: { description: "The handler's input, any JSON; each type checks its own shape." },
       priority,
       queue: { type: 'string', pattern: QUEUE_PATTERN, description: 'Named queue (default "default").' },
@@ -195,7 +197,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     const payload = body.payload ?? null;
     if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
       throw new PayloadTooLargeError(`payload is larger than ${settings.maxPayloadBytes} bytes`);
-    const payloadErrors = handlers.validatePayload(type, payload);
+    const payloadErrors = submittedPayloadErrors(taskTypes, type, payload);
     if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
     const spec: TaskSpec = {
       title: body.title,

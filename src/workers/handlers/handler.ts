@@ -1,7 +1,5 @@
-import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import type { FieldError } from '../../errors.js';
+import { TaskTypes, type TaskType } from '../../domain/taskTypes.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
-import { createAjv, toFieldErrors as fieldErrors, type JSONSchema } from '../../infra/jsonSchema.js';
 import type { Logger } from '../../infra/logger.js';
 
 export interface TaskHandlerContext {
@@ -15,15 +13,8 @@ export interface TaskHandlerContext {
   logger: Logger;
 }
 
-export interface TaskHandler<Payload = unknown> {
-  /** The task `type` that selects this handler. */
-  type: string;
-  description: string;
-  /**
-   * JSON Schema 2020-12 for the payload, compiled by ajv in strict mode when the registry is built and
-   * shown in the OpenAPI document. An absent payload is validated as `null`.
-   */
-  payloadSchema: JSONSchema;
+/** A task type's catalogue entry (src/domain/taskTypes.ts) with the code that runs it. */
+export interface TaskHandler<Payload = unknown> extends TaskType {
   /**
    * Resolves with the task's result. Rejecting with UnrecoverableError fails the task at once; any other
    * error is retried while attempts remain. When `context.signal` aborts, rejects with an AbortError.
@@ -89,54 +80,23 @@ export function abortable<T>(signal: AbortSignal, promise: Promise<T>): Promise<
   });
 }
 
-/** The ajv that payload schemas are compiled with: the HTTP layer's, without coercion or defaults. */
-export const createPayloadAjv = (): Ajv2020 => createAjv();
-
-const PAYLOAD_PATH = '/body/payload';
-const toFieldErrors = (errors: ErrorObject[] | null | undefined): FieldError[] =>
-  fieldErrors(PAYLOAD_PATH, errors);
-
+/** The handlers a worker runs, by type, with the catalogue of the types they run. */
 export class HandlerRegistry {
-  private readonly handlers = new Map<string, { handler: TaskHandler; validate: ValidateFunction }>();
+  private readonly handlers = new Map<string, TaskHandler>();
+  /** Built from the handlers themselves, so what is validated is exactly what can run. */
+  readonly catalogue: TaskTypes;
 
   /** Compiles every payload schema now, so a bad schema or a duplicate type stops start-up. */
   constructor(handlers: TaskHandler[]) {
-    const ajv = createPayloadAjv();
-    for (const handler of handlers) {
-      if (this.handlers.has(handler.type)) throw new Error(`two task handlers for type "${handler.type}"`);
-      let validate: ValidateFunction;
-      try {
-        validate = ajv.compile(handler.payloadSchema);
-      } catch (error) {
-        throw new Error(
-          `task handler "${handler.type}": invalid payload schema: ${(error as Error).message}`,
-          {
-            cause: error,
-          },
-        );
-      }
-      this.handlers.set(handler.type, { handler, validate });
-    }
+    this.catalogue = new TaskTypes(handlers, 'task handler');
+    for (const handler of handlers) this.handlers.set(handler.type, handler);
   }
 
   get(type: string): TaskHandler | undefined {
-    return this.handlers.get(type)?.handler;
+    return this.handlers.get(type);
   }
 
   types(): string[] {
-    return [...this.handlers.keys()].sort();
-  }
-
-  /**
-   * Errors in the shape of a 400 problem's `errors`, with paths under `/body/payload` (or `/body/type` for
-   * a type no handler runs); empty when the payload is fine. An absent payload is checked as `null`.
-   */
-  validatePayload(type: string, payload: unknown): FieldError[] {
-    const entry = this.handlers.get(type);
-    if (!entry)
-      return [
-        { path: '/body/type', message: `is not a known task type (known: ${this.types().join(', ')})` },
-      ];
-    return entry.validate(payload === undefined ? null : payload) ? [] : toFieldErrors(entry.validate.errors);
+    return this.catalogue.types();
   }
 }

@@ -1,6 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
 import type { Config } from '../../config.js';
+import { httpTaskType, type HttpMethod } from '../../domain/taskTypes.js';
 import type { JsonObject, JsonValue } from '../../infra/eventStore/eventStore.js';
 import {
   abortable,
@@ -12,9 +13,6 @@ import {
 } from './handler.js';
 
 export type HttpHandlerSettings = Config['handlers']['http'];
-
-export const HTTP_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD'] as const;
-export type HttpMethod = (typeof HTTP_METHODS)[number];
 
 export interface HttpPayload {
   url: string;
@@ -247,43 +245,7 @@ export function createHttpHandler(settings: HttpHandlerSettings): TaskHandler<Ht
   const allowedHosts: ReadonlySet<string> = new Set(settings.allowedHosts.map((host) => host.toLowerCase()));
 
   return {
-    type: 'http',
-    description:
-      'Calls a webhook (a host in handlers.http.allowedHosts) and returns its status, headers and body. ' +
-      '5xx, 408, 429 and network errors are retried; other 4xx answers fail the task at once.',
-    payloadSchema: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['url'],
-      properties: {
-        url: { type: 'string', format: 'uri', pattern: '^[Hh][Tt][Tt][Pp][Ss]?://', maxLength: 2048 },
-        method: { enum: [...HTTP_METHODS], default: 'POST' },
-        headers: {
-          type: 'object',
-          description: 'Request headers; content-type defaults to application/json when there is a body',
-          propertyNames: { pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", maxLength: 256 },
-          additionalProperties: { type: 'string', maxLength: 8192 },
-        },
-        body: { description: 'Any JSON value, sent as JSON; not allowed with GET or HEAD' },
-        timeout_ms: {
-          type: 'integer',
-          minimum: 1,
-          maximum: 3_600_000,
-          description: 'For the whole exchange, redirects and body included; the task timeout still applies',
-        },
-      },
-      if: { required: ['method'], properties: { method: { enum: ['GET', 'HEAD'] } } },
-      then: { properties: { body: false } },
-      examples: [
-        {
-          url: 'https://hooks.example.com/task-done',
-          method: 'POST',
-          headers: { authorization: 'Bearer <token>' },
-          body: { event: 'done' },
-          timeout_ms: 10000,
-        },
-      ],
-    },
+    ...httpTaskType,
 
     async run(payload, { signal: taskSignal, logger }) {
       throwIfAborted(taskSignal);

@@ -1,4 +1,5 @@
 import type { Config } from '../../config.js';
+import { TASK_TYPES } from '../../domain/taskTypes.js';
 import { echoHandler } from './echo.js';
 import { failHandler } from './fail.js';
 import { HandlerRegistry } from './handler.js';
@@ -9,9 +10,21 @@ export { HandlerRegistry, UnrecoverableError, isAbortError, isUnrecoverableError
 export type { TaskHandler, TaskHandlerContext } from './handler.js';
 
 /**
- * Every task type a worker can run. A new handler is one file in this folder and one line in this list;
- * its payload schema is then validated on submission and shown in the OpenAPI document.
+ * A handler for every task type of the catalogue. A new type is an entry in src/domain/taskTypes.ts (which
+ * the write side validates submissions against and lists in the OpenAPI document) and a handler here.
  */
 export function createHandlerRegistry(settings: Config['handlers']): HandlerRegistry {
-  return new HandlerRegistry([echoHandler, sleepHandler, failHandler, createHttpHandler(settings.http)]);
+  const registry = new HandlerRegistry([
+    echoHandler,
+    sleepHandler,
+    failHandler,
+    createHttpHandler(settings.http),
+  ]);
+  // Submissions are accepted by the catalogue, so a type without a handler would queue tasks no one runs.
+  const offered = TASK_TYPES.map((taskType) => taskType.type).sort();
+  if (offered.join() !== registry.types().join())
+    throw new Error(
+      `task handlers (${registry.types().join(', ')}) differ from task types (${offered.join(', ')})`,
+    );
+  return registry;
 }

@@ -1,10 +1,10 @@
+import { sleepTaskType } from '../../domain/taskTypes.js';
 import { abortError, throwIfAborted, type TaskHandler } from './handler.js';
 
 export interface SleepPayload {
   ms: number;
 }
 
-export const MAX_SLEEP_MS = 3_600_000;
 const PROGRESS_EVERY_MS = 1000;
 
 /** Waits `ms`, or rejects with an AbortError the moment `signal` aborts. */
@@ -24,15 +24,7 @@ function wait(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 export const sleepHandler: TaskHandler<SleepPayload> = {
-  type: 'sleep',
-  description: 'Waits `ms` milliseconds, reporting progress about every second. For smoke tests.',
-  payloadSchema: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['ms'],
-    properties: { ms: { type: 'integer', minimum: 0, maximum: MAX_SLEEP_MS } },
-    examples: [{ ms: 1000 }],
-  },
+  ...sleepTaskType,
   async run({ ms }, { signal, progress }) {
     throwIfAborted(signal);
     const started = performance.now();
