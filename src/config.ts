@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { Ajv, type ErrorObject } from 'ajv';
+import { Ajv, type ErrorObject, type JSONSchemaType } from 'ajv';
 
 export interface Config {
   port: number;
@@ -83,9 +83,17 @@ export const LEGACY_DEFAULT_JWT_SECRET = 'change-me-in-production-this-default-i
 const MIN_PRODUCTION_SECRET_LENGTH = 32;
 
 const positiveInt = { type: 'integer', minimum: 1 } as const;
-const nullableString = { type: ['string', 'null'], minLength: 1 } as const;
+/**
+ * "This string, or null". ajv's JSONSchemaType ties `nullable: true` to optional members (`| undefined`), not to
+ * required `| null` ones, so such settings are an anyOf, which it does type; describeError reports the string
+ * branch's complaint only.
+ */
+const orNull = (schema: JSONSchemaType<string>) => ({
+  anyOf: [schema, { type: 'null' as const, nullable: true as const }],
+});
 
-export const configSchema = {
+/** The schema config is validated with; typed by `Config`, so the compiler checks that the two agree. */
+export const configSchema: JSONSchemaType<Config> = {
   type: 'object',
   additionalProperties: false,
   required: [
@@ -114,24 +122,28 @@ export const configSchema = {
   properties: {
     port: { type: 'integer', minimum: 0, maximum: 65535 },
     host: { type: 'string', minLength: 1 },
-    logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] },
+    logLevel: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] },
     nodeEnv: { type: 'string', minLength: 1 },
-    databaseUrl: { ...nullableString, pattern: '^postgres(ql)?://' },
+    databaseUrl: orNull({ type: 'string', minLength: 1, pattern: '^postgres(ql)?://' }),
     database: {
       type: 'object',
       additionalProperties: false,
       required: ['poolSize', 'statementTimeoutMs'],
       properties: { poolSize: positiveInt, statementTimeoutMs: positiveInt },
     },
-    eventStore: { enum: ['postgres', 'esdb'] },
-    eventstoreUrl: { ...nullableString, pattern: '^(esdb|kurrentdb|kdb|esdb\\+discover)://' },
+    eventStore: { type: 'string', enum: ['postgres', 'esdb'] },
+    eventstoreUrl: orNull({
+      type: 'string',
+      minLength: 1,
+      pattern: '^(esdb|kurrentdb|kdb|esdb\\+discover)://',
+    }),
     eventLog: {
       type: 'object',
       additionalProperties: false,
       required: ['pollIntervalMs', 'batchSize'],
       properties: { pollIntervalMs: positiveInt, batchSize: positiveInt },
     },
-    redisUrl: { ...nullableString, pattern: '^rediss?://' },
+    redisUrl: orNull({ type: 'string', minLength: 1, pattern: '^rediss?://' }),
     cache: {
       type: 'object',
       additionalProperties: false,
@@ -249,6 +261,7 @@ export const configSchema = {
         concurrency: positiveInt,
         queues: {
           type: 'object',
+          required: [],
           propertyNames: { pattern: '^[a-z0-9][a-z0-9_.-]{0,63}$' },
           additionalProperties: positiveInt,
         },
@@ -294,8 +307,8 @@ export const configSchema = {
       additionalProperties: false,
       required: ['privateKey', 'publicKey', 'anchorIntervalSeconds'],
       properties: {
-        privateKey: { type: ['string', 'null'], pattern: '-----BEGIN PRIVATE KEY-----' },
-        publicKey: { type: ['string', 'null'], pattern: '-----BEGIN PUBLIC KEY-----' },
+        privateKey: orNull({ type: 'string', pattern: '-----BEGIN PRIVATE KEY-----' }),
+        publicKey: orNull({ type: 'string', pattern: '-----BEGIN PUBLIC KEY-----' }),
         anchorIntervalSeconds: positiveInt,
       },
     },
@@ -304,7 +317,7 @@ export const configSchema = {
       additionalProperties: false,
       required: ['secret', 'accessTtlSeconds', 'refreshTtlSeconds', 'issuer', 'audience'],
       properties: {
-        secret: { type: ['string', 'null'] },
+        secret: orNull({ type: 'string' }),
         accessTtlSeconds: positiveInt,
         refreshTtlSeconds: positiveInt,
         issuer: { type: 'string', minLength: 1 },
@@ -312,7 +325,7 @@ export const configSchema = {
       },
     },
   },
-} as const;
+};
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -411,10 +424,13 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   const ajv = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true });
   const validate = ajv.compile(configSchema);
   if (!validate(config)) {
-    const problems = (validate.errors ?? []).map(describeError);
+    const problems = (validate.errors ?? [])
+      // An orNull setting's failure is the string branch's; "must be null" and "must match anyOf" add nothing.
+      .filter((error) => error.keyword !== 'anyOf' && !error.schemaPath.endsWith('/anyOf/1/type'))
+      .map(describeError);
     throw new ConfigError(`invalid configuration (${file} and environment):\n  ${problems.join('\n  ')}`);
   }
-  const typed = config as unknown as Config;
+  const typed: Config = config;
   if (
     typed.jwt.secret !== null &&
     (typed.jwt.secret.trim() === '' || typed.jwt.secret === LEGACY_DEFAULT_JWT_SECRET)
