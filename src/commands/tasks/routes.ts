@@ -1,25 +1,17 @@
 import type { Request, Response } from 'express';
-import { ConflictError, PayloadTooLargeError, UnprocessableError, ValidationError } from '../../errors.js';
+import { PayloadTooLargeError, ValidationError } from '../../errors.js';
 import type { Api, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/taskTypes.js';
 import { submittedPayloadErrors } from './payloadErrors.js';
 import { requireRole } from '../../infra/http/auth.js';
-import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
-import { GENESIS_HASH } from '../../infra/eventStore/hashChain.js';
+import { handleCommand, type CommandContext } from '../commandHandler.js';
 import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';
 import { task, type Task } from './state.js';
-import { submitTask } from './submitTask.js';
 import { archiveTask, cancelTask, retryTask, updateTask, type UpdateTask } from './ownerCommands.js';
 import { taskResource, type TaskResource } from './resource.js';
-import {
-  idempotencyKey,
-  idempotencyStreamId,
-  isLive,
-  requestHash,
-  useIdempotencyKey,
-} from './idempotency.js';
+import { submitIdempotently, type QueuedTask } from './submitIdempotently.js';
 import { workerControl, workerControlStreamId, pauseWorkers, resumeWorkers } from './workerControl.js';
 
 export interface TaskCommandDeps {
@@ -169,29 +161,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     res.status(status).json(resource);
   };
 
-  /** The submitted task as it was right after TaskQueued: the same answer however often the request is replayed. */
-  const asQueued = async (taskId: string): Promise<{ resource: TaskResource; position: string } | null> => {
-    const [queued] = await store.readStream(taskStreamId(taskId));
-    if (!queued) return null;
-    return { resource: taskResource(foldEvents(task, [queued]), queued.revision), position: queued.position };
-  };
-
-  const queueTask = async (req: Request, taskId: string, spec: TaskSpec, key: string | null) => {
-    const result = await handleCommand(
-      store,
-      taskStreamId(taskId),
-      task,
-      (state) =>
-        submitTask({ taskId, ownerId: req.auth!.userId, spec, idempotencyKey: key, now: clock() }, state),
-      context(req),
-      // A new task's stream does not exist yet: decide without reading it (a conflict would read it and decide
-      // again, which answers "already exists").
-      { known: { state: task.initialState, revision: null, hash: GENESIS_HASH } },
-    );
-    return { resource: taskResource(result.state, result.revision!), position: result.position! };
-  };
-
-  const submit = async (req: Request): Promise<{ resource: TaskResource; position: string }> => {
+  const submit = async (req: Request): Promise<QueuedTask> => {
     const body = req.body as SubmitBody;
     const type = body.type ?? 'echo';
     const payload = body.payload ?? null;
@@ -211,39 +181,10 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
     };
     const key = req.get('idempotency-key') ?? null;
-    if (!key) return queueTask(req, newId(), spec, null);
-    const hash = requestHash(body);
-    const claim = await handleCommand(
-      store,
-      idempotencyStreamId(req.auth!.userId, key),
-      idempotencyKey,
-      (state) =>
-        useIdempotencyKey(
-          {
-            taskId: newId(),
-            requestHash: hash,
-            now: clock(),
-            ttlSeconds: settings.idempotencyKeyTtlSeconds,
-          },
-          state,
-        ),
+    return submitIdempotently(
+      { store, clock, newId, idempotencyKeyTtlSeconds: settings.idempotencyKeyTtlSeconds },
       context(req),
-      // Most keys are new; a reused one costs a conflict, then a read.
-      { known: { state: idempotencyKey.initialState, revision: null, hash: GENESIS_HASH } },
-    );
-    if (!isLive(claim.state, clock())) throw new Error('idempotency key claim did not take');
-    if (claim.state.requestHash !== hash)
-      throw new UnprocessableError('this Idempotency-Key was already used with a different request');
-    const taskId = claim.state.taskId!;
-    // Either this request just claimed the key, or an earlier one did (and may have crashed before queueing).
-    return (
-      (claim.events.length === 0 ? await asQueued(taskId) : null) ??
-      (await queueTask(req, taskId, spec, key).catch(async (error) => {
-        // Two identical requests at once: the other one queued this very task a moment ago.
-        const queued = error instanceof ConflictError ? await asQueued(taskId) : null;
-        if (!queued) throw error;
-        return queued;
-      }))
+      { ownerId: req.auth!.userId, spec, idempotency: key ? { key, request: body } : null },
     );
   };
 
