@@ -194,6 +194,12 @@ export async function buildInfrastructure(
   }
 }
 
+/** A role running in this process: stopping it ends its work and lets go of what it holds. */
+interface StartedRole {
+  name: string;
+  stop(): Promise<void>;
+}
+
 export interface RunningService {
   url: string | null;
   infrastructure: Infrastructure;
@@ -286,68 +292,84 @@ export async function startService(
   const infrastructure = await buildInfrastructure(config, logger, {
     processLocalCache: options.processLocalCache,
   });
-  const stops: Array<() => Promise<void>> = [];
+  // One lifecycle for every role: each start leaves a stop, and stopping runs them last in, first out (HTTP stops
+  // taking work first, then the consumers), then closes the connections. A start that fails runs the same stop,
+  // so the roles started before it do not outlive the connections they run on.
+  const started: StartedRole[] = [];
+  const startRole = async (name: string, start: () => Promise<() => Promise<void>>) => {
+    started.push({ name, stop: await start() });
+  };
+  const stop = async () => {
+    for (const role of started.splice(0).reverse())
+      await role
+        .stop()
+        .catch((error) => logger.warn({ err: error, role: role.name }, 'error while stopping'));
+    await infrastructure.close();
+  };
   let url: string | null = null;
   try {
-    if (roles.includes('relay') && infrastructure.makeRelay) {
-      const relay = infrastructure.makeRelay();
-      relay.start();
-      stops.push(() => relay.stop());
+    const { makeRelay } = infrastructure;
+    if (roles.includes('relay') && makeRelay) {
+      await startRole('relay', async () => {
+        const relay = makeRelay();
+        relay.start();
+        return () => relay.stop();
+      });
     }
     if (roles.includes('projector')) {
-      const metrics = projectionMetrics(infrastructure.metrics);
-      const consumer = await runProjections({ ...infrastructure, projections: PROJECTIONS, metrics });
-      stops.push(() => consumer.stop());
+      await startRole('projector', async () => {
+        const metrics = projectionMetrics(infrastructure.metrics);
+        const consumer = await runProjections({ ...infrastructure, projections: PROJECTIONS, metrics });
+        return () => consumer.stop();
+      });
     }
     // Signed anchors of the log, on a schedule. Several processes doing it is harmless (expected revisions).
-    if (roles.includes('projector') && config.audit.privateKey) {
-      const anchoring = new AbortController();
-      const schedule = startAnchorSchedule({
-        store: infrastructure.store,
-        privateKey: config.audit.privateKey,
-        intervalSeconds: config.audit.anchorIntervalSeconds,
-        logger: logger.child({ role: 'anchors' }),
-        signal: anchoring.signal,
-      });
-      stops.push(async () => {
-        anchoring.abort();
-        await schedule;
+    const privateKey = config.audit.privateKey;
+    if (roles.includes('projector') && privateKey) {
+      await startRole('anchors', async () => {
+        const anchoring = new AbortController();
+        const schedule = startAnchorSchedule({
+          store: infrastructure.store,
+          privateKey,
+          intervalSeconds: config.audit.anchorIntervalSeconds,
+          logger: logger.child({ role: 'anchors' }),
+          signal: anchoring.signal,
+        });
+        return async () => {
+          anchoring.abort();
+          await schedule;
+        };
       });
     }
     if (roles.includes('worker')) {
-      const worker = new TaskWorker({
-        store: infrastructure.store,
-        pool: infrastructure.pool,
-        bus: infrastructure.bus,
-        handlers: createHandlerRegistry(config.handlers),
-        settings: config.workers,
-        tasks: config.tasks,
-        metrics: infrastructure.metrics,
-        logger: logger.child({ role: 'worker' }),
-        clock: options.clock,
-        newId: randomUUID,
+      await startRole('worker', async () => {
+        const worker = new TaskWorker({
+          store: infrastructure.store,
+          pool: infrastructure.pool,
+          bus: infrastructure.bus,
+          handlers: createHandlerRegistry(config.handlers),
+          settings: config.workers,
+          tasks: config.tasks,
+          metrics: infrastructure.metrics,
+          logger: logger.child({ role: 'worker' }),
+          clock: options.clock,
+          newId: randomUUID,
+        });
+        await worker.start();
+        return () => worker.stop();
       });
-      await worker.start();
-      stops.push(() => worker.stop());
     }
     if (roles.includes('api')) {
-      const app = buildHttpApp(infrastructure, await resolveJwtSecret(infrastructure), options.clock);
-      const server = await listen(app, config.port, config.host);
-      url = server.url;
-      stops.push(() => server.close(config.http.shutdownGraceMs));
+      await startRole('api', async () => {
+        const app = buildHttpApp(infrastructure, await resolveJwtSecret(infrastructure), options.clock);
+        const server = await listen(app, config.port, config.host);
+        url = server.url;
+        return () => server.close(config.http.shutdownGraceMs);
+      });
     }
   } catch (error) {
-    await infrastructure.close();
+    await stop();
     throw error;
   }
-  return {
-    url,
-    infrastructure,
-    stop: async () => {
-      // Stop taking work first (HTTP last in, first out), then the consumers, then the connections.
-      for (const stop of stops.reverse())
-        await stop().catch((error) => logger.warn({ err: error }, 'error while stopping'));
-      await infrastructure.close();
-    },
-  };
+  return { url, infrastructure, stop };
 }
