@@ -122,7 +122,7 @@ export async function buildInfrastructure(
     let makeRelay: Infrastructure['makeRelay'] = null;
     if (config.kafka.brokers.length > 0) {
       const kafka = createKafka(config.kafka, logger);
-      bus = new KafkaBus({ kafka, settings: config.kafka, logger });
+      bus = new KafkaBus({ kafka, settings: config.kafka, logger, pool });
       makeRelay = () =>
         new KafkaRelay({
           store,
@@ -250,7 +250,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     pool: infra.pool,
     cache: infra.cache,
     store: infra.store,
-    readModelReached: (position) => projectionReached(infra.pool, 'tasks', position, infra.bus.name),
+    readModelReached: (position) => projectionReached(infra.pool, 'tasks', position, infra.bus),
     minPositionWaitMs: config.tasks.minPositionWaitMs,
     clock,
   });

@@ -1,7 +1,12 @@
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
-import type { EventBus, RunningConsumer } from '../../src/infra/bus/bus.js';
-import type { EventStore, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
+import type { BatchHandler, EventBus, RunningConsumer } from '../../src/infra/bus/bus.js';
+import {
+  decodePosition,
+  encodePosition,
+  type EventStore,
+  type RecordedEvent,
+} from '../../src/infra/eventStore/eventStore.js';
 import type { KafkaRelay } from '../../src/infra/bus/kafka/relay.js';
 import { newEvent } from './eventStore.contract.js';
 
@@ -116,7 +121,7 @@ export function busContract(
 
     const consumeBatches = async (
       group: string,
-      handleBatch: (events: RecordedEvent[]) => Promise<void>,
+      handleBatch: BatchHandler,
       maxBatchSize = 10,
     ) => {
       const consumer = await harness.bus.consumeBatches({ group, handleBatch, maxBatchSize });
@@ -211,6 +216,40 @@ export function busContract(
         expect(firstDeliveryOrder(collector.events, `${prefix}-${s}`)).to.deep.equal([
           0, 1, 2, 3, 4, 5, 6, 7,
         ]);
+    });
+
+    it('names per partition how far a consumer must be to have seen everything up to a position it carried', async () => {
+      const prefix = uniqueName('bus');
+      const ours: Array<{ event: RecordedEvent; partition: number }> = [];
+      await consumeBatches(uniqueName('g'), async (events, delivery) => {
+        for (const event of events)
+          if (event.streamId.startsWith(prefix)) ours.push({ event, partition: delivery.partition });
+      });
+      await appendSteps(harness.store, prefix, 3, 4);
+      const deadline = Date.now() + 30000;
+      while (new Set(ours.map((o) => o.event.metadata.eventId)).size < 12 && Date.now() < deadline)
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      const last = ours.reduce((max, o) => (o.event.position > max ? o.event.position : max), '');
+
+      // The relay records what it published after the broker's acks, so shortly after a consumer has it.
+      let targets: ReadonlyMap<number, string> | null = null;
+      while (!targets && Date.now() < deadline) {
+        targets = await harness.bus.partitionTargets(last);
+        if (!targets) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(targets, 'targets once the bus carried the position').to.not.equal(null);
+      // A reader at these targets includes each of our events, in the partition it came through.
+      for (const { event, partition } of ours)
+        expect(
+          (targets!.get(partition) ?? '') >= event.position,
+          `${event.streamId}@${event.revision}`,
+        ).to.equal(true);
+      for (const target of targets!.values())
+        expect(target <= last, 'no target past the position').to.equal(true);
+      if (capabilities.relay) {
+        const beyond = encodePosition(decodePosition(last).high + 1n, 0n);
+        expect(await harness.bus.partitionTargets(beyond), 'a position not yet published').to.equal(null);
+      }
     });
 
     it('gives every group every event', async () => {

@@ -32,7 +32,7 @@ busContract(
       batchSize: 100,
     });
     store = eventStore;
-    bus = new KafkaBus({ kafka, settings, logger });
+    bus = new KafkaBus({ kafka, settings, logger, pool: database.pool });
     const url = database.url;
     return {
       store: eventStore,

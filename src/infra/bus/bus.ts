@@ -1,4 +1,4 @@
-import type { RecordedEvent } from '../eventStore/eventStore.js';
+import type { Position, RecordedEvent } from '../eventStore/eventStore.js';
 import { backoffMs, sleep } from '../abort.js';
 
 /**
@@ -54,6 +54,12 @@ export interface EventBus {
    * succeeded.
    */
   consumeBatches(options: ConsumeBatchesOptions): Promise<RunningConsumer>;
+  /**
+   * What a consumer must have applied in each partition to have seen every event up to `position`; null while
+   * the bus has not carried `position` yet. A read model that records its position per partition compares with
+   * this to answer "have I reached P" (read-your-writes), without knowing how the bus spreads the log.
+   */
+  partitionTargets(position: Position): Promise<ReadonlyMap<number, Position> | null>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }

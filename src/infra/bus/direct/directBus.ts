@@ -120,6 +120,11 @@ export class DirectBus implements EventBus {
     return consumer;
   }
 
+  /** One ordered log: a consumer has everything up to P once its own position is P. */
+  partitionTargets(position: Position): Promise<ReadonlyMap<number, Position>> {
+    return Promise.resolve(new Map([[0, position]]));
+  }
+
   async ping(): Promise<void> {
     await this.options.store.ping();
   }

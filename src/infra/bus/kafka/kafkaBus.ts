@@ -1,5 +1,7 @@
 import type { Consumer, Kafka, KafkaMessage } from 'kafkajs';
-import type { RecordedEvent } from '../../eventStore/eventStore.js';
+import type { Position, RecordedEvent } from '../../eventStore/eventStore.js';
+import type { Pool } from '../../db/pool.js';
+import { publishedPartitionTargets } from './relay.js';
 import type { Logger } from '../../logger.js';
 import {
   handleUntilDone,
@@ -15,6 +17,8 @@ export interface KafkaBusOptions {
   kafka: Kafka;
   settings: KafkaSettings;
   logger: Logger;
+  /** The database the relay records what it published in (for `partitionTargets`). */
+  pool: Pool;
   /** How long a fetch waits for data on a quiet topic; lower means less latency, more requests. */
   maxWaitTimeInMs?: number;
   /**
@@ -235,6 +239,11 @@ export class KafkaBus implements EventBus {
             ),
           ),
     );
+  }
+
+  /** The relay records, per partition, the newest position it published there; see publishedPartitionTargets. */
+  partitionTargets(position: Position): Promise<ReadonlyMap<number, Position> | null> {
+    return publishedPartitionTargets(this.options.pool, position);
   }
 
   async ping(): Promise<void> {

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import type { Kafka, Producer } from 'kafkajs';
-import type { EventStore, RecordedEvent } from '../../eventStore/eventStore.js';
+import type { EventStore, Position, RecordedEvent } from '../../eventStore/eventStore.js';
+import type { Pool } from '../../db/pool.js';
 import type { Logger } from '../../logger.js';
 import type { LogCheckpoints } from '../checkpoints.js';
 import { asyncBatches } from '../../asyncBatches.js';
@@ -34,6 +35,30 @@ function withinTime<T>(promise: Promise<T>, ms: number, what: string): Promise<T
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 export const RELAY_CHECKPOINT = 'relay:kafka';
+
+/**
+ * What the relay has published, as targets per partition for "has a consumer seen everything up to P": the relay
+ * must be past P, and partition p holds, of the events up to P, those up to min(P, the newest it got).
+ * Null while the relay has not published P.
+ */
+export async function publishedPartitionTargets(
+  pool: Pool,
+  position: Position,
+): Promise<ReadonlyMap<number, Position> | null> {
+  const { rows } = await pool.query<{
+    relay: string | null;
+    heads: Array<{ partition: number; position: string }> | null;
+  }>(
+    `SELECT (SELECT position FROM log_checkpoints WHERE name = $1) AS relay,
+            (SELECT json_agg(json_build_object('partition', partition, 'position', position)) FROM relay_partition_heads) AS heads`,
+    [RELAY_CHECKPOINT],
+  );
+  const { relay, heads } = rows[0]!;
+  if (!relay || relay < position) return null;
+  return new Map(
+    (heads ?? []).map((head) => [head.partition, head.position < position ? head.position : position]),
+  );
+}
 
 export interface RelayOptions {
   store: EventStore;
