@@ -29,7 +29,7 @@ import { projectionReached } from './projections/watermark.js';
 import { createHandlerRegistry } from './workers/handlers/index.js';
 import { TASK_TYPES, TaskTypes } from './domain/taskTypes.js';
 import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
-import { ensureTaskSchemas, registerTaskQueryRoutes } from './queries/tasks/route.js';
+import { registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
@@ -237,14 +237,12 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     newId: randomUUID,
     logger: infra.logger,
   });
-  const schemas = ensureTaskSchemas(api);
   const taskCommands = registerTaskCommandRoutes(api, {
     store: infra.store,
     taskTypes: new TaskTypes(TASK_TYPES),
     settings: config.tasks,
     clock,
     newId: randomUUID,
-    taskSchema: schemas.task,
   });
   const taskQueries = registerTaskQueryRoutes(api, {
     pool: infra.pool,

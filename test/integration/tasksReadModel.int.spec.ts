@@ -18,7 +18,8 @@ import { inTransaction } from '../../src/infra/db/pool.js';
 import { applyOnce } from '../../src/projections/projectionRunner.js';
 import { taskCacheKey, tasksProjection } from '../../src/projections/tasks/projection.js';
 import { createTaskQueries, encodeCursor, type TaskQueries } from '../../src/queries/tasks/query.js';
-import { ensureTaskSchemas, registerTaskQueryRoutes } from '../../src/queries/tasks/route.js';
+import { registerTaskQueryRoutes } from '../../src/queries/tasks/route.js';
+import { ensureTaskSchemas } from '../../src/domain/taskRepresentation.js';
 import { foldEvents } from '../../src/commands/commandHandler.js';
 import { task as taskDecider, type Task } from '../../src/commands/tasks/state.js';
 import {

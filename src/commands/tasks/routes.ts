@@ -10,7 +10,7 @@ import { handleCommand, type CommandContext } from '../commandHandler.js';
 import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';
 import { task, type Task } from './state.js';
 import { archiveTask, cancelTask, retryTask, updateTask, type UpdateTask } from './ownerCommands.js';
-import { taskResource, type TaskResource } from './resource.js';
+import { ensureTaskSchemas, taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
 import { submitIdempotently, type QueuedTask } from './submitIdempotently.js';
 import { workerControl, workerControlStreamId, pauseWorkers, resumeWorkers } from './workerControl.js';
 
@@ -21,8 +21,6 @@ export interface TaskCommandDeps {
   settings: Config['tasks'];
   clock: () => Date;
   newId: () => string;
-  /** The shared `Task` schema ref, so the command and query routes document one representation. */
-  taskSchema: JSONSchema;
 }
 
 /** Names the seed's clients may send instead of numbers; stored and shown as the number. */
@@ -108,6 +106,8 @@ const positionHeader = {
 
 export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): TaskCommandRoutes {
   const { store, taskTypes, settings, clock, newId } = deps;
+  // The representation the query routes show too, so both document one Task.
+  const taskSchema = ensureTaskSchemas(api).task;
   const submitSchema = api.addSchema('SubmitTask', {
     type: 'object',
     additionalProperties: false,
@@ -203,7 +203,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       responses: {
         202: {
           description: 'Queued',
-          schema: deps.taskSchema,
+          schema: taskSchema,
           headers: { ...positionHeader, Location: { description: 'The task', schema: { type: 'string' } } },
         },
         400: problem('Invalid task'),
@@ -242,7 +242,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       params: idParams,
       body: editSchema,
       responses: {
-        200: { description: 'Edited', schema: deps.taskSchema, headers: positionHeader },
+        200: { description: 'Edited', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),
         409: problem('The task is no longer pending'),
       },
@@ -265,7 +265,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       auth: 'bearer',
       params: idParams,
       responses: {
-        200: { description: 'Canceled', schema: deps.taskSchema, headers: positionHeader },
+        200: { description: 'Canceled', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),
         409: problem('The task has already finished'),
       },
@@ -283,7 +283,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       auth: 'bearer',
       params: idParams,
       responses: {
-        202: { description: 'Queued again', schema: deps.taskSchema, headers: positionHeader },
+        202: { description: 'Queued again', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),
         409: problem('The task is not failed or canceled'),
       },
@@ -304,7 +304,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       auth: 'bearer',
       params: idParams,
       responses: {
-        200: { description: 'Archived', schema: deps.taskSchema, headers: positionHeader },
+        200: { description: 'Archived', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),
         409: problem('The task has not finished'),
       },

@@ -5,7 +5,7 @@ import { foldEvents, handleCommand, type CommandContext } from '../commandHandle
 import { taskStreamId, type TaskSpec } from './events.js';
 import { task } from './state.js';
 import { submitTask } from './submitTask.js';
-import { taskResource, type TaskResource } from './resource.js';
+import { taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
 import {
   idempotencyKey,
   idempotencyStreamId,

@@ -8,7 +8,7 @@ import { editChanges, type EditBody, type TaskCommandRoutes } from '../../comman
 import { removeTask, updateTask } from '../../commands/tasks/ownerCommands.js';
 import type { TaskEvent } from '../../commands/tasks/events.js';
 import type { Task } from '../../commands/tasks/state.js';
-import type { TaskResource } from '../../commands/tasks/resource.js';
+import type { TaskResource } from '../../domain/taskRepresentation.js';
 import type { TaskQueryRoutes } from '../../queries/tasks/route.js';
 
 /**

@@ -3,7 +3,7 @@ import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import type { Position } from '../../infra/eventStore/eventStore.js';
 import type { TaskStatus } from '../../commands/tasks/events.js';
-import { taskResource, type TaskResource } from '../../commands/tasks/resource.js';
+import { taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
 import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from '../../projections/tasks/projection.js';
 import { prepared } from '../../infra/db/prepared.js';
 
