@@ -1,8 +1,11 @@
 import { ValidationError } from '../../errors.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
-import type { Position } from '../../infra/eventStore/eventStore.js';
-import type { TaskStatus } from '../../commands/tasks/events.js';
+import { isPosition, type EventStore, type Position } from '../../infra/eventStore/eventStore.js';
+import { sleep } from '../../infra/abort.js';
+import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
+import { foldEvents } from '../../commands/commandHandler.js';
+import { task as taskDecider } from '../../commands/tasks/state.js';
 import { taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
 import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from '../../projections/tasks/projection.js';
 import { prepared } from '../../infra/db/prepared.js';
@@ -151,6 +154,103 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
     async listOwnerTasks(ownerId, cap) {
       const rows = await selectListed({ ownerId }, cap + 1);
       return { items: rows.slice(0, cap).map(rowView), truncated: rows.length > cap };
+    },
+  };
+}
+
+/** How often a read that waits for a log position looks again. */
+const POLL_INTERVAL_MS = 25;
+
+export interface TaskReadsDeps {
+  queries: TaskQueries;
+  store: EventStore;
+  /** True once the tasks read model has applied every event up to `position` (a watermark across streams). */
+  readModelReached: (position: Position) => Promise<boolean>;
+  /** How long a read waits for a position before it answers "pending". */
+  minPositionWaitMs: number;
+  clock?: () => Date;
+}
+
+/** Reads that wait for the caller's own writes, and reads of the past: what the routes add to TaskQueries. */
+export interface TaskReads {
+  /**
+   * The task as seen by a read that includes `minPosition`, waiting at most `minPositionWaitMs`; `pending` when the
+   * read model has not reached it by then. `visible` filters what the caller may see: an invisible task is treated
+   * exactly as an absent one, waits included, so neither the answer nor its timing reveals that it exists.
+   */
+  getTaskIncluding(
+    id: string,
+    minPosition: Position,
+    visible: (snapshot: TaskSnapshot | null) => TaskSnapshot | null,
+  ): Promise<{ snapshot: TaskSnapshot | null } | 'pending'>;
+  /** Waits (bounded) until the task's row reflects `position`, a position a command on this task answered with. */
+  waitForTask(id: string, position: Position): Promise<boolean>;
+  /** Waits (bounded) until the whole read model includes `position`, which a list spanning many streams needs. */
+  waitForReadModel(position: Position): Promise<boolean>;
+  /**
+   * The task as it was at a time (RFC 3339) or log position: its own events up to then, folded by the domain's
+   * evolve, so history answers exactly as the live task would have then. Null when it did not exist yet.
+   */
+  taskAsOf(id: string, asOf: string): Promise<TaskView | null>;
+}
+
+export function createTaskReads(deps: TaskReadsDeps): TaskReads {
+  const { queries } = deps;
+  const clock = deps.clock ?? (() => new Date());
+
+  /** Polls `probe` until it returns a value or the wait runs out (then undefined). */
+  const pollUntil = async <T>(probe: () => Promise<T | undefined>): Promise<T | undefined> => {
+    const deadline = clock().getTime() + deps.minPositionWaitMs;
+    for (;;) {
+      const value = await probe();
+      if (value !== undefined) return value;
+      const left = deadline - clock().getTime();
+      if (left <= 0) return undefined;
+      await sleep(Math.min(POLL_INTERVAL_MS, left));
+    }
+  };
+
+  return {
+    async getTaskIncluding(id, minPosition, visible) {
+      const read = async () => visible(await queries.getTask(id, { minPosition }));
+      const outcome = await pollUntil(async () => {
+        const snapshot = await read();
+        // The common case: P came from a command on this very task.
+        if (snapshot && snapshot.position >= minPosition) return { snapshot };
+        if (!(await deps.readModelReached(minPosition))) return undefined;
+        // Read again after the watermark: only a row read after it passed P is sure to include P.
+        return { snapshot: await read() };
+      });
+      return outcome ?? 'pending';
+    },
+
+    async waitForTask(id, position) {
+      const reached = await pollUntil(async () => {
+        const snapshot = await queries.getTask(id, { minPosition: position });
+        return snapshot && snapshot.position >= position ? true : undefined;
+      });
+      return reached === true;
+    },
+
+    async waitForReadModel(position) {
+      return (
+        (await pollUntil(async () => ((await deps.readModelReached(position)) ? true : undefined))) === true
+      );
+    },
+
+    async taskAsOf(id, asOf) {
+      let upTo: (event: { position: string; metadata: { timestamp: string } }) => boolean;
+      if (isPosition(asOf)) upTo = (event) => event.position <= asOf;
+      else if (/^\d{4}-\d{2}-\d{2}T/.test(asOf) && !Number.isNaN(Date.parse(asOf))) {
+        const time = Date.parse(asOf);
+        upTo = (event) => Date.parse(event.metadata.timestamp) <= time;
+      } else
+        throw new ValidationError([
+          { path: '/query/as_of', message: 'must be an RFC 3339 time or a log position' },
+        ]);
+      const events = (await deps.store.readStream(taskStreamId(id))).filter(upTo);
+      if (events.length === 0) return null;
+      return taskResource(foldEvents(taskDecider, events), events[events.length - 1]!.revision);
     },
   };
 }

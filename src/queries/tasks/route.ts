@@ -3,7 +3,6 @@ import { ForbiddenError, NotFoundError, ValidationError } from '../../errors.js'
 import { type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
-import { sleep } from '../../infra/abort.js';
 import {
   isPosition,
   type EventStore,
@@ -12,18 +11,16 @@ import {
 } from '../../infra/eventStore/eventStore.js';
 import { claimsOf, seesAllTasks } from '../../infra/http/auth.js';
 import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
-import { foldEvents } from '../../commands/commandHandler.js';
-import { task as taskDecider } from '../../commands/tasks/state.js';
 import {
   ensureTaskSchemas,
   PENDING_DETAIL,
   TASK_STATUSES,
   taskEventExample,
   taskExample,
-  taskResource,
 } from '../../domain/taskRepresentation.js';
 import {
   createTaskQueries,
+  createTaskReads,
   DEFAULT_PAGE_SIZE,
   encodeCursor,
   MAX_PAGE_SIZE,
@@ -42,8 +39,6 @@ export interface TaskQueryRouteDeps {
   minPositionWaitMs: number;
   clock?: () => Date;
 }
-
-const POLL_INTERVAL_MS = 25;
 
 const minPositionDoc = 'A log position from a command response: wait (bounded) until the read model has it';
 const minPositionHeaders: JSONSchema = {
@@ -66,25 +61,6 @@ const pendingResponse = (schema: JSONSchema) => ({
 });
 
 /** The newer of `X-Min-Position` and `min_position`, or null when neither is sent; 400 for a malformed one. */
-/**
- * The task as it was at a time or log position: its own events up to that point, folded by the domain's evolve,
- * so history answers exactly as the live task would have then.
- */
-async function taskAsOf(store: EventStore, id: string, asOf: string) {
-  let upTo: (event: { position: string; metadata: { timestamp: string } }) => boolean;
-  if (isPosition(asOf)) upTo = (event) => event.position <= asOf;
-  else if (/^\d{4}-\d{2}-\d{2}T/.test(asOf) && !Number.isNaN(Date.parse(asOf))) {
-    const time = Date.parse(asOf);
-    upTo = (event) => Date.parse(event.metadata.timestamp) <= time;
-  } else
-    throw new ValidationError([
-      { path: '/query/as_of', message: 'must be an RFC 3339 time or a log position' },
-    ]);
-  const events = (await store.readStream(taskStreamId(id))).filter(upTo);
-  if (events.length === 0) return null;
-  return taskResource(foldEvents(taskDecider, events), events[events.length - 1]!.revision);
-}
-
 function requestedMinPosition(req: Pick<Request, 'get'>, query: { min_position?: unknown }): Position | null {
   const candidates: Array<[string, unknown]> = [
     ['/headers/x-min-position', req.get('x-min-position')],
@@ -130,24 +106,13 @@ export interface TaskQueryRoutes {
 export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): TaskQueryRoutes {
   const refs = ensureTaskSchemas(api);
   const queries = createTaskQueries({ pool: deps.pool, cache: deps.cache });
-  const clock = deps.clock ?? (() => new Date());
-
-  /** Polls `probe` until it returns a value or the wait runs out (then undefined). */
-  const pollUntil = async <T>(probe: () => Promise<T | undefined>): Promise<T | undefined> => {
-    const deadline = clock().getTime() + deps.minPositionWaitMs;
-    for (;;) {
-      const value = await probe();
-      if (value !== undefined) return value;
-      const left = deadline - clock().getTime();
-      if (left <= 0) return undefined;
-      await sleep(Math.min(POLL_INTERVAL_MS, left));
-    }
-  };
-  const waitForTask = async (id: string, position: Position): Promise<boolean> =>
-    (await pollUntil(async () => {
-      const snapshot = await queries.getTask(id, { minPosition: position });
-      return snapshot && snapshot.position >= position ? true : undefined;
-    })) === true;
+  const reads = createTaskReads({
+    queries,
+    store: deps.store,
+    readModelReached: deps.readModelReached,
+    minPositionWaitMs: deps.minPositionWaitMs,
+    clock: deps.clock,
+  });
 
   api.route<unknown, { min_position?: string; as_of?: string }, { id: string }>(
     {
@@ -186,7 +151,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       const claims = claimsOf(req);
       const id = req.params.id.toLowerCase();
       if (typeof req.query.as_of === 'string') {
-        const asOf = await taskAsOf(deps.store, id, req.query.as_of);
+        const asOf = await reads.taskAsOf(id, req.query.as_of);
         if (!asOf || (asOf.owner_id !== claims.userId && !seesAllTasks(claims)))
           throw new NotFoundError(`there was no task ${id} then`);
         res.set('Cache-Control', 'no-store').json(asOf);
@@ -198,19 +163,11 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       const visible = (snapshot: TaskSnapshot | null): TaskSnapshot | null =>
         snapshot && (snapshot.task.owner_id === claims.userId || seesAllTasks(claims)) ? snapshot : null;
 
-      const read = async () => visible(await queries.getTask(id, { minPosition }));
       let found: TaskSnapshot | null;
-      if (minPosition === null) found = await read();
+      if (minPosition === null) found = visible(await queries.getTask(id));
       else {
-        const outcome = await pollUntil(async () => {
-          const snapshot = await read();
-          // The common case: P came from a command on this very task.
-          if (snapshot && snapshot.position >= minPosition) return { snapshot };
-          if (!(await deps.readModelReached(minPosition))) return undefined;
-          // Read again after the watermark: only a row read after it passed P is sure to include P.
-          return { snapshot: await read() };
-        });
-        if (!outcome) return answerPending(res);
+        const outcome = await reads.getTaskIncluding(id, minPosition, visible);
+        if (outcome === 'pending') return answerPending(res);
         found = outcome.snapshot;
       }
       if (!found) throw new NotFoundError(`there is no task ${id}`);
@@ -267,11 +224,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
         throw new ForbiddenError("only auditors and admins can list other users' tasks");
 
       // A list spans many streams, so only the watermark can say it includes P.
-      if (
-        minPosition !== null &&
-        !(await pollUntil(async () => ((await deps.readModelReached(minPosition)) ? true : undefined)))
-      )
-        return answerPending(res);
+      if (minPosition !== null && !(await reads.waitForReadModel(minPosition))) return answerPending(res);
       const page = await queries.listTasks({ ownerId, status, type, queue, limit, cursor: cursor ?? null });
       res.set('Cache-Control', 'no-store').json(page);
     },
@@ -308,7 +261,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
     },
   );
 
-  return { queries, waitForTask };
+  return { queries, waitForTask: reads.waitForTask };
 }
 
 function eventView(event: RecordedEvent) {
