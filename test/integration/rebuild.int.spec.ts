@@ -34,7 +34,7 @@ import {
 } from '../../src/commands/tasks/workerCommands.js';
 import { applyOnce, type ApplyOutcome } from '../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
-import { TASK_COLUMNS } from '../../src/projections/tasks/projection.js';
+import { TASK_COLUMNS } from '../../src/projections/tasks/table.js';
 import {
   describeDifference,
   dropOldSchemas,

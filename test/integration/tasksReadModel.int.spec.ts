@@ -16,7 +16,8 @@ import { createHttpApp, createMetrics, listen, type RunningServer } from '../../
 import { UnauthorizedError, ValidationError } from '../../src/errors.js';
 import { inTransaction } from '../../src/infra/db/pool.js';
 import { applyOnce } from '../../src/projections/projectionRunner.js';
-import { taskCacheKey, tasksProjection } from '../../src/projections/tasks/projection.js';
+import { tasksProjection } from '../../src/projections/tasks/projection.js';
+import { taskCacheKey } from '../../src/projections/tasks/table.js';
 import { createTaskQueries, encodeCursor, type TaskQueries } from '../../src/queries/tasks/query.js';
 import { registerTaskQueryRoutes } from '../../src/queries/tasks/route.js';
 import { ensureTaskSchemas } from '../../src/domain/taskRepresentation.js';

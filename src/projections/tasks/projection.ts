@@ -1,86 +1,8 @@
 import { checkColumn, defineProjection, type ColumnType } from '../readModel.js';
 import type { PoolClient } from '../../infra/db/pool.js';
-import type { JsonValue } from '../../infra/eventStore/eventStore.js';
-import {
-  TASK_EVENT_TYPES,
-  taskStreamId,
-  type TaskError,
-  type TaskEvent,
-  type TaskStatus,
-} from '../../commands/tasks/events.js';
+import { TASK_EVENT_TYPES, taskStreamId, type TaskEvent } from '../../commands/tasks/events.js';
 import { evolveTask, initialTask, type Task } from '../../commands/tasks/state.js';
-
-export const taskCacheKey = (taskId: string): string => `task:${taskId}`;
-
-/** A row of the `tasks` table as node-postgres returns it (timestamptz as Date, jsonb parsed, bigint as number). */
-export interface TaskRow {
-  id: string;
-  owner_id: string;
-  title: string;
-  description: string | null;
-  type: string;
-  payload: JsonValue;
-  priority: number;
-  queue: string;
-  status: TaskStatus;
-  attempt: number;
-  attempts_before: number;
-  max_attempts: number;
-  timeout_ms: number;
-  run_at: Date | null;
-  worker_id: string | null;
-  lease_until: Date | null;
-  progress: number | null;
-  result: JsonValue | null;
-  last_error: TaskError | null;
-  created_at: Date;
-  updated_at: Date;
-  revision: number;
-  last_position: string;
-  archived_at: Date | null;
-}
-
-export const TASK_COLUMNS =
-  'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
-  'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before, archived_at';
-
-const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
-
-/**
- * The domain state a row stands for. `spec.runAt` (the submitter's original "not before") is not kept: evolveTask
- * only reads it in TaskQueued, which starts from scratch, and the row's `run_at` is the state's current one.
- */
-export function rowToTask(row: TaskRow): Task {
-  return {
-    exists: true,
-    id: row.id,
-    ownerId: row.owner_id,
-    spec: {
-      title: row.title,
-      description: row.description,
-      type: row.type,
-      payload: row.payload,
-      priority: row.priority,
-      queue: row.queue,
-      runAt: null,
-      maxAttempts: row.max_attempts,
-      timeoutMs: row.timeout_ms,
-    },
-    status: row.status,
-    attempt: row.attempt,
-    attemptsBefore: row.attempts_before,
-    runAt: iso(row.run_at),
-    workerId: row.worker_id,
-    leaseUntil: iso(row.lease_until),
-    progress: row.progress,
-    result: row.result,
-    lastError: row.last_error,
-    createdAt: iso(row.created_at),
-    updatedAt: iso(row.updated_at),
-    archivedAt: iso(row.archived_at),
-  };
-}
+import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from './table.js';
 
 interface TaskState {
   task: Task;

@@ -7,8 +7,13 @@ import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
 import { foldEvents } from '../../commands/commandHandler.js';
 import { task as taskDecider } from '../../commands/tasks/state.js';
 import { taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
-import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from '../../projections/tasks/projection.js';
-import { prepared } from '../../infra/db/prepared.js';
+import {
+  rowToTask,
+  selectListedTaskRows,
+  selectTaskRow,
+  taskCacheKey,
+  type TaskRow,
+} from '../../projections/tasks/table.js';
 
 /** The same representation the task commands answer with: one definition, so the two cannot drift apart. */
 export type TaskView = TaskResource;
@@ -40,8 +45,6 @@ export const MAX_PAGE_SIZE = 100;
 
 const rowView = (row: TaskRow): TaskView => taskResource(rowToTask(row), row.revision);
 
-// created_at is kept to the microsecond: a cursor rounded to JavaScript's milliseconds could skip or repeat rows.
-const CURSOR_CREATED_AT = `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_created_at`;
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -86,39 +89,16 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
   const { pool, cache } = deps;
 
   const readRow = async (id: string): Promise<TaskSnapshot | null> => {
-    const { rows } = await pool.query<TaskRow>(
-      prepared(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1`, [id]),
-    );
-    const row = rows[0];
+    const row = await selectTaskRow(pool, id);
     return row ? { task: rowView(row), position: row.last_position } : null;
   };
 
-  /** Listed (not archived) tasks matching the filter, newest first, at most `limit` rows. */
-  const selectListed = async (filter: TaskListFilter, limit: number) => {
-    const where: string[] = ['archived_at IS NULL'];
-    const values: unknown[] = [];
-    const add = (condition: (placeholder: string) => string, value: unknown) => {
-      values.push(value);
-      where.push(condition(`$${values.length}`));
-    };
-    if (filter.ownerId !== null) add((p) => `owner_id = ${p}`, filter.ownerId);
-    if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
-    if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
-    if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
-    if (filter.cursor) {
-      const after = decodeCursor(filter.cursor);
-      values.push(after.createdAt, after.id);
-      // A row-value comparison, so PostgreSQL can start the index scan right after the cursor.
-      where.push(`(created_at, id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`);
-    }
-    values.push(limit);
-    const { rows } = await pool.query<TaskRow & { cursor_created_at: string }>(
-      `SELECT ${TASK_COLUMNS}, ${CURSOR_CREATED_AT} FROM tasks WHERE ${where.join(' AND ')}
-       ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
-      values,
+  const selectListed = (filter: TaskListFilter, limit: number) =>
+    selectListedTaskRows(
+      pool,
+      { ...filter, after: filter.cursor ? decodeCursor(filter.cursor) : null },
+      limit,
     );
-    return rows;
-  };
 
   return {
     async getTask(id, options = {}) {

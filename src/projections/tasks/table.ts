@@ -1,0 +1,133 @@
+/**
+ * The `tasks` table, the tasks read model: its row as node-postgres returns it, the columns read, the mapping
+ * back to the domain state, the cache key of a row, and the reads. The projection beside it is its only writer.
+ */
+import type { Pool } from '../../infra/db/pool.js';
+import type { JsonValue } from '../../infra/eventStore/eventStore.js';
+import { prepared } from '../../infra/db/prepared.js';
+import type { TaskError, TaskStatus } from '../../commands/tasks/events.js';
+import type { Task } from '../../commands/tasks/state.js';
+
+/** The cache key of one task's row; the projection drops it whenever it writes the row. */
+export const taskCacheKey = (taskId: string): string => `task:${taskId}`;
+
+/** A row of the `tasks` table as node-postgres returns it (timestamptz as Date, jsonb parsed, bigint as number). */
+export interface TaskRow {
+  id: string;
+  owner_id: string;
+  title: string;
+  description: string | null;
+  type: string;
+  payload: JsonValue;
+  priority: number;
+  queue: string;
+  status: TaskStatus;
+  attempt: number;
+  attempts_before: number;
+  max_attempts: number;
+  timeout_ms: number;
+  run_at: Date | null;
+  worker_id: string | null;
+  lease_until: Date | null;
+  progress: number | null;
+  result: JsonValue | null;
+  last_error: TaskError | null;
+  created_at: Date;
+  updated_at: Date;
+  revision: number;
+  last_position: string;
+  archived_at: Date | null;
+}
+
+export const TASK_COLUMNS =
+  'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
+  'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
+  'attempts_before, archived_at';
+
+const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
+
+/**
+ * The domain state a row stands for. `spec.runAt` (the submitter's original "not before") is not kept: evolveTask
+ * only reads it in TaskQueued, which starts from scratch, and the row's `run_at` is the state's current one.
+ */
+export function rowToTask(row: TaskRow): Task {
+  return {
+    exists: true,
+    id: row.id,
+    ownerId: row.owner_id,
+    spec: {
+      title: row.title,
+      description: row.description,
+      type: row.type,
+      payload: row.payload,
+      priority: row.priority,
+      queue: row.queue,
+      runAt: null,
+      maxAttempts: row.max_attempts,
+      timeoutMs: row.timeout_ms,
+    },
+    status: row.status,
+    attempt: row.attempt,
+    attemptsBefore: row.attempts_before,
+    runAt: iso(row.run_at),
+    workerId: row.worker_id,
+    leaseUntil: iso(row.lease_until),
+    progress: row.progress,
+    result: row.result,
+    lastError: row.last_error,
+    createdAt: iso(row.created_at),
+    updatedAt: iso(row.updated_at),
+    archivedAt: iso(row.archived_at),
+  };
+}
+
+/** One task's row, or null when there is none. */
+export async function selectTaskRow(pool: Pool, id: string): Promise<TaskRow | null> {
+  const { rows } = await pool.query<TaskRow>(
+    prepared(`SELECT ${TASK_COLUMNS} FROM tasks WHERE id = $1`, [id]),
+  );
+  return rows[0] ?? null;
+}
+
+/** What a list of tasks may be narrowed by; `after` is the (created_at, id) of the previous page's last row. */
+export interface ListedTaskFilter {
+  /** null = every owner's tasks. */
+  ownerId: string | null;
+  status?: TaskStatus;
+  type?: string;
+  queue?: string;
+  after?: { createdAt: string; id: string } | null;
+}
+
+// created_at is kept to the microsecond: a cursor rounded to JavaScript's milliseconds could skip or repeat rows.
+const CURSOR_CREATED_AT = `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_created_at`;
+
+/** Listed (not archived) tasks matching the filter, newest first, at most `limit` rows, each with its cursor time. */
+export async function selectListedTaskRows(
+  pool: Pool,
+  filter: ListedTaskFilter,
+  limit: number,
+): Promise<Array<TaskRow & { cursor_created_at: string }>> {
+  const where: string[] = ['archived_at IS NULL'];
+  const values: unknown[] = [];
+  const add = (condition: (placeholder: string) => string, value: unknown) => {
+    values.push(value);
+    where.push(condition(`$${values.length}`));
+  };
+  if (filter.ownerId !== null) add((p) => `owner_id = ${p}`, filter.ownerId);
+  if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
+  if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
+  if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
+  if (filter.after) {
+    values.push(filter.after.createdAt, filter.after.id);
+    // A row-value comparison, so PostgreSQL can start the index scan right after the cursor.
+    where.push(`(created_at, id) < ($${values.length - 1}::timestamptz, $${values.length}::uuid)`);
+  }
+  values.push(limit);
+  const { rows } = await pool.query<TaskRow & { cursor_created_at: string }>(
+    `SELECT ${TASK_COLUMNS}, ${CURSOR_CREATED_AT} FROM tasks WHERE ${where.join(' AND ')}
+     ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
+    values,
+  );
+  return rows;
+}
