@@ -14,6 +14,10 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** Exponential back-off with full jitter, capped. */
-export const backoffMs = (attempt: number, baseMs = 100, maxMs = 5000): number =>
-  Math.round(Math.random() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20)));
+/** Exponential back-off with full jitter, capped; `random` is injectable so tests can pin the jitter. */
+export const backoffMs = (
+  attempt: number,
+  baseMs = 100,
+  maxMs = 5000,
+  random: () => number = Math.random,
+): number => Math.round(random() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20)));
