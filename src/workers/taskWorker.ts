@@ -21,7 +21,9 @@ import {
   type AttemptOutcome,
 } from '../commands/tasks/workerCommands.js';
 import { workerControl, workerControlStreamId } from '../commands/tasks/workerControl.js';
-import { isUnrecoverableError, type HandlerRegistry } from './handlers/handler.js';
+import type { HandlerRegistry } from './handlers/handler.js';
+import { attemptEndAfterRejection, type AbortReason, type AttemptEnd } from './outcomes.js';
+import { UnrecoverableError } from './handlers/handler.js';
 import {
   attemptsNoLongerOurs,
   claimDueTasks as claimFromSchedule,
@@ -50,9 +52,6 @@ export interface TaskWorkerOptions {
  * hash is null on EventStoreDB, whose claim does not know it: the outcome then reads the stream first).
  */
 type ClaimedAttempt = Pick<ClaimedTask, 'state' | 'revision'> & { hash: string | null };
-
-/** Why a running handler was aborted: each ends the attempt differently. */
-type AbortReason = 'timeout' | 'canceled' | 'release';
 
 interface RunningAttempt {
   taskId: string;
@@ -225,9 +224,9 @@ export class TaskWorker {
   private async paused(): Promise<boolean> {
     // The switch is one tiny stream; reading it at most every PAUSE_CHECK_MS is cheaper than a projection for it.
     // Short, since appends wake the dispatcher at once: a longer cache let it claim for a second after a pause.
-    if (Date.now() - this.pausedCache.readAt > PAUSE_CHECK_MS) {
+    if (this.clock().getTime() - this.pausedCache.readAt > PAUSE_CHECK_MS) {
       const state = foldEvents(workerControl, await this.options.store.readStream(workerControlStreamId));
-      this.pausedCache = { paused: state.paused, readAt: Date.now() };
+      this.pausedCache = { paused: state.paused, readAt: this.clock().getTime() };
     }
     return this.pausedCache.paused;
   }
@@ -479,10 +478,9 @@ export class TaskWorker {
       }, settings.progressIntervalMs),
     );
 
-    let outcome: AttemptOutcome | 'release' | 'canceled';
+    let outcome: AttemptEnd;
     try {
-      if (!handler)
-        throw Object.assign(new Error(`no handler for type ${spec.type}`), { unrecoverable: true });
+      if (!handler) throw new UnrecoverableError(`no handler for type ${spec.type}`);
       const result = await handler.run(spec.payload, {
         taskId,
         attempt,
@@ -494,21 +492,7 @@ export class TaskWorker {
       // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
       outcome = this.succeeded(result);
     } catch (error) {
-      const reason = controller.signal.reason as AbortReason | undefined;
-      if (controller.signal.aborted && reason && reason !== 'timeout') outcome = reason;
-      else if (controller.signal.aborted)
-        outcome = {
-          kind: 'failed',
-          retryable: true,
-          error: { kind: 'timeout', message: `timed out after ${spec.timeoutMs} ms` },
-        };
-      else if (isUnrecoverableError(error) || (error as { unrecoverable?: boolean }).unrecoverable)
-        outcome = {
-          kind: 'failed',
-          retryable: false,
-          error: { kind: 'unrecoverable', message: messageOf(error) },
-        };
-      else outcome = { kind: 'failed', retryable: true, error: { kind: 'error', message: messageOf(error) } };
+      outcome = attemptEndAfterRejection(error, controller.signal, spec.timeoutMs);
     } finally {
       for (const timer of timers) clearTimeout(timer); // clears intervals too
       await progressWrite;
@@ -542,17 +526,20 @@ export class TaskWorker {
       claimedHash !== null && !progressWritten
         ? { state, revision: claimedRevision, hash: claimedHash }
         : undefined;
-    for (let attempt = 1; ; attempt++) {
+    for (let write = 1; ; write++) {
       try {
         const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context(), {
-          known: attempt === 1 ? known : undefined,
+          known: write === 1 ? known : undefined,
         });
         this.metrics.finished.inc({ outcome: finished.events[0]?.type ?? 'superseded' });
         return;
       } catch (error) {
         if (this.clock().getTime() >= leaseEndsAt) throw error;
-        logger.warn({ err: error, taskId, attempt }, "could not record the attempt's outcome; retrying");
-        await sleep(backoffMs(attempt, 100, 2000));
+        logger.warn(
+          { err: error, taskId, attempt, write },
+          "could not record the attempt's outcome; retrying",
+        );
+        await sleep(backoffMs(write, 100, 2000, this.random));
       }
     }
   }
@@ -612,6 +599,3 @@ export class TaskWorker {
     }
   }
 }
-
-const messageOf = (error: unknown): string =>
-  (error instanceof Error ? error.message : String(error)).slice(0, 2000);
