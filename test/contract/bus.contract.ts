@@ -119,11 +119,7 @@ export function busContract(
       return consumer;
     };
 
-    const consumeBatches = async (
-      group: string,
-      handleBatch: BatchHandler,
-      maxBatchSize = 10,
-    ) => {
+    const consumeBatches = async (group: string, handleBatch: BatchHandler, maxBatchSize = 10) => {
       const consumer = await harness.bus.consumeBatches({ group, handleBatch, maxBatchSize });
       consumers.push(consumer);
       return consumer;

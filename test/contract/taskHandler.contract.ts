@@ -9,6 +9,7 @@ import {
   type TaskHandler,
   type TaskHandlerContext,
 } from '../../src/workers/handlers/handler.js';
+import { rejection } from '../support/fixtures.js';
 
 export interface ProgressReport {
   fraction: number;
@@ -45,15 +46,6 @@ function within<T>(ms: number, promise: Promise<T>): Promise<T> {
     timer = setTimeout(() => reject(new Error(`did not settle within ${ms} ms`)), ms);
   });
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the handler to reject, but it resolved');
 }
 
 /** What the worker runtime relies on from every handler, whatever it does. */

@@ -20,9 +20,10 @@ import { accountStreamId } from '../../src/commands/identity/account.js';
 import { sessionStreamId } from '../../src/commands/identity/session.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { taskStreamId } from '../../src/commands/tasks/events.js';
+import { newEmail as newEmailLabelled } from '../support/fixtures.js';
 
 const run = promisify(execFile);
-const newEmail = () => `attack-${randomBytes(5).toString('hex')}@example.com`;
+const newEmail = () => newEmailLabelled('attack');
 /** Distinctive, so that finding it anywhere in a response or a log line means it leaked. */
 const PASSWORD = `Leak-Canary-${randomBytes(6).toString('hex')}`;
 /** A cost other than the test default (6) and the shipped one (10), so the assertion shows the setting is used. */

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
@@ -15,10 +15,11 @@ import { accountStreamId } from '../../src/commands/identity/account.js';
 import { generateAuditKeyPair } from '../../src/audit/anchors.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { newEmail as newEmailLabelled } from '../support/fixtures.js';
 
 const run = promisify(execFile);
 
-const newEmail = () => `audit-${randomBytes(5).toString('hex')}@example.com`;
+const newEmail = () => newEmailLabelled('audit');
 const PASSWORD = 'password for audit';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
@@ -12,8 +12,9 @@ import {
 } from '../support/service.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { GO_SERVICE_TAG } from '../../src/compat/goService/routes.js';
+import { newEmail as newEmailLabelled } from '../support/fixtures.js';
 
-const newEmail = () => `go-${randomBytes(5).toString('hex')}@example.com`;
+const newEmail = () => newEmailLabelled('go');
 const PASSWORD = 'password123';
 /** The fields of the Go service's task (internal/task/model.go), no more, no fewer. */
 const GO_TASK_KEYS = [

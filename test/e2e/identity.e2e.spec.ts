@@ -19,9 +19,10 @@ import { PROJECTIONS } from '../../src/projections/index.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { createSiblingDatabase } from '../support/postgres.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
+import { newEmail as newEmailLabelled } from '../support/fixtures.js';
 
 const run = promisify(execFile);
-const newEmail = () => `user-${randomBytes(5).toString('hex')}@example.com`;
+const newEmail = () => newEmailLabelled('user');
 const PASSWORD = 'correct horse battery';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
@@ -13,8 +13,9 @@ import {
   type TestService,
 } from '../support/service.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
+import { newEmail as newEmailLabelled } from '../support/fixtures.js';
 
-const newEmail = () => `tasks-${randomBytes(5).toString('hex')}@example.com`;
+const newEmail = () => newEmailLabelled('tasks');
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
   describe(`tasks over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {

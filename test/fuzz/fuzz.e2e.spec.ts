@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import http from 'node:http';
 import zlib from 'node:zlib';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import jwt from 'jsonwebtoken';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
@@ -34,6 +34,7 @@ import {
   type WireRequest,
   type WireResponse,
 } from './requests.js';
+import { newEmail as newEmailLabelled } from '../support/fixtures.js';
 
 /**
  * Bad input, generated from the OpenAPI document the service serves and then mutated (see requests.ts).
@@ -51,7 +52,7 @@ const LANES = 16;
 const HEALTH_EVERY = 25;
 
 const PASSWORD = 'fuzzing password 1';
-const newEmail = (role: string) => `fuzz-${role}-${randomBytes(5).toString('hex')}@example.com`;
+const newEmail = (role: string) => newEmailLabelled(`fuzz-${role}`);
 
 interface Fuzzing {
   service: TestService;

@@ -9,6 +9,7 @@ import {
   type HttpPayload,
   type HttpResult,
 } from '../../src/workers/handlers/http.js';
+import { rejection } from '../support/fixtures.js';
 
 interface Received {
   method: string;
@@ -116,15 +117,6 @@ function route(req: IncomingMessage, res: ServerResponse, url: URL): void {
     default:
       res.writeHead(404).end();
   }
-}
-
-async function rejection(promise: Promise<unknown>): Promise<any> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection, but it resolved');
 }
 
 describe('http handler against a local server', function () {

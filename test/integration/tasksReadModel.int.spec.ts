@@ -31,6 +31,7 @@ import {
   type TaskStarted,
 } from '../../src/commands/tasks/events.js';
 import type { UserRole } from '../../src/commands/identity/events.js';
+import { rejection } from '../support/fixtures.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-03-01T09:00:00.000Z');
@@ -152,15 +153,6 @@ function expectedRow(state: Task, revision: number, position: string): Record<st
 
 // Response bodies are whatever the server sent; the assertions check their shape.
 const json = (response: Response): Promise<any> => response.json();
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('tasks read model', () => {
   before(async function () {

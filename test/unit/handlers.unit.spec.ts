@@ -15,6 +15,7 @@ import { createHttpHandler, isPrivateAddress } from '../../src/workers/handlers/
 import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
 import { submittedPayloadErrors } from '../../src/commands/tasks/payloadErrors.js';
 import { sleepHandler } from '../../src/workers/handlers/sleep.js';
+import { rejection } from '../support/fixtures.js';
 
 const httpSettings = {
   allowedHosts: [],
@@ -22,15 +23,6 @@ const httpSettings = {
   maxResponseBytes: 1024,
   maxRedirects: 2,
 };
-
-async function rejection(promise: Promise<unknown>): Promise<any> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection, but it resolved');
-}
 
 taskHandlerContract('echo', () => ({ handler: echoHandler, payload: { hello: ['world', 1, null] } }));
 taskHandlerContract('sleep', () => ({ handler: sleepHandler, payload: { ms: 20 } }));
