@@ -1,3 +1,6 @@
+/**
+ * src/audit: what auditors run against the log: hash-chain and anchor verification (this file), anchors, export.
+ */
 import type { KeyObject } from 'node:crypto';
 import type { EventStore, Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import { chainHash, GENESIS_HASH } from '../infra/eventStore/hashChain.js';

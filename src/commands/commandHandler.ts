@@ -1,3 +1,7 @@
+/**
+ * src/commands: the write side. Each aggregate's folder holds its events, state (evolve), pure deciders, application
+ * services and HTTP routes; this file is the one generic command handler they all go through (read, decide, append).
+ */
 import { ConflictError } from '../errors.js';
 import {
   WrongExpectedRevisionError,

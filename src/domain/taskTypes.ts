@@ -1,3 +1,7 @@
+/**
+ * src/domain: knowledge every side shares, with no HTTP and no storage in it: the task-type catalogue (this file) and
+ * the task's representation (taskRepresentation.ts).
+ */
 import type { ValidateFunction } from 'ajv/dist/2020.js';
 import type { FieldError } from '../errors.js';
 import { createAjv, toFieldErrors, type JSONSchema } from '../infra/jsonSchema.js';

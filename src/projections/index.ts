@@ -1,3 +1,7 @@
+/**
+ * src/projections: the read models fed from the bus (a folder each), their runner, rebuild and
+ * verify. This file is the one registry of read models.
+ */
 import type { Projection } from './projectionRunner.js';
 import { usersProjection } from './users/projection.js';
 import { refreshTokensProjection } from './refreshTokens/projection.js';

@@ -1,3 +1,7 @@
+/**
+ * src/workers: what runs tasks. This file is the worker (dispatch, claim, run, reap, drain); schedule.ts holds the
+ * claim's SQL, outcomes.ts what a run's end means, handlers/ the task types' code.
+ */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { Counter, Gauge, type Registry } from 'prom-client';

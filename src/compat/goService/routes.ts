@@ -1,3 +1,6 @@
+/**
+ * src/compat/goService: the replaced Go service's paths, served by the same commands and queries.
+ */
 import type { Request, Response } from 'express';
 import { NotFoundError } from '../../errors.js';
 import type { Api, ApiOperation } from '../../infra/http/api.js';

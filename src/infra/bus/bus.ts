@@ -1,3 +1,6 @@
+/**
+ * src/infra/bus: the bus port (this file) and its adapters, Kafka (a relay publishes the log) and direct.
+ */
 import type { Position, RecordedEvent } from '../eventStore/eventStore.js';
 import { backoffMs, sleep } from '../abort.js';
 

@@ -1,3 +1,6 @@
+/**
+ * src/infra/cache: the query cache port (this file) and its adapters: Redis, in-process LRU, none.
+ */
 import { Counter, type Registry } from 'prom-client';
 
 /**

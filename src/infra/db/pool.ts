@@ -1,3 +1,6 @@
+/**
+ * src/infra/db: PostgreSQL connections (this file), migrations, prepared statements, the embedded server.
+ */
 import pg from 'pg';
 import type { Logger } from '../logger.js';
 

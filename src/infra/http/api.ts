@@ -1,3 +1,7 @@
+/**
+ * src/infra/http: the HTTP shell: the route registry (this file: ajv validation and OpenAPI from one schema), the
+ * express app, authentication, RFC 9457 problems.
+ */
 import express, { type Request, type Response, type Router } from 'express';
 import type { ParamsDictionary, Query } from 'express-serve-static-core';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';

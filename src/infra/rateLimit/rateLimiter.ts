@@ -1,3 +1,6 @@
+/**
+ * src/infra/rateLimit: fixed-window rate limits in Redis, or in process without it.
+ */
 import { Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
 

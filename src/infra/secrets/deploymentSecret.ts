@@ -1,3 +1,6 @@
+/**
+ * src/infra/secrets: the deployment's generated secrets, kept where every process of the deployment finds them.
+ */
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';

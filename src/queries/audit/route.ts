@@ -1,3 +1,6 @@
+/**
+ * src/queries/audit: the auditors' reads of the log itself (paged, filtered, secrets redacted, as of a time).
+ */
 import type { Api } from '../../infra/http/api.js';
 import { requireRole } from '../../infra/http/auth.js';
 import type { JSONSchema } from '../../infra/jsonSchema.js';

@@ -1,3 +1,7 @@
+/**
+ * src/queries/tasks: reads of the tasks read model, through the cache, with read-your-writes waits and time travel;
+ * route.ts maps HTTP onto them.
+ */
 import { ValidationError } from '../../errors.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
