@@ -20,10 +20,9 @@ import { accountStreamId } from '../../src/commands/identity/account.js';
 import { sessionStreamId } from '../../src/commands/identity/session.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { taskStreamId } from '../../src/commands/tasks/events.js';
-import { newEmail as newEmailLabelled } from '../support/fixtures.js';
+import { newEmail } from '../support/fixtures.js';
 
 const run = promisify(execFile);
-const newEmail = () => newEmailLabelled('attack');
 /** Distinctive, so that finding it anywhere in a response or a log line means it leaked. */
 const PASSWORD = `Leak-Canary-${randomBytes(6).toString('hex')}`;
 /** A cost other than the test default (6) and the shipped one (10), so the assertion shows the setting is used. */
@@ -77,7 +76,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     const logout = (token: string, accessToken?: string) =>
       call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
     const account = async () => {
-      const email = newEmail();
+      const email = newEmail('attack');
       expect((await register(email)).status).to.equal(201);
       const response = await login(email);
       expect(response.status).to.equal(200);
@@ -349,13 +348,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
 
       it('never returns the password or its hash, and never logs them', async () => {
-        const email = newEmail();
+        const email = newEmail('attack');
         const responses = [
           await register(email),
           await login(email),
           await login(email, `${PASSWORD}-wrong`),
           await register(email),
-          await register(newEmail(), `${PASSWORD}${'é'.repeat(40)}`),
+          await register(newEmail('attack'), `${PASSWORD}${'é'.repeat(40)}`),
           await call(base, 'POST', '/login', { body: `{"email":"${email}","password":"${PASSWORD}"` }),
           await call(base, 'POST', '/login', { body: { email, password: PASSWORD, extra: PASSWORD } }),
         ];
@@ -394,9 +393,9 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
 
       it('takes about as long to refuse an unknown email as a wrong password', async () => {
-        const email = newEmail();
+        const email = newEmail('attack');
         expect((await register(email)).status).to.equal(201);
-        const unknown = newEmail();
+        const unknown = newEmail('attack');
         const timed = async (who: string) => {
           const started = performance.now();
           const response = await login(who, 'wrong password!');
@@ -454,7 +453,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const withCredentials = await fetch(`${base}/login`, {
           method: 'POST',
           headers: { origin, 'content-type': 'application/json' },
-          body: JSON.stringify({ email: newEmail(), password: 'whatever123' }),
+          body: JSON.stringify({ email: newEmail('attack'), password: 'whatever123' }),
         });
         const preflight = await fetch(`${base}/tasks`, {
           method: 'OPTIONS',

@@ -15,11 +15,10 @@ import { accountStreamId } from '../../src/commands/identity/account.js';
 import { generateAuditKeyPair } from '../../src/audit/anchors.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { newEmail as newEmailLabelled } from '../support/fixtures.js';
+import { newEmail } from '../support/fixtures.js';
 
 const run = promisify(execFile);
 
-const newEmail = () => newEmailLabelled('audit');
 const PASSWORD = 'password for audit';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
@@ -40,12 +39,12 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       skipSuiteUnless(this, missing === null, missing ?? '');
       service = await startTestService(mode, quickWorkerSettings);
       base = service.url;
-      userEmail = newEmail();
+      userEmail = newEmail('audit');
       await call(base, 'POST', '/register', { body: { email: userEmail, password: PASSWORD } });
       user = await login(userEmail);
       // A rotation, so the log holds refresh-token hashes that must never be shown.
       user = (await call(base, 'POST', '/refresh', { body: { refresh_token: user.refresh_token } })).body;
-      const auditorEmail = newEmail();
+      const auditorEmail = newEmail('audit');
       await call(base, 'POST', '/register', { body: { email: auditorEmail, password: PASSWORD } });
       await grantRoleByEmail(service.service.infrastructure.store, auditorEmail, 'auditor');
       auditor = (await login(auditorEmail)).access_token;
@@ -151,7 +150,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       expect((await asOf('2000-01-01T00:00:00Z')).status, 'before it existed').to.equal(404);
       expect((await asOf(history[2]!.position, auditor)).status, 'auditors too').to.equal(200);
       expect((await asOf('yesterday')).status).to.equal(400);
-      const stranger = newEmail();
+      const stranger = newEmail('audit');
       await call(base, 'POST', '/register', { body: { email: stranger, password: PASSWORD } });
       expect((await asOf(history[2]!.position, (await login(stranger)).access_token)).status).to.equal(404);
     });
@@ -181,7 +180,7 @@ describe('audit commands (task-manager audit ...)', function () {
   before(async () => {
     keys = generateAuditKeyPair();
     service = await startTestService('embedded', quickWorkerSettings);
-    const email = newEmail();
+    const email = newEmail('audit');
     await call(service.url, 'POST', '/register', { body: { email, password: PASSWORD } });
     const token = (await call(service.url, 'POST', '/login', { body: { email, password: PASSWORD } })).body
       .access_token;
@@ -230,7 +229,7 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
 
   before(async () => {
     service = await startTestService('embedded', quickWorkerSettings);
-    const email = newEmail();
+    const email = newEmail('audit');
     await call(service.url, 'POST', '/register', { body: { email, password: PASSWORD } });
     const token = (await call(service.url, 'POST', '/login', { body: { email, password: PASSWORD } })).body
       .access_token;

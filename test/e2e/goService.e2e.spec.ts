@@ -12,9 +12,8 @@ import {
 } from '../support/service.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { GO_SERVICE_TAG } from '../../src/compat/goService/routes.js';
-import { newEmail as newEmailLabelled } from '../support/fixtures.js';
+import { newEmail } from '../support/fixtures.js';
 
-const newEmail = () => newEmailLabelled('go');
 const PASSWORD = 'password123';
 /** The fields of the Go service's task (internal/task/model.go), no more, no fewer. */
 const GO_TASK_KEYS = [
@@ -51,7 +50,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     /** A Go client's account: registered and logged in through the Go service's routes. */
     const goUser = async () => {
-      const email = newEmail();
+      const email = newEmail('go');
       const registered = await call(base, 'POST', '/auth/register', { body: { email, password: PASSWORD } });
       expect(registered.status).to.equal(201);
       const login = await call(base, 'POST', '/auth/login', { body: { email, password: PASSWORD } });
@@ -77,7 +76,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       );
 
     it("replays the Go service's Swagger flow: register, login, create, list, get, patch, delete, refresh, logout", async () => {
-      const email = newEmail();
+      const email = newEmail('go');
       // Its Swagger document writes the register path with a trailing slash.
       const registered = await call(base, 'POST', '/auth/register/', { body: { email, password: PASSWORD } });
       expect(registered.status).to.equal(201);
@@ -168,7 +167,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
 
     it('accepts a trailing slash on every route', async () => {
-      const email = newEmail();
+      const email = newEmail('go');
       expect(
         (await call(base, 'POST', '/auth/register/', { body: { email, password: PASSWORD } })).status,
       ).to.equal(201);
@@ -309,7 +308,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
 
     it('answers errors with problem documents where the Go service answered {error}', async () => {
-      const email = newEmail();
+      const email = newEmail('go');
       // 6 characters was the Go service's minimum; ours is 8.
       expectProblem(await call(base, 'POST', '/auth/register', { body: { email, password: 'abcdef' } }), 400);
       await call(base, 'POST', '/auth/register', { body: { email, password: PASSWORD } });

@@ -19,10 +19,9 @@ import { PROJECTIONS } from '../../src/projections/index.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { createSiblingDatabase } from '../support/postgres.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
-import { newEmail as newEmailLabelled } from '../support/fixtures.js';
+import { newEmail } from '../support/fixtures.js';
 
 const run = promisify(execFile);
-const newEmail = () => newEmailLabelled('user');
 const PASSWORD = 'correct horse battery';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
@@ -51,7 +50,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     const logout = (token: string, accessToken?: string) =>
       call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
     const registeredAndLoggedIn = async () => {
-      const email = newEmail();
+      const email = newEmail('user');
       expect((await register(email)).status).to.equal(201);
       const response = await login(email);
       expect(response.status).to.equal(200);
@@ -62,7 +61,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     describe('register', () => {
       it('registers with a normalised email and answers 201 {id, email}', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         const response = await register(`  ${email.toUpperCase()} `);
         expect(response.status).to.equal(201);
         expect(response.body).to.have.keys('id', 'email');
@@ -71,7 +70,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
 
       it('answers 409 for an email already taken, in any case', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         await register(email);
         const again = await register(email.toUpperCase());
         expect(again.status).to.equal(409);
@@ -80,18 +79,18 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
       it('refuses a bad email, a short password, a password over 72 bytes and unknown fields with 400', async () => {
         expect((await register('not-an-email')).status).to.equal(400);
-        expect((await register(newEmail(), 'short')).status).to.equal(400);
-        const tooLong = await register(newEmail(), 'é'.repeat(37)); // 37 characters, 74 bytes
+        expect((await register(newEmail('user'), 'short')).status).to.equal(400);
+        const tooLong = await register(newEmail('user'), 'é'.repeat(37)); // 37 characters, 74 bytes
         expect(tooLong.status).to.equal(400);
         expect(tooLong.body.errors[0].path).to.equal('/body/password');
         const extra = await call(base, 'POST', '/register', {
-          body: { email: newEmail(), password: PASSWORD, role: 'admin' },
+          body: { email: newEmail('user'), password: PASSWORD, role: 'admin' },
         });
         expect(extra.status).to.equal(400);
       });
 
       it('stores only a bcrypt hash at the configured cost, never the password', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         await register(email);
         const [event] = await service.service.infrastructure.store.readStream(accountStreamId(email));
         expect(event!.rawData).not.to.include(PASSWORD);
@@ -99,7 +98,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
 
       it('lets exactly one of 50 concurrent registrations of one email succeed', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         const responses = await Promise.all(Array.from({ length: 50 }, () => register(email)));
         const statuses = responses.map((r) => r.status);
         expect(statuses.filter((s) => s === 201)).to.have.length(1);
@@ -141,10 +140,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
 
       it('answers a wrong password and an unknown email with the same 401', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         await register(email);
         const wrongPassword = await login(email, 'wrong password!');
-        const unknownEmail = await login(newEmail(), 'wrong password!');
+        const unknownEmail = await login(newEmail('user'), 'wrong password!');
         expect(wrongPassword.status).to.equal(401);
         expect(unknownEmail.status).to.equal(401);
         const comparable = (body: Record<string, unknown>) => ({
@@ -157,7 +156,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
 
       it('limits failed logins per email with 429 and Retry-After, even with the right password', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         await register(email);
         for (let i = 0; i < 3; i++) expect((await login(email, 'wrong password!')).status).to.equal(401);
         const limited = await login(email);
@@ -230,7 +229,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     describe('logout', () => {
       it('ends only that session: 204, a refresh right after is 401, the other session lives, the row is deleted', async () => {
-        const email = newEmail();
+        const email = newEmail('user');
         await register(email);
         const phone = (await login(email)).body;
         const laptop = (await login(email)).body;
@@ -383,7 +382,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           attempt <= service.config.auth.maxFailedLoginsPerAddress && !limited;
           attempt++
         ) {
-          freshEmail = newEmail();
+          freshEmail = newEmail('user');
           const response = await login(freshEmail, 'wrong password!');
           if (response.status === 429) limited = response;
           else expect(response.status).to.equal(401);

@@ -13,9 +13,7 @@ import {
   type TestService,
 } from '../support/service.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
-import { newEmail as newEmailLabelled } from '../support/fixtures.js';
-
-const newEmail = () => newEmailLabelled('tasks');
+import { newEmail } from '../support/fixtures.js';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
   describe(`tasks over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
@@ -39,8 +37,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       skipSuiteUnless(this, missing === null, missing ?? '');
       service = await startTestService(mode, quickWorkerSettings);
       base = service.url;
-      token = await login(newEmail());
-      otherToken = await login(newEmail());
+      token = await login(newEmail('tasks'));
+      otherToken = await login(newEmail('tasks'));
       webhook = http.createServer((req, res) => {
         webhookCalls++;
         if (webhookFailuresLeft-- > 0) res.writeHead(500).end('not yet');
@@ -337,7 +335,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
 
     it('lets auditors read any task and its history', async () => {
-      const email = newEmail();
+      const email = newEmail('tasks');
       const userToken = await login(email);
       void userToken;
       await grantRoleByEmail(service.service.infrastructure.store, email, 'auditor');
@@ -358,7 +356,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     it('starts a high-priority task among the next few, even behind 1,000 low ones', async function () {
       this.timeout(180000);
-      const adminEmail = newEmail();
+      const adminEmail = newEmail('tasks');
       await login(adminEmail);
       await grantRoleByEmail(service.service.infrastructure.store, adminEmail, 'admin');
       const admin = (

@@ -34,7 +34,7 @@ import {
   type WireRequest,
   type WireResponse,
 } from './requests.js';
-import { newEmail as newEmailLabelled } from '../support/fixtures.js';
+import { newEmail } from '../support/fixtures.js';
 
 /**
  * Bad input, generated from the OpenAPI document the service serves and then mutated (see requests.ts).
@@ -52,7 +52,6 @@ const LANES = 16;
 const HEALTH_EVERY = 25;
 
 const PASSWORD = 'fuzzing password 1';
-const newEmail = (role: string) => newEmailLabelled(`fuzz-${role}`);
 
 interface Fuzzing {
   service: TestService;
@@ -88,7 +87,7 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
   limits.bodyBytes = 100 * 1024;
   expect(service.config.http.bodyLimit, 'the mutations assume the default body limit').to.equal('100kb');
   const account = async (role: 'user' | 'auditor' | 'admin') => {
-    const email = newEmail(role);
+    const email = newEmail(`fuzz-${role}`);
     expect((await call(base, 'POST', '/register', { body: { email, password: PASSWORD } })).status).to.equal(
       201,
     );

@@ -2,10 +2,9 @@ import { expect } from 'chai';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
 import { newEvent } from '../contract/eventStore.contract.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import type { PoolClient } from '../../src/infra/db/pool.js';
 import type { Logger } from '../../src/infra/logger.js';
-import { silentLogger } from '../../src/infra/logger.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { chainHash, GENESIS_HASH } from '../../src/infra/eventStore/hashChain.js';
 import type { EventStore, NewEvent, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
@@ -186,13 +185,7 @@ describe('audit', function () {
   // Tampering breaks the log for good, so every test has a database of its own.
   beforeEach(async () => {
     database = await createTestDatabase('audit');
-    store = new PostgresEventStore({
-      pool: database.pool,
-      connectionString: database.url,
-      logger: silentLogger(),
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    store = testEventStore(database);
   });
 
   afterEach(async () => {

@@ -8,8 +8,7 @@ import {
   type DomainEvent,
 } from '../../src/commands/commandHandler.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
-import { silentLogger } from '../../src/infra/logger.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 
 type Counted = DomainEvent<'Counted', { value: number }>;
 const counter: Decider<{ total: number }, Counted> = {
@@ -29,13 +28,7 @@ describe('the command handler', () => {
   let store: PostgresEventStore;
   before(async () => {
     db = await createTestDatabase('cmd');
-    store = new PostgresEventStore({
-      pool: db.pool,
-      connectionString: db.url,
-      logger: silentLogger(),
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    store = testEventStore(db);
   });
   after(async () => {
     await store?.close();

@@ -1,5 +1,5 @@
 import { busContract } from '../contract/bus.contract.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
@@ -15,13 +15,7 @@ busContract(
   async () => {
     database = await createTestDatabase('direct');
     const logger = silentLogger();
-    store = new PostgresEventStore({
-      pool: database.pool,
-      connectionString: database.url,
-      logger,
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    store = testEventStore(database, { logger });
     bus = new DirectBus({ store, checkpoints: new LogCheckpoints(database.pool), logger });
     return { store, bus };
   },

@@ -5,8 +5,7 @@ import type { CommandContext } from '../../src/commands/commandHandler.js';
 import type { TaskSpec } from '../../src/commands/tasks/events.js';
 import { submitIdempotently, type SubmitDeps } from '../../src/commands/tasks/submitIdempotently.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
-import { silentLogger } from '../../src/infra/logger.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 
 const spec = (title: string): TaskSpec => ({
   title,
@@ -26,13 +25,7 @@ describe('submitting with an Idempotency-Key', () => {
   let deps: SubmitDeps;
   before(async () => {
     db = await createTestDatabase('idem');
-    store = new PostgresEventStore({
-      pool: db.pool,
-      connectionString: db.url,
-      logger: silentLogger(),
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    store = testEventStore(db);
     deps = { store, clock: () => new Date(), newId: randomUUID, idempotencyKeyTtlSeconds: 3600 };
   });
   after(async () => {

@@ -1,5 +1,5 @@
 import { busContract } from '../contract/bus.contract.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { kafkaBrokers, KAFKA_MISSING, testKafkaSettings } from '../support/kafka.js';
 import { skipSuiteUnless } from '../support/skips.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
@@ -24,13 +24,7 @@ busContract(
     const settings = testKafkaSettings(brokers!);
     const kafka = createKafka(settings, logger);
     const checkpoints = new LogCheckpoints(database.pool);
-    const eventStore = new PostgresEventStore({
-      pool: database.pool,
-      connectionString: database.url,
-      logger,
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    const eventStore = testEventStore(database, { logger });
     store = eventStore;
     bus = new KafkaBus({ kafka, settings, logger, pool: database.pool });
     const url = database.url;

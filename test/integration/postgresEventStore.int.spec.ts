@@ -2,9 +2,8 @@ import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { eventStoreContract } from '../contract/eventStore.contract.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
-import { silentLogger } from '../../src/infra/logger.js';
 
 let database: TestDatabase;
 let store: PostgresEventStore;
@@ -15,13 +14,7 @@ eventStoreContract(
     database = await createTestDatabase('es');
     // A long poll interval: only NOTIFY or the xmin horizon moving can make these tests pass quickly, and the
     // out-of-order test waits past it so the subscriber certainly polls while a transaction is open.
-    store = new PostgresEventStore({
-      pool: database.pool,
-      connectionString: database.url,
-      logger: silentLogger(),
-      pollIntervalMs: 100,
-      batchSize: 50,
-    });
+    store = testEventStore(database, { batchSize: 50 });
     return { store, settleMs: 400 };
   },
   async () => {
@@ -36,13 +29,7 @@ describe('the PostgreSQL log horizon', function () {
   let horizonStore: PostgresEventStore;
   before(async () => {
     db = await createTestDatabase('horizon');
-    horizonStore = new PostgresEventStore({
-      pool: db.pool,
-      connectionString: db.url,
-      logger: silentLogger(),
-      pollIntervalMs: 100,
-      batchSize: 50,
-    });
+    horizonStore = testEventStore(db, { batchSize: 50 });
   });
   after(async () => {
     await horizonStore?.close();

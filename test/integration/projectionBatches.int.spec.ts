@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import type { JsonObject, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
 import { inTransaction, type Pool } from '../../src/infra/db/pool.js';
@@ -210,13 +210,7 @@ describe('projections in batches', function () {
 
   beforeEach(async () => {
     [one, batched] = await Promise.all([createTestDatabase('batch1'), createTestDatabase('batchn')]);
-    store = new PostgresEventStore({
-      pool: one.pool,
-      connectionString: one.url,
-      logger,
-      pollIntervalMs: 50,
-      batchSize: 100,
-    });
+    store = testEventStore(one, { logger, pollIntervalMs: 50 });
   });
 
   afterEach(async () => {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import type { Position } from '../../src/infra/eventStore/eventStore.js';
 import type { Pool } from '../../src/infra/db/pool.js';
@@ -403,13 +403,7 @@ describe('rebuilding read models', function () {
 
   beforeEach(async () => {
     db = await createTestDatabase('rebuild');
-    store = new PostgresEventStore({
-      pool: db.pool,
-      connectionString: db.url,
-      logger,
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    store = testEventStore(db, { logger });
     world = new World(db, store);
     await world.seed();
     const outcomes = await world.projectLive();

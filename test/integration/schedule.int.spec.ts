@@ -22,7 +22,7 @@ import {
   type ClaimRequest,
 } from '../../src/workers/schedule.js';
 import { TaskWorker } from '../../src/workers/taskWorker.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { eventually } from '../support/service.js';
 
 const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
@@ -53,13 +53,7 @@ describe('the task schedule (inline projection) and batched claims', function ()
 
   before(async () => {
     db = await createTestDatabase('sched');
-    store = new PostgresEventStore({
-      pool: db.pool,
-      connectionString: db.url,
-      logger: silentLogger(),
-      pollIntervalMs: 100,
-      batchSize: 500,
-    });
+    store = testEventStore(db, { batchSize: 500 });
   });
   after(async () => {
     await store?.close();

@@ -3,7 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import formatsPlugin from 'ajv-formats';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { skipSuiteUnless } from '../support/skips.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
@@ -158,13 +158,7 @@ describe('tasks read model', () => {
   before(async function () {
     this.timeout(30000);
     database = await createTestDatabase('tasks');
-    store = new PostgresEventStore({
-      pool: database.pool,
-      connectionString: database.url,
-      logger,
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    store = testEventStore(database, { logger });
   });
 
   after(async () => {

@@ -6,9 +6,8 @@ import { KafkaBus } from '../../src/infra/bus/kafka/kafkaBus.js';
 import { createKafka } from '../../src/infra/bus/kafka/kafkaClient.js';
 import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
-import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { silentLogger } from '../../src/infra/logger.js';
-import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
+import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { testKafkaSettings } from '../support/kafka.js';
 
 const p = (n: number) => encodePosition(BigInt(n), BigInt(n));
@@ -21,13 +20,7 @@ describe('read-model watermark (has a projection reached position P?)', () => {
   before(async () => {
     db = await createTestDatabase('wm');
     const logger = silentLogger();
-    const store = new PostgresEventStore({
-      pool: db.pool,
-      connectionString: db.url,
-      logger,
-      pollIntervalMs: 100,
-      batchSize: 100,
-    });
+    const store = testEventStore(db, { logger });
     direct = new DirectBus({ store, checkpoints: new LogCheckpoints(db.pool), logger });
     const settings = testKafkaSettings(['127.0.0.1:9']);
     kafka = new KafkaBus({ kafka: createKafka(settings, logger), settings, logger, pool: db.pool });

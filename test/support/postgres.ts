@@ -2,7 +2,8 @@ import pg from 'pg';
 import { randomBytes } from 'node:crypto';
 import { createPool, type Pool } from '../../src/infra/db/pool.js';
 import { migrate } from '../../src/infra/db/migrate.js';
-import { silentLogger } from '../../src/infra/logger.js';
+import { silentLogger, type Logger } from '../../src/infra/logger.js';
+import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 
 /** The server the test command set up (scripts/services.sh); integration tests need it. */
 export const adminDatabaseUrl = (): string => {
@@ -73,4 +74,18 @@ export async function createSiblingDatabase(pool: Pool, databaseUrl: string): Pr
       await pool.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },
   };
+}
+
+/** The PostgreSQL event store on a test database: silent, polling every 100 ms, reading 100 events a page. */
+export function testEventStore(
+  db: Pick<TestDatabase, 'pool' | 'url'>,
+  options: { logger?: Logger; pollIntervalMs?: number; batchSize?: number } = {},
+): PostgresEventStore {
+  return new PostgresEventStore({
+    pool: db.pool,
+    connectionString: db.url,
+    logger: options.logger ?? silentLogger(),
+    pollIntervalMs: options.pollIntervalMs ?? 100,
+    batchSize: options.batchSize ?? 100,
+  });
 }
