@@ -27,7 +27,7 @@ import { projectionMetrics, runProjections } from './projections/projectionRunne
 import { PROJECTIONS } from './projections/index.js';
 import { projectionReached } from './projections/watermark.js';
 import { createHandlerRegistry } from './workers/handlers/index.js';
-import { TASK_TYPES, TaskTypes } from './domain/taskTypes.js';
+import { TASK_TYPES, TaskTypes } from './domain/tasks/taskTypes.js';
 import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
 import { registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { TaskWorker } from './workers/taskWorker.js';

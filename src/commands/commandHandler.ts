@@ -1,22 +1,16 @@
 /**
- * src/commands: the write side. Each aggregate's folder holds its events, state (evolve), pure deciders, application
- * services and HTTP routes; this file is the one generic command handler they all go through (read, decide, append).
+ * src/commands: the write side. Each aggregate's folder holds its application services and HTTP routes (its events,
+ * state and pure deciders are in src/domain); this file is the one generic command handler they all go through
+ * (read, decide, append).
  */
 import { ConflictError } from '../errors.js';
+import { foldEvents, type Decider, type DomainEvent } from '../domain/decider.js';
 import {
   WrongExpectedRevisionError,
   type EventContext,
   type EventStore,
-  type JsonObject,
   type Position,
-  type RecordedEvent,
 } from '../infra/eventStore/eventStore.js';
-
-/** A domain event before it is stored: its type and its data, nothing else. */
-export interface DomainEvent<Type extends string = string, Data extends JsonObject = JsonObject> {
-  type: Type;
-  data: Data;
-}
 
 /**
  * What a command brings from outside the domain: the clock, the id generator and who is asking. Deciders take
@@ -30,11 +24,6 @@ export interface CommandContext {
   userId: string | null;
 }
 
-export interface Decider<State, Event extends DomainEvent> {
-  initialState: State;
-  evolve: (state: State, event: Event) => State;
-}
-
 export interface HandleResult<State, Event extends DomainEvent> {
   /** The events this command appended ([] when the decision was to do nothing). */
   events: Event[];
@@ -46,17 +35,6 @@ export interface HandleResult<State, Event extends DomainEvent> {
   position: Position | null;
 }
 
-export const foldEvents = <State, Event extends DomainEvent>(
-  decider: Decider<State, Event>,
-  events: ReadonlyArray<Pick<RecordedEvent, 'type' | 'data'>>,
-): State =>
-  events.reduce((state, event) => decider.evolve(state, event as unknown as Event), decider.initialState);
-
-/**
- * The one way commands change the world: read the stream, fold it into state, decide, and append with the
- * revision that was read. If another writer got there first, read again and decide again (the decision may
- * differ now); after `maxAttempts` the caller gets a 409 rather than a silent merge.
- */
 /**
  * A stream's state the caller already holds (a worker that just claimed the task, a submit of a new stream):
  * the first try decides on it without reading; a conflict falls back to reading the stream.
@@ -69,6 +47,11 @@ export interface KnownHead<State> {
   hash: string;
 }
 
+/**
+ * The one way commands change the world: read the stream, fold it into state, decide, and append with the
+ * revision that was read. If another writer got there first, read again and decide again (the decision may
+ * differ now); after `maxAttempts` the caller gets a 409 rather than a silent merge.
+ */
 export async function handleCommand<State, Event extends DomainEvent>(
   store: EventStore,
   streamId: string,

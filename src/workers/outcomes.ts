@@ -2,7 +2,7 @@
  * What the end of a handler's run means for its attempt, in one place (as River's JobCancel and JobSnooze are):
  * the worker's abort reasons, and the one function that turns a handler's rejection into an outcome.
  */
-import type { AttemptOutcome } from '../commands/tasks/workerCommands.js';
+import type { AttemptOutcome } from '../domain/tasks/workerCommands.js';
 import { isUnrecoverableError } from './handlers/handler.js';
 
 /** Why the worker aborted a running handler's signal: each ends the attempt differently. */

@@ -7,10 +7,10 @@ import {
   type Position,
 } from '../infra/eventStore/eventStore.js';
 import { IllegalStateError } from '../errors.js';
-import { foldEvents } from '../commands/commandHandler.js';
-import { TASK_STREAM_PREFIX, taskStreamId, type TaskEvent } from '../commands/tasks/events.js';
-import { task, type Task } from '../commands/tasks/state.js';
-import { startTask } from '../commands/tasks/workerCommands.js';
+import { foldEvents } from '../domain/decider.js';
+import { TASK_STREAM_PREFIX, taskStreamId, type TaskEvent } from '../domain/tasks/events.js';
+import { task, type Task } from '../domain/tasks/state.js';
+import { startTask } from '../domain/tasks/workerCommands.js';
 
 /**
  * The `task_schedule` table (migrations/0010): an inline projection of the task streams, written by a trigger in

@@ -12,9 +12,10 @@ import type { EventStore, JsonValue } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import { backoffMs, sleep } from '../infra/abort.js';
 import { ConflictError, IllegalStateError } from '../errors.js';
-import { foldEvents, handleCommand, type CommandContext } from '../commands/commandHandler.js';
-import { taskStreamId, type TaskEvent } from '../commands/tasks/events.js';
-import { task, type Task } from '../commands/tasks/state.js';
+import { handleCommand, type CommandContext } from '../commands/commandHandler.js';
+import { foldEvents } from '../domain/decider.js';
+import { taskStreamId, type TaskEvent } from '../domain/tasks/events.js';
+import { task, type Task } from '../domain/tasks/state.js';
 import {
   expireLease,
   finishAttempt,
@@ -23,8 +24,8 @@ import {
   retryDelayMs,
   startTask,
   type AttemptOutcome,
-} from '../commands/tasks/workerCommands.js';
-import { workerControl, workerControlStreamId } from '../commands/tasks/workerControl.js';
+} from '../domain/tasks/workerCommands.js';
+import { workerControl, workerControlStreamId } from '../domain/tasks/workerControl.js';
 import type { HandlerRegistry } from './handlers/handler.js';
 import { attemptEndAfterRejection, type AbortReason, type AttemptEnd } from './outcomes.js';
 import { UnrecoverableError } from './handlers/handler.js';

@@ -16,10 +16,10 @@ import {
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { accountStreamId } from '../../src/commands/identity/account.js';
-import { sessionStreamId } from '../../src/commands/identity/session.js';
+import { accountStreamId } from '../../src/domain/identity/account.js';
+import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
-import { taskStreamId } from '../../src/commands/tasks/events.js';
+import { taskStreamId } from '../../src/domain/tasks/events.js';
 import { newEmail } from '../support/fixtures.js';
 
 const run = promisify(execFile);

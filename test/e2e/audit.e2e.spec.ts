@@ -11,7 +11,7 @@ import {
   type TestService,
 } from '../support/service.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
-import { accountStreamId } from '../../src/commands/identity/account.js';
+import { accountStreamId } from '../../src/domain/identity/account.js';
 import { generateAuditKeyPair } from '../../src/audit/anchors.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';

@@ -12,8 +12,8 @@ import {
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { accountStreamId, loginAttemptsStreamId } from '../../src/commands/identity/account.js';
-import { sessionStreamId } from '../../src/commands/identity/session.js';
+import { accountStreamId, loginAttemptsStreamId } from '../../src/domain/identity/account.js';
+import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { applyOnce } from '../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
 import { silentLogger } from '../../src/infra/logger.js';

@@ -4,8 +4,8 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
-import { foldEvents } from '../../src/commands/commandHandler.js';
-import { task } from '../../src/commands/tasks/state.js';
+import { foldEvents } from '../../src/domain/decider.js';
+import { task } from '../../src/domain/tasks/state.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
 import {
   readLog,

@@ -1,12 +1,8 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import { ConflictError } from '../../src/errors.js';
-import {
-  handleCommand,
-  type CommandContext,
-  type Decider,
-  type DomainEvent,
-} from '../../src/commands/commandHandler.js';
+import { handleCommand, type CommandContext } from '../../src/commands/commandHandler.js';
+import { type Decider, type DomainEvent } from '../../src/domain/decider.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import { UnprocessableError } from '../../src/errors.js';
 import type { CommandContext } from '../../src/commands/commandHandler.js';
-import type { TaskSpec } from '../../src/commands/tasks/events.js';
+import type { TaskSpec } from '../../src/domain/tasks/events.js';
 import { submitIdempotently, type SubmitDeps } from '../../src/commands/tasks/submitIdempotently.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';

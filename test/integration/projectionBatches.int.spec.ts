@@ -25,7 +25,7 @@ import type { Projection } from '../../src/projections/readModel.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
 import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import { usersProjection } from '../../src/projections/users/projection.js';
-import { taskStreamId } from '../../src/commands/tasks/events.js';
+import { taskStreamId } from '../../src/domain/tasks/events.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-07-01T10:00:00.000Z');

@@ -5,33 +5,29 @@ import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgres
 import type { Position } from '../../src/infra/eventStore/eventStore.js';
 import type { Pool } from '../../src/infra/db/pool.js';
 import { silentLogger } from '../../src/infra/logger.js';
-import {
-  handleCommand,
-  type CommandContext,
-  type Decider,
-  type DomainEvent,
-} from '../../src/commands/commandHandler.js';
-import { account, accountStreamId, grantRole, registerUser } from '../../src/commands/identity/account.js';
+import { handleCommand, type CommandContext } from '../../src/commands/commandHandler.js';
+import { type Decider, type DomainEvent } from '../../src/domain/decider.js';
+import { account, accountStreamId, grantRole, registerUser } from '../../src/domain/identity/account.js';
 import {
   endSession,
   rotateRefreshToken,
   session,
   sessionStreamId,
   startSession,
-} from '../../src/commands/identity/session.js';
+} from '../../src/domain/identity/session.js';
 import { newRefreshToken } from '../../src/commands/identity/tokens.js';
-import type { UserRole } from '../../src/commands/identity/events.js';
-import { taskStreamId, type TaskEvent, type TaskSpec } from '../../src/commands/tasks/events.js';
-import { task, type Task } from '../../src/commands/tasks/state.js';
-import { submitTask } from '../../src/commands/tasks/submitTask.js';
-import { cancelTask, retryTask, updateTask } from '../../src/commands/tasks/ownerCommands.js';
+import type { UserRole } from '../../src/domain/identity/events.js';
+import { taskStreamId, type TaskEvent, type TaskSpec } from '../../src/domain/tasks/events.js';
+import { task, type Task } from '../../src/domain/tasks/state.js';
+import { submitTask } from '../../src/domain/tasks/submitTask.js';
+import { cancelTask, retryTask, updateTask } from '../../src/domain/tasks/ownerCommands.js';
 import {
   finishAttempt,
   releaseTask,
   reportProgress,
   startTask,
   type AttemptOutcome,
-} from '../../src/commands/tasks/workerCommands.js';
+} from '../../src/domain/tasks/workerCommands.js';
 import { applyOnce, type ApplyOutcome } from '../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
 import { TASK_COLUMNS } from '../../src/projections/tasks/table.js';

@@ -20,17 +20,17 @@ import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import { taskCacheKey } from '../../src/projections/tasks/table.js';
 import { createTaskQueries, encodeCursor, type TaskQueries } from '../../src/queries/tasks/query.js';
 import { registerTaskQueryRoutes } from '../../src/queries/tasks/route.js';
-import { ensureTaskSchemas } from '../../src/domain/taskRepresentation.js';
-import { foldEvents } from '../../src/commands/commandHandler.js';
-import { task as taskDecider, type Task } from '../../src/commands/tasks/state.js';
+import { ensureTaskSchemas } from '../../src/domain/tasks/representation.js';
+import { foldEvents } from '../../src/domain/decider.js';
+import { task as taskDecider, type Task } from '../../src/domain/tasks/state.js';
 import {
   taskStreamId,
   type TaskEvent,
   type TaskQueued,
   type TaskSpec,
   type TaskStarted,
-} from '../../src/commands/tasks/events.js';
-import type { UserRole } from '../../src/commands/identity/events.js';
+} from '../../src/domain/tasks/events.js';
+import type { UserRole } from '../../src/domain/identity/events.js';
 import { rejection } from '../support/fixtures.js';
 
 const logger = silentLogger();

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { foldEvents, type Decider, type DomainEvent } from '../../src/commands/commandHandler.js';
+import { foldEvents, type Decider, type DomainEvent } from '../../src/domain/decider.js';
 
 /** Given events / when a command / then events or an error: the deciders' tests, without I/O. */
 export function given<State, Event extends DomainEvent>(

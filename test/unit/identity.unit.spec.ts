@@ -6,14 +6,9 @@ import {
   grantRole,
   normaliseEmail,
   registerUser,
-} from '../../src/commands/identity/account.js';
-import {
-  endSession,
-  rotateRefreshToken,
-  session,
-  startSession,
-} from '../../src/commands/identity/session.js';
-import type { AccountEvent, SessionEvent } from '../../src/commands/identity/events.js';
+} from '../../src/domain/identity/account.js';
+import { endSession, rotateRefreshToken, session, startSession } from '../../src/domain/identity/session.js';
+import type { AccountEvent, SessionEvent } from '../../src/domain/identity/events.js';
 import { given } from '../support/decider.js';
 
 const now = new Date('2026-03-01T10:00:00.000Z');

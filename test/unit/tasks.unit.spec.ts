@@ -1,15 +1,15 @@
 import { expect } from 'chai';
 import { ConflictError, IllegalStateError, NotFoundError } from '../../src/errors.js';
-import type { TaskEvent, TaskSpec } from '../../src/commands/tasks/events.js';
-import { task, type Task } from '../../src/commands/tasks/state.js';
-import { submitTask } from '../../src/commands/tasks/submitTask.js';
+import type { TaskEvent, TaskSpec } from '../../src/domain/tasks/events.js';
+import { task, type Task } from '../../src/domain/tasks/state.js';
+import { submitTask } from '../../src/domain/tasks/submitTask.js';
 import {
   archiveTask,
   cancelTask,
   removeTask,
   retryTask,
   updateTask,
-} from '../../src/commands/tasks/ownerCommands.js';
+} from '../../src/domain/tasks/ownerCommands.js';
 import {
   expireLease,
   finishAttempt,
@@ -17,8 +17,8 @@ import {
   reportProgress,
   retryDelayMs,
   startTask,
-} from '../../src/commands/tasks/workerCommands.js';
-import { foldEvents } from '../../src/commands/commandHandler.js';
+} from '../../src/domain/tasks/workerCommands.js';
+import { foldEvents } from '../../src/domain/decider.js';
 import { given } from '../support/decider.js';
 
 const t0 = new Date('2026-05-01T12:00:00.000Z');

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import type { EventStore, Position } from '../../infra/eventStore/eventStore.js';
 import { ValidationError } from '../../errors.js';
 import { handleCommand } from '../commandHandler.js';
-import { account, accountStreamId, grantRole } from './account.js';
-import { ROLES, type UserRole } from './events.js';
+import { account, accountStreamId, grantRole } from '../../domain/identity/account.js';
+import { ROLES, type UserRole } from '../../domain/identity/events.js';
 
 /** `task-manager users grant-role <email> <role>`: an event in the account's stream, like any other command. */
 export async function grantRoleByEmail(

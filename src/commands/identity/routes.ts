@@ -13,8 +13,15 @@ import type { JSONSchema } from '../../infra/jsonSchema.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { RateLimiter } from '../../infra/rateLimit/rateLimiter.js';
 import type { Logger } from '../../infra/logger.js';
-import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
-import { account, accountStreamId, loginAttemptsStreamId, normaliseEmail, registerUser } from './account.js';
+import { handleCommand, type CommandContext } from '../commandHandler.js';
+import { foldEvents } from '../../domain/decider.js';
+import {
+  account,
+  accountStreamId,
+  loginAttemptsStreamId,
+  normaliseEmail,
+  registerUser,
+} from '../../domain/identity/account.js';
 import {
   detectsReuse,
   endSession,
@@ -22,7 +29,7 @@ import {
   session,
   sessionStreamId,
   startSession,
-} from './session.js';
+} from '../../domain/identity/session.js';
 import {
   accessTokenVerifier,
   issueAccessToken,
@@ -30,7 +37,7 @@ import {
   parseRefreshToken,
   type TokenSettings,
 } from './tokens.js';
-import type { LoginFailed, UserRole } from './events.js';
+import type { LoginFailed, UserRole } from '../../domain/identity/events.js';
 
 export interface IdentityDeps {
   store: EventStore;

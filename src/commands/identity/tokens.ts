@@ -2,7 +2,7 @@ import { createHash, createSecretKey, randomBytes, timingSafeEqual, type KeyObje
 import jwt from 'jsonwebtoken';
 import { UnauthorizedError } from '../../errors.js';
 import type { AccessTokenVerifier } from '../../infra/http/auth.js';
-import { ROLES, type UserRole } from './events.js';
+import { ROLES, type UserRole } from '../../domain/identity/events.js';
 
 export interface TokenSettings {
   secret: string;

@@ -1,4 +1,4 @@
-import type { TaskTypeCatalogue } from '../../domain/taskTypes.js';
+import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
 import type { FieldError } from '../../errors.js';
 
 /**

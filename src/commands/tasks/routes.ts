@@ -3,16 +3,27 @@ import { PayloadTooLargeError, ValidationError } from '../../errors.js';
 import type { Api, JSONSchema } from '../../infra/http/api.js';
 import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
-import type { TaskTypeCatalogue } from '../../domain/taskTypes.js';
+import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
 import { submittedPayloadErrors } from './payloadErrors.js';
 import { requireRole } from '../../infra/http/auth.js';
 import { handleCommand, type CommandContext } from '../commandHandler.js';
-import { taskStreamId, type TaskEvent, type TaskSpec } from './events.js';
-import { task, type Task } from './state.js';
-import { archiveTask, cancelTask, retryTask, updateTask, type UpdateTask } from './ownerCommands.js';
-import { ensureTaskSchemas, taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
+import { taskStreamId, type TaskEvent, type TaskSpec } from '../../domain/tasks/events.js';
+import { task, type Task } from '../../domain/tasks/state.js';
+import {
+  archiveTask,
+  cancelTask,
+  retryTask,
+  updateTask,
+  type UpdateTask,
+} from '../../domain/tasks/ownerCommands.js';
+import { ensureTaskSchemas, taskResource, type TaskResource } from '../../domain/tasks/representation.js';
 import { submitIdempotently, type QueuedTask } from './submitIdempotently.js';
-import { workerControl, workerControlStreamId, pauseWorkers, resumeWorkers } from './workerControl.js';
+import {
+  workerControl,
+  workerControlStreamId,
+  pauseWorkers,
+  resumeWorkers,
+} from '../../domain/tasks/workerControl.js';
 
 export interface TaskCommandDeps {
   store: EventStore;

@@ -1,18 +1,19 @@
 import { ConflictError, UnprocessableError } from '../../errors.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import { GENESIS_HASH } from '../../infra/eventStore/hashChain.js';
-import { foldEvents, handleCommand, type CommandContext } from '../commandHandler.js';
-import { taskStreamId, type TaskSpec } from './events.js';
-import { task } from './state.js';
-import { submitTask } from './submitTask.js';
-import { taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
+import { handleCommand, type CommandContext } from '../commandHandler.js';
+import { foldEvents } from '../../domain/decider.js';
+import { taskStreamId, type TaskSpec } from '../../domain/tasks/events.js';
+import { task } from '../../domain/tasks/state.js';
+import { submitTask } from '../../domain/tasks/submitTask.js';
+import { taskResource, type TaskResource } from '../../domain/tasks/representation.js';
 import {
   idempotencyKey,
   idempotencyStreamId,
   isLive,
   requestHash,
   useIdempotencyKey,
-} from './idempotency.js';
+} from '../../domain/tasks/idempotency.js';
 
 /** A queued task as the submitter is answered: its resource and the log position of its TaskQueued. */
 export interface QueuedTask {

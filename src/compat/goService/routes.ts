@@ -8,10 +8,10 @@ import type { CallerClaims } from '../../infra/http/auth.js';
 import type { JSONSchema } from '../../infra/jsonSchema.js';
 import type { IdentityRoutes } from '../../commands/identity/routes.js';
 import { editChanges, type EditBody, type TaskCommandRoutes } from '../../commands/tasks/routes.js';
-import { removeTask, updateTask } from '../../commands/tasks/ownerCommands.js';
-import type { TaskEvent } from '../../commands/tasks/events.js';
-import type { Task } from '../../commands/tasks/state.js';
-import type { TaskResource } from '../../domain/taskRepresentation.js';
+import { removeTask, updateTask } from '../../domain/tasks/ownerCommands.js';
+import type { TaskEvent } from '../../domain/tasks/events.js';
+import type { Task } from '../../domain/tasks/state.js';
+import type { TaskResource } from '../../domain/tasks/representation.js';
 import type { TaskQueryRoutes } from '../../queries/tasks/route.js';
 
 /**

@@ -1,5 +1,5 @@
 import { checkColumn, defineProjection } from '../readModel.js';
-import type { SessionEvent } from '../../commands/identity/events.js';
+import type { SessionEvent } from '../../domain/identity/events.js';
 
 interface RefreshTokenRow {
   session_id: string;

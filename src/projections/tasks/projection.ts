@@ -1,7 +1,7 @@
 import { checkColumn, defineProjection, type ColumnType } from '../readModel.js';
 import type { PoolClient } from '../../infra/db/pool.js';
-import { TASK_EVENT_TYPES, taskStreamId, type TaskEvent } from '../../commands/tasks/events.js';
-import { evolveTask, initialTask, type Task } from '../../commands/tasks/state.js';
+import { TASK_EVENT_TYPES, taskStreamId, type TaskEvent } from '../../domain/tasks/events.js';
+import { evolveTask, initialTask, type Task } from '../../domain/tasks/state.js';
 import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from './table.js';
 
 interface TaskState {

@@ -5,8 +5,8 @@
 import type { Pool } from '../../infra/db/pool.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import { prepared } from '../../infra/db/prepared.js';
-import type { TaskError, TaskStatus } from '../../commands/tasks/events.js';
-import type { Task } from '../../commands/tasks/state.js';
+import type { TaskError, TaskStatus } from '../../domain/tasks/events.js';
+import type { Task } from '../../domain/tasks/state.js';
 
 /** The cache key of one task's row; the projection drops it whenever it writes the row. */
 export const taskCacheKey = (taskId: string): string => `task:${taskId}`;

@@ -1,5 +1,5 @@
 import { checkColumn, defineProjection } from '../readModel.js';
-import type { AccountEvent } from '../../commands/identity/events.js';
+import type { AccountEvent } from '../../domain/identity/events.js';
 
 export const userCacheKey = (userId: string) => `user:${userId}`;
 

@@ -7,10 +7,10 @@ import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import { isPosition, type EventStore, type Position } from '../../infra/eventStore/eventStore.js';
 import { sleep } from '../../infra/abort.js';
-import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
-import { foldEvents } from '../../commands/commandHandler.js';
-import { task as taskDecider } from '../../commands/tasks/state.js';
-import { taskResource, type TaskResource } from '../../domain/taskRepresentation.js';
+import { taskStreamId, type TaskStatus } from '../../domain/tasks/events.js';
+import { foldEvents } from '../../domain/decider.js';
+import { task as taskDecider } from '../../domain/tasks/state.js';
+import { taskResource, type TaskResource } from '../../domain/tasks/representation.js';
 import {
   rowToTask,
   selectListedTaskRows,

@@ -10,14 +10,14 @@ import {
   type RecordedEvent,
 } from '../../infra/eventStore/eventStore.js';
 import { claimsOf, seesAllTasks } from '../../infra/http/auth.js';
-import { taskStreamId, type TaskStatus } from '../../commands/tasks/events.js';
+import { taskStreamId, type TaskStatus } from '../../domain/tasks/events.js';
 import {
   ensureTaskSchemas,
   PENDING_DETAIL,
   TASK_STATUSES,
   taskEventExample,
   taskExample,
-} from '../../domain/taskRepresentation.js';
+} from '../../domain/tasks/representation.js';
 import {
   createTaskQueries,
   createTaskReads,

@@ -1,4 +1,4 @@
-import { echoTaskType } from '../../domain/taskTypes.js';
+import { echoTaskType } from '../../domain/tasks/taskTypes.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import { throwIfAborted, type TaskHandler } from './handler.js';
 

@@ -1,4 +1,4 @@
-import { failTaskType } from '../../domain/taskTypes.js';
+import { failTaskType } from '../../domain/tasks/taskTypes.js';
 import { throwIfAborted, UnrecoverableError, type TaskHandler } from './handler.js';
 
 export interface FailPayload {

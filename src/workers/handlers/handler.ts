@@ -1,4 +1,4 @@
-import { TaskTypes, type TaskType } from '../../domain/taskTypes.js';
+import { TaskTypes, type TaskType } from '../../domain/tasks/taskTypes.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Logger } from '../../infra/logger.js';
 

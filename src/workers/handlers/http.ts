@@ -1,7 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
 import type { Config } from '../../config.js';
-import { httpTaskType, type HttpMethod } from '../../domain/taskTypes.js';
+import { httpTaskType, type HttpMethod } from '../../domain/tasks/taskTypes.js';
 import type { JsonObject, JsonValue } from '../../infra/eventStore/eventStore.js';
 import {
   abortable,

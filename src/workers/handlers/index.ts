@@ -2,7 +2,7 @@
  * src/workers/handlers: the code behind each task type of the catalogue (src/domain/taskTypes.ts), one file each.
  */
 import type { Config } from '../../config.js';
-import { TASK_TYPES } from '../../domain/taskTypes.js';
+import { TASK_TYPES } from '../../domain/tasks/taskTypes.js';
 import { echoHandler } from './echo.js';
 import { failHandler } from './fail.js';
 import { HandlerRegistry } from './handler.js';

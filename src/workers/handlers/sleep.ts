@@ -1,4 +1,4 @@
-import { sleepTaskType } from '../../domain/taskTypes.js';
+import { sleepTaskType } from '../../domain/tasks/taskTypes.js';
 import { abortError, throwIfAborted, type TaskHandler } from './handler.js';
 
 export interface SleepPayload {

@@ -1,4 +1,4 @@
-import type { DomainEvent } from '../commandHandler.js';
+import type { DomainEvent } from '../decider.js';
 
 export const ROLES = ['user', 'auditor', 'admin'] as const;
 export type UserRole = (typeof ROLES)[number];

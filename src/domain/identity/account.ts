@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ConflictError, NotFoundError } from '../../errors.js';
-import type { Decider } from '../commandHandler.js';
+import type { Decider } from '../decider.js';
 import type { AccountEvent, RoleGranted, UserRegistered, UserRole } from './events.js';
 
 export interface Account {

@@ -1,4 +1,4 @@
-import type { Decider, DomainEvent } from '../commandHandler.js';
+import type { Decider, DomainEvent } from '../decider.js';
 
 /** Stream `workerControl-global`: the global pause switch every worker obeys. */
 export const workerControlStreamId = 'workerControl-global';

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Decider, DomainEvent } from '../commandHandler.js';
+import type { Decider, DomainEvent } from '../decider.js';
 import { canonicalJson } from '../../infra/canonicalJson.js';
 
 /**

@@ -3,10 +3,10 @@
  * model serves, and the JSON schemas (shared by ajv validation and the OpenAPI document) that describe it.
  * Command routes and query routes both take the schemas from here, in whatever order they are registered.
  */
-import type { JsonValue } from '../infra/eventStore/eventStore.js';
-import { schemaRef, type Api, type JSONSchema } from '../infra/http/api.js';
-import type { TaskStatus } from '../commands/tasks/events.js';
-import type { Task } from '../commands/tasks/state.js';
+import type { JsonValue } from '../../infra/eventStore/eventStore.js';
+import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
+import type { TaskStatus } from './events.js';
+import type { Task } from './state.js';
 
 /** A task as the API shows it (snake_case). Commands answer with it; the read model serves the same shape. */
 export interface TaskResource {

@@ -1,5 +1,5 @@
 import { ConflictError, UnauthorizedError } from '../../errors.js';
-import type { Decider } from '../commandHandler.js';
+import type { Decider } from '../decider.js';
 import type { SessionEvent } from './events.js';
 
 /** One login's token family. Only the SHA-256 of refresh tokens is ever kept. */

@@ -1,4 +1,4 @@
-import type { DomainEvent } from '../commandHandler.js';
+import type { DomainEvent } from '../decider.js';
 import type { JsonObject, JsonValue } from '../../infra/eventStore/eventStore.js';
 
 /** Stream `task-<taskId>`: one task's whole life. */

@@ -1,10 +1,10 @@
 /**
- * src/domain: knowledge every side shares, with no HTTP and no storage in it: the task-type catalogue (this file) and
- * the task's representation (taskRepresentation.ts).
+ * The task-type catalogue: each type's name and payload schema, with no HTTP and no storage in it. The command side
+ * validates submissions against it; the workers' handler registry must match it.
  */
 import type { ValidateFunction } from 'ajv/dist/2020.js';
-import type { FieldError } from '../errors.js';
-import { createAjv, toFieldErrors, type JSONSchema } from '../infra/jsonSchema.js';
+import type { FieldError } from '../../errors.js';
+import { createAjv, toFieldErrors, type JSONSchema } from '../../infra/jsonSchema.js';
 
 /**
  * A kind of task the service runs: what submitters may name in `type`, and the payload it accepts. The

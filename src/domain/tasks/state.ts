@@ -1,4 +1,4 @@
-import type { Decider } from '../commandHandler.js';
+import type { Decider } from '../decider.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { TaskError, TaskEvent, TaskSpec, TaskStatus } from './events.js';
 
