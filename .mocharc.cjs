@@ -4,4 +4,5 @@ module.exports = {
   reporter: './test/support/reporter.cjs',
   timeout: 10000,
   exit: true,
+  require: ['./test/support/setup.ts'],
 };

@@ -229,6 +229,19 @@ export async function statusCounts(db: Pool, ids: string[]): Promise<Record<stri
 }
 
 /** (a) Every task reaches a terminal status, as the read model (what users see) shows it. */
+/**
+ * Where the pipeline stands: the log's length, the relay's checkpoint and each projection's position per partition,
+ * so a test that timed out says which stage stopped (nothing published, or published and not applied).
+ */
+export async function pipelinePositions(db: Pool): Promise<string> {
+  const { rows } = await db.query<{ what: string; position: string | null; updated: string | null }>(
+    `SELECT 'log events' AS what, count(*)::text AS position, NULL AS updated FROM events
+     UNION ALL SELECT 'checkpoint ' || name, position, updated_at::text FROM log_checkpoints
+     UNION ALL SELECT 'projection ' || projection || ' p' || partition, position, NULL FROM projection_partition_positions`,
+  );
+  return rows.map((row) => `${row.what}=${row.position}${row.updated ? ` (at ${row.updated})` : ''}`).join('; ');
+}
+
 export async function waitUntilAllTerminal(db: Pool, ids: string[], timeoutMs: number) {
   return waitFor(
     `all ${ids.length} tasks to reach a terminal status`,
@@ -240,7 +253,9 @@ export async function waitUntilAllTerminal(db: Pool, ids: string[], timeoutMs: n
       return terminal === ids.length ? counts : undefined;
     },
     timeoutMs,
-    async () => `Status counts: ${JSON.stringify(await statusCounts(db, ids).catch((e) => String(e)))}`,
+    async () =>
+      `Status counts: ${JSON.stringify(await statusCounts(db, ids).catch((e) => String(e)))}. ` +
+      `Pipeline: ${await pipelinePositions(db).catch((e) => String(e))}`,
     250,
   );
 }
