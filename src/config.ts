@@ -26,7 +26,7 @@ export interface Config {
   };
   relay: { batchSize: number; lockRetryMs: number };
   embedded: { dataDir: string; postgresPort: number };
-  http: { bodyLimit: string; shutdownGraceMs: number };
+  http: { bodyLimit: string; batchBodyLimit: string; shutdownGraceMs: number };
   auth: {
     bcryptCost: number;
     maxFailedLoginsPerEmail: number;
@@ -43,6 +43,8 @@ export interface Config {
     minPositionWaitMs: number;
     /** The most tasks GET /api/tasks (the Go service's unpaged list) answers with. */
     compatListCap: number;
+    /** The most task bodies one POST /tasks/batch may carry. */
+    maxBatchItems: number;
   };
   workers: {
     concurrency: number;
@@ -195,9 +197,10 @@ export const configSchema: JSONSchemaType<Config> = {
     http: {
       type: 'object',
       additionalProperties: false,
-      required: ['bodyLimit', 'shutdownGraceMs'],
+      required: ['bodyLimit', 'batchBodyLimit', 'shutdownGraceMs'],
       properties: {
         bodyLimit: { type: 'string', pattern: '^\\d+(b|kb|mb)$' },
+        batchBodyLimit: { type: 'string', pattern: '^\\d+(b|kb|mb)$' },
         shutdownGraceMs: positiveInt,
       },
     },
@@ -230,6 +233,7 @@ export const configSchema: JSONSchemaType<Config> = {
         'idempotencyKeyTtlSeconds',
         'minPositionWaitMs',
         'compatListCap',
+        'maxBatchItems',
       ],
       properties: {
         maxPayloadBytes: positiveInt,
@@ -240,6 +244,7 @@ export const configSchema: JSONSchemaType<Config> = {
         idempotencyKeyTtlSeconds: positiveInt,
         minPositionWaitMs: { type: 'integer', minimum: 0, maximum: 60000 },
         compatListCap: { type: 'integer', minimum: 1, maximum: 10000 },
+        maxBatchItems: { type: 'integer', minimum: 1, maximum: 10000 },
       },
     },
     workers: {

@@ -241,6 +241,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     store: infra.store,
     taskTypes: new TaskTypes(TASK_TYPES),
     settings: config.tasks,
+    batchBodyLimit: config.http.batchBodyLimit,
     clock,
     newId: randomUUID,
   });

@@ -239,6 +239,7 @@ const MUTATING_OPS = new Set([
   'refresh',
   'logout',
   'submitTask',
+  'submitTasks',
   'editTask',
   'cancelTask',
   'retryTask',
@@ -480,6 +481,18 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
                 position: String(response.headers['x-position']),
                 request,
               });
+            if (request.op === 'submitTasks' && request.method === 'POST' && response.status === 200)
+              for (const result of JSON.parse(response.body.toString()).results as Array<{
+                status: number;
+                task?: { id: string };
+              }>)
+                if (result.status === 202)
+                  accepted.push({
+                    id: result.task!.id,
+                    authorization: request.headers.authorization!,
+                    position: String(response.headers['x-position']),
+                    request,
+                  });
           },
         });
         const seconds = (Date.now() - started) / 1000;

@@ -1,6 +1,8 @@
 import type { Request, Response } from 'express';
 import { PayloadTooLargeError, ValidationError } from '../../errors.js';
-import type { Api, JSONSchema } from '../../infra/http/api.js';
+import { toFieldErrors } from '../../infra/jsonSchema.js';
+import { problemDocument, toAppError } from '../../infra/http/problemDetails.js';
+import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
@@ -30,6 +32,8 @@ export interface TaskCommandDeps {
   /** The task types a submission may name, and their payload checks. */
   taskTypes: TaskTypeCatalogue;
   settings: Config['tasks'];
+  /** How large a POST /tasks/batch body may be (`http.batchBodyLimit`). */
+  batchBodyLimit: string;
   clock: () => Date;
   newId: () => string;
 }
@@ -56,16 +60,24 @@ const toPriority = (value: number | string | undefined): number | undefined =>
  * RFC 3339 allows instants JavaScript cannot hold (a leap second, 23:59:60) and years PostgreSQL refuses (0000):
  * both are refused here, where the client can be told, rather than failing later.
  */
-function runAtInstant(value: string): string {
+function runAtInstant(value: string, at: string): string {
   const time = Date.parse(value);
   if (Number.isNaN(time) || time < Date.UTC(1970, 0, 1) || time >= Date.UTC(10000, 0, 1))
     throw new ValidationError([
-      { path: '/body/run_at', message: 'must be a time between 1970 and 9999, without leap seconds' },
+      { path: `${at}/run_at`, message: 'must be a time between 1970 and 9999, without leap seconds' },
     ]);
   return new Date(time).toISOString();
 }
 
 const QUEUE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
+
+/** Printable ASCII, as HTTP header values are; the same rule for the header and a batch item's field. */
+const idempotencyKeySchema: JSONSchema = {
+  type: 'string',
+  minLength: 1,
+  maxLength: 200,
+  pattern: '^[\\x21-\\x7e]+$',
+};
 
 export interface SubmitBody {
   title: string;
@@ -119,23 +131,38 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
   const { store, taskTypes, settings, clock, newId } = deps;
   // The representation the query routes show too, so both document one Task.
   const taskSchema = ensureTaskSchemas(api).task;
+  const submitProperties: Record<string, JSONSchema> = {
+    title: { type: 'string', minLength: 1, maxLength: 200 },
+    description: { type: ['string', 'null'], maxLength: 5000 },
+    type: { enum: taskTypes.types(), description: 'The handler that runs the task (default echo).' },
+    payload: { description: "The handler's input, any JSON; each type checks its own shape." },
+    priority,
+    queue: { type: 'string', pattern: QUEUE_PATTERN, description: 'Named queue (default "default").' },
+    run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
+    max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
+    timeout_ms: { type: 'integer', minimum: 1, maximum: settings.maxTimeoutMs },
+  };
   const submitSchema = api.addSchema('SubmitTask', {
     type: 'object',
     additionalProperties: false,
     required: ['title'],
-    properties: {
-      title: { type: 'string', minLength: 1, maxLength: 200 },
-      description: { type: ['string', 'null'], maxLength: 5000 },
-      type: { enum: taskTypes.types(), description: 'The handler that runs the task (default echo).' },
-      payload: { description: "The handler's input, any JSON; each type checks its own shape." },
-      priority,
-      queue: { type: 'string', pattern: QUEUE_PATTERN, description: 'Named queue (default "default").' },
-      run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
-      max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
-      timeout_ms: { type: 'integer', minimum: 1, maximum: settings.maxTimeoutMs },
-    },
+    properties: submitProperties,
     examples: [{ title: 'Write the report', description: 'Quarterly numbers', priority: 5 }],
   });
+  // An item of POST /tasks/batch: a SubmitTask with its own idempotency key in place of the header.
+  api.addSchema('BatchSubmitItem', {
+    type: 'object',
+    additionalProperties: false,
+    required: ['title'],
+    properties: {
+      ...submitProperties,
+      idempotency_key: {
+        ...idempotencyKeySchema,
+        description: 'As the Idempotency-Key header of POST /tasks, for this item alone.',
+      },
+    },
+  });
+  const validateBatchItem = api.compileComponent('BatchSubmitItem');
   const editSchema = api.addSchema('EditTask', {
     type: 'object',
     additionalProperties: false,
@@ -154,9 +181,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
   };
   const idempotencyHeader: JSONSchema = {
     type: 'object',
-    properties: {
-      'idempotency-key': { type: 'string', minLength: 1, maxLength: 200, pattern: '^[\\x21-\\x7e]+$' },
-    },
+    properties: { 'idempotency-key': idempotencyKeySchema },
   };
 
   const context = (req: Request): CommandContext => ({
@@ -172,13 +197,21 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     res.status(status).json(resource);
   };
 
-  const submit = async (req: Request): Promise<QueuedTask> => {
-    const body = req.body as SubmitBody;
+  /**
+   * Checks what the schema cannot (the payload against its type, its size, the instant) and queues the task.
+   * `at` is where the body sits in the request, for the errors' pointers: `/body`, or `/body/tasks/3` in a batch.
+   */
+  const submitBody = async (
+    req: Request,
+    body: SubmitBody,
+    key: string | null,
+    at: string,
+  ): Promise<QueuedTask> => {
     const type = body.type ?? 'echo';
     const payload = body.payload ?? null;
     if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
-      throw new PayloadTooLargeError(`payload is larger than ${settings.maxPayloadBytes} bytes`);
-    const payloadErrors = submittedPayloadErrors(taskTypes, type, payload);
+      throw new PayloadTooLargeError(`${at}/payload is larger than ${settings.maxPayloadBytes} bytes`);
+    const payloadErrors = submittedPayloadErrors(taskTypes, type, payload, at);
     if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
     const spec: TaskSpec = {
       title: body.title,
@@ -187,17 +220,18 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       payload,
       priority: toPriority(body.priority) ?? 5,
       queue: body.queue ?? 'default',
-      runAt: body.run_at ? runAtInstant(body.run_at) : null,
+      runAt: body.run_at ? runAtInstant(body.run_at, at) : null,
       maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
       timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
     };
-    const key = req.get('idempotency-key') ?? null;
     return submitIdempotently(
       { store, clock, newId, idempotencyKeyTtlSeconds: settings.idempotencyKeyTtlSeconds },
       context(req),
       { ownerId: req.auth!.userId, spec, idempotency: key ? { key, request: body } : null },
     );
   };
+  const submit = (req: Request): Promise<QueuedTask> =>
+    submitBody(req, req.body as SubmitBody, req.get('idempotency-key') ?? null, '/body');
 
   api.route<SubmitBody>(
     {
@@ -227,6 +261,113 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       const outcome = await submit(req);
       res.set('Location', `/tasks/${outcome.resource.id}`);
       answer(res, 202, outcome.resource, outcome.position);
+    },
+  );
+
+  const batchResult = api.addSchema('BatchSubmitResult', {
+    type: 'object',
+    required: ['index', 'status'],
+    properties: {
+      index: { type: 'integer', description: 'The position of the item in `tasks`.' },
+      status: { type: 'integer', description: '202 queued, or the status POST /tasks would have answered.' },
+      task: { ...taskSchema, description: 'The queued task (status 202).' },
+      problem: { ...schemaRef('Problem'), description: 'Why this item was refused (any other status).' },
+    },
+  });
+  api.route<{ tasks: unknown[] }>(
+    {
+      method: 'post',
+      path: '/tasks/batch',
+      operationId: 'submitTasks',
+      summary: 'Submit many tasks in one request',
+      description:
+        `Up to ${settings.maxBatchItems} task bodies (\`tasks.maxBatchItems\`), each a \`BatchSubmitItem\`: a SubmitTask ` +
+        'with an optional `idempotency_key` that behaves as the Idempotency-Key header does. They are written ' +
+        'together (the group commit) and answered together, one result per item in the order sent: the queued ' +
+        'task (202), or the problem document POST /tasks would have answered for that body alone. One bad item ' +
+        'refuses only itself. The answer is 200 whenever results are given, even if every item was refused; it ' +
+        'is 503 when the store could be reached for none of them. X-Position is the newest position among the ' +
+        'queued tasks.',
+      tags: ['tasks'],
+      auth: 'bearer',
+      bodyLimit: deps.batchBodyLimit,
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['tasks'],
+        properties: {
+          tasks: {
+            type: 'array',
+            minItems: 1,
+            maxItems: settings.maxBatchItems,
+            // Anything here: each item is checked against BatchSubmitItem on its own, so that one bad item
+            // gets its own 400 instead of refusing the whole request.
+            items: { description: 'A BatchSubmitItem (see components.schemas), checked item by item.' },
+          },
+        },
+        examples: [
+          {
+            tasks: [
+              { title: 'Resize image 1', type: 'echo', payload: { id: 1 }, idempotency_key: 'resize-1' },
+              { title: 'Resize image 2', type: 'echo', payload: { id: 2 }, priority: 'high' },
+            ],
+          },
+        ],
+      },
+      responses: {
+        200: {
+          description: 'One result per item, in order',
+          schema: {
+            type: 'object',
+            required: ['results', 'accepted', 'refused'],
+            properties: {
+              results: { type: 'array', items: batchResult },
+              accepted: { type: 'integer' },
+              refused: { type: 'integer' },
+            },
+          },
+          headers: positionHeader,
+        },
+        400: problem('Not a list of 1 to tasks.maxBatchItems objects'),
+        401: problem('No valid access token'),
+        413: problem('Body larger than http.batchBodyLimit'),
+        503: problem('The event store could not be reached for any item'),
+      },
+    },
+    async (req, res) => {
+      const log = req.log;
+      const items = req.body.tasks;
+      const results = await Promise.all(
+        items.map(async (item, index) => {
+          const at = `/body/tasks/${index}`;
+          try {
+            // Synchronous up to the first await, so the validator's `errors` are still this item's.
+            if (!validateBatchItem(item))
+              throw new ValidationError(toFieldErrors(at, validateBatchItem.errors));
+            const { idempotency_key: key, ...body } = item as SubmitBody & { idempotency_key?: string };
+            const queued = await submitBody(req, body, key ?? null, at);
+            return { index, status: 202, task: queued.resource, position: queued.position };
+          } catch (error) {
+            const refused = toAppError(error, log);
+            return { index, status: refused.status, refused };
+          }
+        }),
+      );
+      if (results.every((result) => result.status === 503)) throw results[0]!.refused;
+      let newest: string | null = null;
+      for (const result of results)
+        if (result.position !== undefined && (newest === null || result.position > newest))
+          newest = result.position;
+      if (newest) res.set('X-Position', newest);
+      res.status(200).json({
+        results: results.map(({ index, status, task: resource, refused }) =>
+          refused
+            ? { index, status, problem: problemDocument(refused, `/tasks/batch`, req.id) }
+            : { index, status, task: resource },
+        ),
+        accepted: results.filter((result) => result.status === 202).length,
+        refused: results.filter((result) => result.status !== 202).length,
+      });
     },
   );
 

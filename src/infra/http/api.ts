@@ -46,6 +46,8 @@ export interface ApiOperation {
   deprecated?: boolean;
   /** A JSON request body; `examples[0]` pre-fills Swagger UI. Every example must pass the schema. */
   body?: JSONSchema;
+  /** A larger body limit than the app's (body-parser syntax: '4mb'), for this path only. */
+  bodyLimit?: string;
   /** An object schema; query-string values are coerced to the declared types. */
   query?: JSONSchema;
   /** An object schema whose properties are exactly the `:name` parameters of `path`; values are coerced. */
@@ -208,6 +210,20 @@ export class Api {
     if (this.schemas[name] !== undefined) throw new Error(`schema ${name} is already registered`);
     this.schemas[name] = schema;
     return schemaRef(name);
+  }
+
+  /** The paths whose operations allow a larger body than the app's, for the JSON parser in front of them. */
+  largeBodyPaths(): Array<{ path: string; limit: string }> {
+    return this.operations.flatMap((op) => (op.bodyLimit ? [{ path: op.path, limit: op.bodyLimit }] : []));
+  }
+
+  /**
+   * A validator of a named component (`addSchema`) by the same rules as request bodies, for what a route checks
+   * itself: the items of a batch, each answered on its own.
+   */
+  compileComponent(name: string): ValidateFunction {
+    if (this.schemas[name] === undefined) throw new Error(`schema ${name} is not registered`);
+    return this.compile(this.bodyAjv, schemaRef(name), `component ${name}`);
   }
 
   route<TBody = unknown, TQuery = Query, TParams = ParamsDictionary>(

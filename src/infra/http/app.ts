@@ -345,6 +345,9 @@ export function createHttpApp(deps: HttpAppDeps): Express {
   app.use(securityHeaders());
   if (deps.corsOrigins !== undefined && deps.corsOrigins.length > 0) app.use(cors(deps.corsOrigins));
   app.use(requireJsonBody());
+  // Before the app-wide parser, which then finds the body already parsed and leaves it.
+  for (const { path, limit } of deps.api.largeBodyPaths())
+    app.use(path, express.json({ limit, type: JSON_MEDIA_TYPES, strict: true }));
   app.use(express.json({ limit: deps.bodyLimit, type: JSON_MEDIA_TYPES, strict: true }));
   app.use(refuseUnstorableInput());
 

@@ -106,29 +106,54 @@ function fromHttpError(error: HttpErrorLike): AppError | undefined {
   return undefined;
 }
 
+/**
+ * Any error as the AppError it is answered with: an AppError as it is, an unreachable database as 503, a 4xx of
+ * express's own as that status, anything else as 500 (logged; its detail stays in the log).
+ */
+export function toAppError(error: unknown, log: Logger, dependencyRetryAfterSeconds = 5): AppError {
+  if (error instanceof AppError) {
+    if (error.status >= 500) log.warn({ err: error }, `${error.status} ${error.title}`);
+    return error;
+  }
+  if (isConnectionError(error)) {
+    log.warn({ err: error }, 'database unreachable');
+    return new ServiceUnavailableError(
+      dependencyRetryAfterSeconds,
+      'A dependency is unavailable; retry later',
+    );
+  }
+  const mapped =
+    typeof error === 'object' && error !== null ? fromHttpError(error as HttpErrorLike) : undefined;
+  if (mapped) return mapped;
+  // pino's err serializer includes `cause`, so the chain that led here is in the log, not in the response.
+  log.error({ err: error }, 'unhandled error');
+  return new AppError(500, 'internal', 'Internal Server Error');
+}
+
+/** The RFC 9457 document of a problem, as a whole response or as one item of a batch's answer. */
+export function problemDocument(
+  problem: AppError,
+  instance: string,
+  requestId: string | undefined,
+): ProblemDocument {
+  const body: ProblemDocument = {
+    type: problem.type,
+    title: problem.title,
+    status: problem.status,
+    ...(problem.detail === undefined ? {} : { detail: problem.detail }),
+    instance,
+    request_id: requestId,
+  };
+  for (const [key, value] of Object.entries(problem.extensions)) if (!(key in body)) body[key] = value;
+  return body;
+}
+
 export function problemDetails(options: ProblemDetailsOptions): ErrorRequestHandler {
   const dependencyRetryAfter = options.dependencyRetryAfterSeconds ?? 5;
 
   return (error: unknown, req: Request, res: Response, next: NextFunction) => {
     const log: Logger = (req as Partial<Request>).log ?? options.logger;
-
-    let problem: AppError;
-    if (error instanceof AppError) {
-      problem = error;
-      if (problem.status >= 500) log.warn({ err: error }, `${problem.status} ${problem.title}`);
-    } else if (isConnectionError(error)) {
-      log.warn({ err: error }, 'database unreachable');
-      problem = new ServiceUnavailableError(dependencyRetryAfter, 'A dependency is unavailable; retry later');
-    } else {
-      const mapped =
-        typeof error === 'object' && error !== null ? fromHttpError(error as HttpErrorLike) : undefined;
-      if (mapped) problem = mapped;
-      else {
-        // pino's err serializer includes `cause`, so the chain that led here is in the log, not in the response.
-        log.error({ err: error }, 'unhandled error');
-        problem = new AppError(500, 'internal', 'Internal Server Error');
-      }
-    }
+    const problem = toAppError(error, log, dependencyRetryAfter);
 
     if (res.headersSent) {
       // Too late for a problem document; let Express abort the connection so the client sees a broken response.
@@ -136,16 +161,7 @@ export function problemDetails(options: ProblemDetailsOptions): ErrorRequestHand
       return;
     }
 
-    const body: ProblemDocument = {
-      type: problem.type,
-      title: problem.title,
-      status: problem.status,
-      ...(problem.detail === undefined ? {} : { detail: problem.detail }),
-      instance: requestPath(req),
-      request_id: (req as Partial<Request>).id,
-    };
-    for (const [key, value] of Object.entries(problem.extensions)) if (!(key in body)) body[key] = value;
-
+    const body = problemDocument(problem, requestPath(req), (req as Partial<Request>).id);
     res.status(problem.status);
     for (const [name, value] of Object.entries(problem.headers)) res.set(name, value);
     res.type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body));

@@ -239,7 +239,9 @@ export async function pipelinePositions(db: Pool): Promise<string> {
      UNION ALL SELECT 'checkpoint ' || name, position, updated_at::text FROM log_checkpoints
      UNION ALL SELECT 'projection ' || projection || ' p' || partition, position, NULL FROM projection_partition_positions`,
   );
-  return rows.map((row) => `${row.what}=${row.position}${row.updated ? ` (at ${row.updated})` : ''}`).join('; ');
+  return rows
+    .map((row) => `${row.what}=${row.position}${row.updated ? ` (at ${row.updated})` : ''}`)
+    .join('; ');
 }
 
 export async function waitUntilAllTerminal(db: Pool, ids: string[], timeoutMs: number) {
