@@ -138,6 +138,11 @@ export interface BenchResults {
   graphile_per_s: number | null;
   /** pg-boss, same jobs, same PostgreSQL, 4 fetch loops of 50: jobs / (add time + process time). */
   pgboss_per_s: number | null;
+  /** POST /tasks/batch, 50 tasks a request, 4 in flight: tasks accepted per second. */
+  bulk_submit_per_s: number | null;
+  /** Against BullMQ's addBulk and Graphile Worker's addJobs (bulks of 50) in the same run: adding only. */
+  bulk_submit_vs_bullmq_add: number | null;
+  bulk_submit_vs_graphile_add: number | null;
   e2e_per_s: number | null;
   e2e_vs_bullmq: number | null;
   e2e_vs_graphile: number | null;
@@ -183,6 +188,8 @@ export interface BenchResults {
     graphile: PgQueueResult | null;
     pgboss: PgBossResult | null;
     submit: HttpLoadResult[];
+    /** POST /tasks/batch; `per_s` there counts requests, `bulk_submit_per_s` tasks. */
+    bulk_submit: HttpLoadResult | null;
     submit_projection_catch_up: { events: number; seconds: number; per_s: number } | null;
     get: Record<string, HttpLoadResult>;
     e2e_burst: E2eResult | null;
@@ -372,6 +379,10 @@ export function renderTable(r: BenchResults): string {
         ['Graphile Worker add + process', `${fmt(r.graphile_per_s)} jobs/s`],
         ['e2e / Graphile Worker', fmt(r.e2e_vs_graphile, 3)],
         ['pg-boss add + process', `${fmt(r.pgboss_per_s)} jobs/s`],
+        [
+          'bulk submit (POST /tasks/batch, 50 a request) / BullMQ addBulk / Graphile addJobs',
+          `${fmt(r.bulk_submit_per_s)} / ${fmt(r.details.bullmq?.add_per_s ?? null)} / ${fmt(r.details.graphile?.add_per_s ?? null)} tasks/s (${fmt(r.bulk_submit_vs_bullmq_add, 3)}x, ${fmt(r.bulk_submit_vs_graphile_add, 3)}x)`,
+        ],
         [
           'CPU ms per task over the burst: service / postgres / pg bg / kafka / redis = total',
           r.cpu_ms_per_task
