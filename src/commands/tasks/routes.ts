@@ -8,6 +8,7 @@ import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
 import { submittedPayloadErrors } from './payloadErrors.js';
 import { requireRole } from '../../infra/http/auth.js';
+import { storableInstant } from '../../infra/http/inputSanity.js';
 import { handleCommand, type CommandContext } from '../commandHandler.js';
 import { taskStreamId, type TaskEvent, type TaskSpec } from '../../domain/tasks/events.js';
 import { task, type Task } from '../../domain/tasks/state.js';
@@ -55,19 +56,6 @@ const priority: JSONSchema = {
 };
 const toPriority = (value: number | string | undefined): number | undefined =>
   typeof value === 'string' ? PRIORITY_NAMES[value] : value;
-
-/**
- * RFC 3339 allows instants JavaScript cannot hold (a leap second, 23:59:60) and years PostgreSQL refuses (0000):
- * both are refused here, where the client can be told, rather than failing later.
- */
-function runAtInstant(value: string, at: string): string {
-  const time = Date.parse(value);
-  if (Number.isNaN(time) || time < Date.UTC(1970, 0, 1) || time >= Date.UTC(10000, 0, 1))
-    throw new ValidationError([
-      { path: `${at}/run_at`, message: 'must be a time between 1970 and 9999, without leap seconds' },
-    ]);
-  return new Date(time).toISOString();
-}
 
 const QUEUE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
 
@@ -220,7 +208,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       payload,
       priority: toPriority(body.priority) ?? 5,
       queue: body.queue ?? 'default',
-      runAt: body.run_at ? runAtInstant(body.run_at, at) : null,
+      runAt: body.run_at ? storableInstant(body.run_at, `${at}/run_at`) : null,
       maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
       timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
     };

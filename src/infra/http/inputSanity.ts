@@ -62,3 +62,17 @@ function safeDecode(path: string): string {
     return path; // undecodable escapes are answered by the router's own 400
   }
 }
+
+/**
+ * An RFC 3339 instant as an ISO string, or a 400 at `path`: RFC 3339 allows instants JavaScript cannot hold (a
+ * leap second, 23:59:60) and years PostgreSQL refuses (0000), so both are refused here, where the client can be
+ * told, rather than failing later.
+ */
+export function storableInstant(value: string, path: string): string {
+  const time = Date.parse(value);
+  if (Number.isNaN(time) || time < Date.UTC(1970, 0, 1) || time >= Date.UTC(10000, 0, 1))
+    throw new ValidationError([
+      { path, message: 'must be a time between 1970 and 9999, without leap seconds' },
+    ]);
+  return new Date(time).toISOString();
+}

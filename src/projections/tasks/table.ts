@@ -96,11 +96,23 @@ export interface ListedTaskFilter {
   status?: TaskStatus;
   type?: string;
   queue?: string;
+  /** Submitted at or after / before these instants (RFC 3339). */
+  createdAfter?: string;
+  createdBefore?: string;
+  /** Lower-case letters and digits only (see `titleWords`): each must begin a word of the title (migration 0013). */
+  titleWords?: string[];
   after?: { createdAt: string; id: string } | null;
 }
 
 // created_at is kept to the microsecond: a cursor rounded to JavaScript's milliseconds could skip or repeat rows.
 const CURSOR_CREATED_AT = `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_created_at`;
+
+/** The expression of the GIN index tasks_title_words (migration 0013), word for word, or PostgreSQL would not use it. */
+export const titleMatches = (placeholder: string): string =>
+  `to_tsvector('simple', title) @@ to_tsquery('simple', ${placeholder})`;
+
+/** Every word, as a prefix: `rep q3` finds "Quarterly report Q3". */
+export const titleQuery = (words: readonly string[]): string => words.map((word) => `${word}:*`).join(' & ');
 
 /** Listed (not archived) tasks matching the filter, newest first, at most `limit` rows, each with its cursor time. */
 export async function selectListedTaskRows(
@@ -118,6 +130,9 @@ export async function selectListedTaskRows(
   if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
   if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
   if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
+  if (filter.createdAfter !== undefined) add((p) => `created_at >= ${p}::timestamptz`, filter.createdAfter);
+  if (filter.createdBefore !== undefined) add((p) => `created_at < ${p}::timestamptz`, filter.createdBefore);
+  if (filter.titleWords !== undefined) add(titleMatches, titleQuery(filter.titleWords));
   if (filter.after) {
     values.push(filter.after.createdAt, filter.after.id);
     // A row-value comparison, so PostgreSQL can start the index scan right after the cursor.

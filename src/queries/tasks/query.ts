@@ -39,9 +39,21 @@ export interface TaskListFilter {
   status?: TaskStatus;
   type?: string;
   queue?: string;
+  createdAfter?: string;
+  createdBefore?: string;
+  /** Words every listed title must have (a word of the title beginning with each). */
+  titleWords?: string[];
   /** 1 to 100; 20 when absent. */
   limit?: number;
   cursor?: string | null;
+}
+
+/**
+ * The words a title search looks for, each searched as a prefix of a title word. Only letters and digits make
+ * a word, so nothing the client sends can be read as query syntax. Empty when no word is left.
+ */
+export function titleWords(text: string): string[] {
+  return (text.toLowerCase().match(/[\p{L}\p{N}]+/gu) ?? []).slice(0, 10);
 }
 
 export const DEFAULT_PAGE_SIZE = 20;

@@ -10,6 +10,7 @@ import {
   type RecordedEvent,
 } from '../../infra/eventStore/eventStore.js';
 import { claimsOf, seesAllTasks } from '../../infra/http/auth.js';
+import { storableInstant } from '../../infra/http/inputSanity.js';
 import { taskStreamId, type TaskStatus } from '../../domain/tasks/events.js';
 import {
   ensureTaskSchemas,
@@ -24,6 +25,7 @@ import {
   DEFAULT_PAGE_SIZE,
   encodeCursor,
   MAX_PAGE_SIZE,
+  titleWords,
   type TaskQueries,
   type TaskSnapshot,
 } from './query.js';
@@ -83,11 +85,22 @@ function answerPending(res: Response): void {
   });
 }
 
+/** The title words of `q`, or a 400 when it holds no letter or digit to search for. */
+function searchWords(q: string): string[] {
+  const words = titleWords(q);
+  if (words.length === 0)
+    throw new ValidationError([{ path: '/query/q', message: 'has no letter or digit to search for' }]);
+  return words;
+}
+
 interface ListQuery {
   status?: TaskStatus;
   type?: string;
   queue?: string;
   owner_id?: string;
+  created_after?: string;
+  created_before?: string;
+  q?: string;
   limit: number;
   cursor?: string;
   min_position?: string;
@@ -194,6 +207,23 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
           type: { type: 'string', minLength: 1, maxLength: 100 },
           queue: { type: 'string', minLength: 1, maxLength: 100 },
           owner_id: { ...uuid, description: 'Auditors and admins only: the tasks of this owner' },
+          created_after: {
+            type: 'string',
+            format: 'date-time',
+            description: 'Submitted at or after this instant (RFC 3339)',
+          },
+          created_before: {
+            type: 'string',
+            format: 'date-time',
+            description: 'Submitted before this instant',
+          },
+          q: {
+            type: 'string',
+            minLength: 1,
+            maxLength: 200,
+            description:
+              'Words of the title, case-insensitive: every word must begin a word of the title (`rep q3` finds "Quarterly report Q3"). Only letters and digits count.',
+          },
           limit: { type: 'integer', minimum: 1, maximum: MAX_PAGE_SIZE, default: DEFAULT_PAGE_SIZE },
           cursor: { type: 'string', maxLength: 200, description: '`next_cursor` of the previous page' },
           min_position: minPositionQuery,
@@ -218,6 +248,15 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       const claims = claimsOf(req);
       const minPosition = requestedMinPosition(req, req.query);
       const { status, type, queue, limit, cursor } = req.query;
+      const filters = {
+        ...(req.query.created_after === undefined
+          ? {}
+          : { createdAfter: storableInstant(req.query.created_after, '/query/created_after') }),
+        ...(req.query.created_before === undefined
+          ? {}
+          : { createdBefore: storableInstant(req.query.created_before, '/query/created_before') }),
+        ...(req.query.q === undefined ? {} : { titleWords: searchWords(req.query.q) }),
+      };
       let ownerId: string | null = claims.userId;
       if (seesAllTasks(claims)) ownerId = req.query.owner_id ?? null;
       else if (req.query.owner_id !== undefined && req.query.owner_id.toLowerCase() !== claims.userId)
@@ -225,7 +264,15 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
 
       // A list spans many streams, so only the watermark can say it includes P.
       if (minPosition !== null && !(await reads.waitForReadModel(minPosition))) return answerPending(res);
-      const page = await queries.listTasks({ ownerId, status, type, queue, limit, cursor: cursor ?? null });
+      const page = await queries.listTasks({
+        ownerId,
+        status,
+        type,
+        queue,
+        ...filters,
+        limit,
+        cursor: cursor ?? null,
+      });
       res.set('Cache-Control', 'no-store').json(page);
     },
   );
