@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startCli, type StartedCli } from '../support/processes.js';
 import { call } from '../support/service.js';
+import { sleep } from '../support/wait.js';
 
 /** The API processes the primary forked: its children running the CLI (the embedded PostgreSQL's are not). */
 const apiProcessesOf = (pid: number): number[] =>
@@ -60,7 +61,7 @@ describe('the API in several processes (start --processes 2, embedded default)',
         ),
       );
       if (statuses.every((status) => status === 'done')) break;
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sleep(200);
     }
     expect(statuses).to.deep.equal(Array(6).fill('done'));
 

@@ -10,12 +10,12 @@ import { pino } from 'pino';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 import { accountStreamId } from '../../src/domain/identity/account.js';
 import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
@@ -253,14 +253,14 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           body: { title: "alice's failure", type: 'fail', payload: { message: 'no', unrecoverable: true } },
         });
         expect(failing.status).to.equal(202);
-        await eventually(
+        await waitFor(
+          "alice's task to fail",
           async () =>
             (await call(base, 'GET', `/tasks/${failing.body.id}`, { token: alice.access })).body.status ===
             'failed'
               ? true
               : undefined,
-          20_000,
-          "alice's task to fail",
+          { timeoutMs: 20_000 },
         );
         const pendingId = pending.body.id as string;
         const failedId = failing.body.id as string;

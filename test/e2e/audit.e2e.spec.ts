@@ -3,13 +3,13 @@ import { createHash } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
   quickWorkerSettings,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { sleep, waitFor } from '../support/wait.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { accountStreamId } from '../../src/domain/identity/account.js';
 import { generateAuditKeyPair } from '../../src/audit/anchors.js';
@@ -51,7 +51,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       taskId = (
         await call(base, 'POST', '/tasks', { body: { title: 'audited work' }, token: user.access_token })
       ).body.id;
-      await eventually(async () => {
+      await waitFor('the task to be done', async () => {
         const task = await call(base, 'GET', `/tasks/${taskId}`, { token: user.access_token });
         return task.body.status === 'done' ? true : undefined;
       });
@@ -81,7 +81,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         if (page.body.next_after) after = page.body.next_after;
         if (page.body.items.length === 0) {
           if (Date.now() > deadline) expect.fail('the audit log stayed short of the log');
-          await new Promise((resolve) => setTimeout(resolve, 20));
+          await sleep(20);
         }
       }
       const positions = all.map((e) => e.position);
@@ -245,7 +245,7 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
         token,
       })
     ).body.id;
-    await eventually(async () => {
+    await waitFor('the tasks in the read model', async () => {
       const { rows } = await service.service.infrastructure.pool.query(
         `SELECT count(*) FILTER (WHERE status = 'done')::int AS done, count(*)::int AS n FROM tasks`,
       );

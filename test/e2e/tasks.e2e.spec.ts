@@ -6,12 +6,12 @@ import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
-  eventually,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { newEmail } from '../support/fixtures.js';
 
@@ -61,13 +61,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         data: any;
       }>;
     const untilStatus = (id: string, status: string, timeoutMs = 20000) =>
-      eventually(
+      waitFor(
+        `task ${id} to be ${status}`,
         async () => {
           const response = await getTask(id);
           return response.body.status === status ? response.body : undefined;
         },
-        timeoutMs,
-        `task ${id} to be ${status}`,
+        { timeoutMs },
       );
 
     it("runs the seed's body ({title, description, priority}) with the echo handler to done", async () => {
@@ -277,13 +277,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       const canceled = await call(base, 'DELETE', `/tasks/${submitted.body.id}`, { token });
       expect(canceled.status).to.equal(200);
       // The worker lets go of it well before the sleep would have ended: the next task runs in its place.
-      await eventually(
+      await waitFor(
+        'the worker to abort the canceled handler',
         async () => {
           const metrics = await fetch(`${base}/metrics`).then((r) => r.text());
           return /task_attempts_finished_total\{outcome="canceled"\} [1-9]/.test(metrics) ? true : undefined;
         },
-        10000,
-        'the worker to abort the canceled handler',
+        { timeoutMs: 10000 },
       );
       const types = (await history(submitted.body.id)).map((e) => e.type);
       expect(types).to.include('TaskCanceled').and.not.include('TaskSucceeded');
@@ -378,7 +378,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         }
         const high = await submit({ title: 'urgent', priority: 'urgent' });
         // Every task in the read model before looking (under load the projection may lag by seconds).
-        await eventually(
+        await waitFor(
+          'every task in the read model',
           async () => {
             const { rows } = await service.service.infrastructure.pool.query<{ n: number }>(
               `SELECT count(*)::int AS n FROM tasks WHERE id = ANY($1::uuid[])`,
@@ -386,8 +387,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             );
             return rows[0]!.n === low.length + 1 ? true : undefined;
           },
-          60000,
-          'every task in the read model',
+          { timeoutMs: 60000 },
         );
         // A worker may have claimed a few before it saw the pause: the backlog is what is still pending now.
         const backlog = (

@@ -7,13 +7,12 @@ import {
   kafkaReport,
   readLog,
   readModelDifferences,
-  sleep,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
+import { sleep, waitFor } from '../support/wait.js';
 import { faultedBatch, startRoles, startSelfKillingRelay, type Child } from './support/processes.js';
 import type { Config } from '../../src/config.js';
 
@@ -42,7 +41,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
       const exit = await waitFor(
         'the relay to kill itself',
         async () => (relay.running() ? undefined : relay.exited),
-        60000,
+        { timeoutMs: 60000, intervalMs: 100, ignoreErrors: true },
       );
       expect(exit.signal, relay.output().slice(-2000)).to.equal('SIGKILL');
       const batch = faultedBatch(relay.output());
@@ -54,7 +53,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
     await waitFor(
       'it to publish',
       async () => (arbitrary.output().includes('relay holds the lock') ? true : undefined),
-      20000,
+      { timeoutMs: 20000, intervalMs: 100, ignoreErrors: true },
     );
     await sleep(700);
     await arbitrary.kill('SIGKILL');

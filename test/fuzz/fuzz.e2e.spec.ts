@@ -9,12 +9,12 @@ import formatsPlugin from 'ajv-formats';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
 import type { Config } from '../../src/config.js';
@@ -118,13 +118,13 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
     type: 'fail',
     payload: { message: 'on purpose', unrecoverable: true },
   });
-  await eventually(
+  await waitFor(
+    'the failing task to fail',
     async () =>
       (await call(base, 'GET', `/tasks/${failedId}`, { token: tokens.user })).body.status === 'failed'
         ? true
         : undefined,
-    20_000,
-    'the failing task to fail',
+    { timeoutMs: 20_000 },
   );
 
   const { issuer, audience } = service.config.jwt;
@@ -502,15 +502,15 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         // never run either, since workers pick tasks from there).
         const missing: string[] = [];
         await inParallel(accepted, 8, async ({ id, authorization, position, request }) => {
-          const read = await eventually(
+          const read = await waitFor(
+            `task ${id} in the read model`,
             async () => {
               const response = await call(fuzzing.service.url, 'GET', `/tasks/${id}`, {
                 headers: { authorization, 'x-min-position': position },
               });
               return response.status === 202 ? undefined : response;
             },
-            20_000,
-            `task ${id} in the read model`,
+            { timeoutMs: 20_000 },
           );
           if (read.status !== 200)
             missing.push(`${id}: GET answered ${read.status}, submitted by\n${describeRequest(request)}`);
@@ -527,15 +527,15 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           body: { title: 'after the fuzz', queue: 'after-fuzz', payload: { still: 'running' } },
         });
         expect(after.status).to.equal(202);
-        const done = await eventually(
+        const done = await waitFor(
+          'a task submitted after the fuzz to be done',
           async () => {
             const response = await call(fuzzing.service.url, 'GET', `/tasks/${after.body.id}`, {
               token: fuzzing.tokens.user,
             });
             return response.body.status === 'done' ? response.body : undefined;
           },
-          30_000,
-          'a task submitted after the fuzz to be done',
+          { timeoutMs: 30_000 },
         );
         expect(done.result).to.deep.equal({ still: 'running' });
       });
@@ -624,17 +624,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             { title: 'year zero', run_at: '0000-01-01T00:00:00Z' },
           ];
           const readAfter = (id: string, position: string) =>
-            eventually(
-              async () => {
-                const response = await call(fuzzing.service.url, 'GET', `/tasks/${id}`, {
-                  token: fuzzing.tokens.user,
-                  headers: { 'x-min-position': position },
-                });
-                return response.status === 202 ? undefined : response;
-              },
-              15_000,
-              `task ${id} in the read model`,
-            );
+            waitFor(`task ${id} in the read model`, async () => {
+              const response = await call(fuzzing.service.url, 'GET', `/tasks/${id}`, {
+                token: fuzzing.tokens.user,
+                headers: { 'x-min-position': position },
+              });
+              return response.status === 202 ? undefined : response;
+            });
           const lost: string[] = [];
           for (const body of bodies) {
             const submitted = await submit(body);
@@ -668,7 +664,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             expect(registered.status).to.equal(400);
             return;
           }
-          const row = await eventually(
+          const row = await waitFor(
+            'the user in the users read model',
             async () => {
               const { rows } = await fuzzing.service.service.infrastructure.pool.query(
                 'SELECT id FROM users WHERE id = $1',
@@ -676,8 +673,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
               );
               return rows[0];
             },
-            10_000,
-            'the user in the users read model',
+            { timeoutMs: 10_000 },
           ).catch((error: Error) => error);
           expect(row, 'the users row').not.to.be.instanceOf(Error);
         });

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import type { Config } from '../../src/config.js';
+import { sleep } from './wait.js';
 
 export interface RoleProcess {
   pid: number;
@@ -52,7 +53,7 @@ export async function startRoleProcess(
       child.kill('SIGKILL');
       throw new Error(`role process did not start in time:\n${output.slice(-2000)}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await sleep(50);
   }
   return {
     pid: child.pid!,
@@ -109,7 +110,7 @@ export async function startCli(
       child.kill('SIGKILL');
       throw new Error(`start did not print its URL in time:\n${output.slice(-2000)}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
     url = apiUrlIn(output);
   }
   return {

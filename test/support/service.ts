@@ -116,21 +116,6 @@ export async function call(
   return { status: response.status, body, headers: response.headers };
 }
 
-/** Polls until `check` returns a value other than undefined, or fails with the last value after `timeoutMs`. */
-export async function eventually<T>(
-  check: () => Promise<T | undefined>,
-  timeoutMs = 15000,
-  what = 'condition',
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
 /** Fast retries and leases, so the suite exercises them in seconds. */
 export const quickWorkerSettings = (config: Config) => {
   config.workers.backoff = { baseMs: 50, maxMs: 200, jitter: 0.2 };

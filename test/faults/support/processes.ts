@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import type { Config } from '../../../src/config.js';
+import { sleep } from '../../support/wait.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '../../..');
 
@@ -24,8 +25,6 @@ export interface Child {
   kill(signal?: NodeJS.Signals): Promise<Exit>;
   waitForOutput(pattern: string | RegExp, timeoutMs: number): Promise<void>;
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Every child still running, so a failing test can never leave one behind (see `killAll`). */
 const live = new Set<Child>();

@@ -15,9 +15,9 @@ import { PROJECTIONS } from '../../../src/projections/index.js';
 import { adminDatabaseUrl, createSiblingDatabase } from '../../support/postgres.js';
 import { call, quickWorkerSettings, startTestService, type TestService } from '../../support/service.js';
 import { killAll, startRoles, type Child } from './processes.js';
+import { sleep, waitFor } from '../../support/wait.js';
 
 export const TERMINAL_STATUSES = new Set(['done', 'failed', 'canceled']);
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * How much load the fault cases put on the stack, against what they ran before the pipeline was batched (15 to 50
@@ -194,29 +194,6 @@ export class Load {
 export const startLoad = (stack: Pick<FaultStack, 'url' | 'token'>, options: LoadOptions): Load =>
   new Load(stack, options);
 
-/** Waits until `check` returns a value other than undefined; on timeout, fails with what `describe` says. */
-export async function waitFor<T>(
-  what: string,
-  check: () => Promise<T | undefined>,
-  timeoutMs: number,
-  describe: () => Promise<string> | string = () => '',
-  intervalMs = 100,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let value: T | undefined;
-    try {
-      value = await check();
-    } catch {
-      value = undefined; // a dependency the test broke on purpose may fail a look: look again
-    }
-    if (value !== undefined) return value;
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}. ${await describe()}`);
-    await sleep(intervalMs);
-  }
-}
-
 export async function statusCounts(db: Pool, ids: string[]): Promise<Record<string, number>> {
   const { rows } = await db.query<{ status: string; count: number }>(
     'SELECT status, count(*)::int AS count FROM tasks WHERE id = ANY($1::uuid[]) GROUP BY status',
@@ -239,9 +216,13 @@ export async function waitUntilAllTerminal(db: Pool, ids: string[], timeoutMs: n
         .reduce((sum, [, count]) => sum + count, 0);
       return terminal === ids.length ? counts : undefined;
     },
-    timeoutMs,
-    async () => `Status counts: ${JSON.stringify(await statusCounts(db, ids).catch((e) => String(e)))}`,
-    250,
+    {
+      timeoutMs: timeoutMs,
+      describe: async () =>
+        `Status counts: ${JSON.stringify(await statusCounts(db, ids).catch((e) => String(e)))}`,
+      intervalMs: 250,
+      ignoreErrors: true,
+    },
   );
 }
 
@@ -499,9 +480,12 @@ export async function kafkaReport(
   await waitFor(
     'the relay checkpoint to reach the end of the log',
     async () => ((await relayCheckpoint(stack.db)) ?? '') >= last || undefined,
-    timeoutMs,
-    async () => `Checkpoint ${await relayCheckpoint(stack.db)}, log ends at ${last}`,
-    250,
+    {
+      timeoutMs: timeoutMs,
+      describe: async () => `Checkpoint ${await relayCheckpoint(stack.db)}, log ends at ${last}`,
+      intervalMs: 250,
+      ignoreErrors: true,
+    },
   );
   const contents = await readTopic(stack.config.kafka.brokers, stack.config.kafka.topic, timeoutMs);
   const missing = events.map((e) => e.metadata.eventId).filter((id) => !contents.copies.has(id));
