@@ -10,6 +10,7 @@ import { pino } from 'pino';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
@@ -76,17 +77,12 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     const logout = (token: string, accessToken?: string) =>
       call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
     const account = async () => {
-      const email = newEmail('attack');
-      expect((await register(email)).status).to.equal(201);
-      const response = await login(email);
-      expect(response.status).to.equal(200);
-      const claims = jwt.decode(response.body.access_token) as jwt.JwtPayload;
-      return {
-        email,
-        id: claims.sub!,
-        access: response.body.access_token as string,
-        refresh: response.body.refresh_token as string,
-      };
+      const { email, token, refreshToken } = await registerAndLogin(base, {
+        label: 'attack',
+        password: PASSWORD,
+      });
+      const claims = jwt.decode(token) as jwt.JwtPayload;
+      return { email, id: claims.sub!, access: token, refresh: refreshToken };
     };
     const streamTypes = async (streamId: string) =>
       (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type);

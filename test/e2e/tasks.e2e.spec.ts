@@ -6,14 +6,13 @@ import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
-import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
-import { newEmail } from '../support/fixtures.js';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
   describe(`tasks over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
@@ -26,19 +25,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     let webhookFailuresLeft = 0;
     let webhookCalls = 0;
 
-    const login = async (email: string) => {
-      await call(base, 'POST', '/register', { body: { email, password: 'password123' } });
-      return (await call(base, 'POST', '/login', { body: { email, password: 'password123' } })).body
-        .access_token as string;
-    };
-
     before(async function () {
       const missing = unavailableReason(mode);
       skipSuiteUnless(this, missing === null, missing ?? '');
       service = await startTestService(mode, quickWorkerSettings);
       base = service.url;
-      token = await login(newEmail('tasks'));
-      otherToken = await login(newEmail('tasks'));
+      ({ token } = await registerAndLogin(base, { label: 'tasks' }));
+      ({ token: otherToken } = await registerAndLogin(base, { label: 'tasks' }));
       webhook = http.createServer((req, res) => {
         webhookCalls++;
         if (webhookFailuresLeft-- > 0) res.writeHead(500).end('not yet');
@@ -335,12 +328,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
 
     it('lets auditors read any task and its history', async () => {
-      const email = newEmail('tasks');
-      const userToken = await login(email);
-      void userToken;
-      await grantRoleByEmail(service.service.infrastructure.store, email, 'auditor');
-      const auditorToken = (await call(base, 'POST', '/login', { body: { email, password: 'password123' } }))
-        .body.access_token;
+      const { token: auditorToken } = await registerAndLogin(base, {
+        label: 'tasks',
+        role: { name: 'auditor', store: service.service.infrastructure.store },
+      });
       const submitted = await submit({ title: 'audited' });
       expect(
         (
@@ -356,12 +347,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     it('starts a high-priority task among the next few, even behind 1,000 low ones', async function () {
       this.timeout(180000);
-      const adminEmail = newEmail('tasks');
-      await login(adminEmail);
-      await grantRoleByEmail(service.service.infrastructure.store, adminEmail, 'admin');
-      const admin = (
-        await call(base, 'POST', '/login', { body: { email: adminEmail, password: 'password123' } })
-      ).body.access_token;
+      const { token: admin } = await registerAndLogin(base, {
+        label: 'tasks',
+        role: { name: 'admin', store: service.service.infrastructure.store },
+      });
       expect((await call(base, 'POST', '/admin/workers/pause', { token: admin })).body.paused).to.equal(true);
       try {
         const low: string[] = [];

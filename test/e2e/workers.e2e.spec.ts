@@ -4,6 +4,7 @@ import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
@@ -29,10 +30,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         quickWorkerSettings(config);
         config.workers.onlyQueues = ['default'];
       });
-      const email = `workers-${randomBytes(5).toString('hex')}@example.com`;
-      await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
-      token = (await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } })).body
-        .access_token;
+      ({ token } = await registerAndLogin(service.url, { label: 'workers' }));
     });
     afterEach(async () => {
       await Promise.all(children.splice(0).map((child) => child.stop()));

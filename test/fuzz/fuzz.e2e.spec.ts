@@ -9,13 +9,13 @@ import formatsPlugin from 'ajv-formats';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
-import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
 import type { Config } from '../../src/config.js';
 import {
@@ -34,7 +34,6 @@ import {
   type WireRequest,
   type WireResponse,
 } from './requests.js';
-import { newEmail } from '../support/fixtures.js';
 
 /**
  * Bad input, generated from the OpenAPI document the service serves and then mutated (see requests.ts).
@@ -86,16 +85,14 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
   const base = service.url;
   limits.bodyBytes = 100 * 1024;
   expect(service.config.http.bodyLimit, 'the mutations assume the default body limit').to.equal('100kb');
-  const account = async (role: 'user' | 'auditor' | 'admin') => {
-    const email = newEmail(`fuzz-${role}`);
-    expect((await call(base, 'POST', '/register', { body: { email, password: PASSWORD } })).status).to.equal(
-      201,
-    );
-    if (role !== 'user') await grantRoleByEmail(service.service.infrastructure.store, email, role);
-    const login = await call(base, 'POST', '/login', { body: { email, password: PASSWORD } });
-    expect(login.status).to.equal(200);
-    return login.body.access_token as string;
-  };
+  const account = async (role: 'user' | 'auditor' | 'admin') =>
+    (
+      await registerAndLogin(base, {
+        label: `fuzz-${role}`,
+        password: PASSWORD,
+        role: role === 'user' ? undefined : { name: role, store: service.service.infrastructure.store },
+      })
+    ).token;
   const tokens = {
     user: await account('user'),
     other: await account('user'),

@@ -13,7 +13,13 @@ import { taskStreamId, type TaskEvent } from '../../../src/domain/tasks/events.j
 import { applyOnce } from '../../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../../src/projections/index.js';
 import { adminDatabaseUrl, createSiblingDatabase } from '../../support/postgres.js';
-import { call, quickWorkerSettings, startTestService, type TestService } from '../../support/service.js';
+import {
+  call,
+  quickWorkerSettings,
+  registerAndLogin,
+  startTestService,
+  type TestService,
+} from '../../support/service.js';
 import { killAll, startRoles, type Child } from './processes.js';
 import { sleep, waitFor } from '../../support/wait.js';
 
@@ -68,10 +74,7 @@ export async function startFaultStack(
     { connectionString: service.config.databaseUrl!, max: 4, statementTimeoutMs: 60000 },
     silentLogger(),
   );
-  const email = `faults-${randomBytes(5).toString('hex')}@example.com`;
-  await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
-  const login = await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } });
-  if (login.status !== 200) throw new Error(`login failed: ${login.status} ${JSON.stringify(login.body)}`);
+  const { token } = await registerAndLogin(service.url, { label: 'faults' });
   const roleProcess = (processRoles: string[], adjustChild: (config: Config) => void = () => {}) => {
     const config: Config = structuredClone(service.config);
     adjustChild(config);
@@ -81,7 +84,7 @@ export async function startFaultStack(
     service,
     url: service.url,
     config: service.config,
-    token: login.body.access_token as string,
+    token,
     db,
     roleProcess,
     async apiProcess(processRoles = ['api']) {
