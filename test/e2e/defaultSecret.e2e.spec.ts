@@ -7,13 +7,7 @@ import { parse as parseYaml } from 'yaml';
 import { LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
 import { call, registerAndLogin } from '../support/service.js';
-import {
-  apiUrlIn,
-  startCli,
-  startRoleProcess,
-  type RoleProcess,
-  type StartedCli,
-} from '../support/processes.js';
+import { apiUrlIn, startCli, startRoleProcess, type Child, type StartedCli } from '../support/processes.js';
 
 const repo = path.resolve(import.meta.dirname, '../..');
 
@@ -108,7 +102,7 @@ describe('the default signing secret', function () {
 
   describe('two API processes of one deployment, no secret configured', () => {
     let database: TestDatabase | null = null;
-    const processes: RoleProcess[] = [];
+    const processes: Child[] = [];
     after(async () => {
       for (const role of processes) await role.stop();
       await database?.drop();

@@ -11,7 +11,7 @@ import {
   type TestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
-import { startRoleProcess, type RoleProcess } from '../support/processes.js';
+import { startRoleProcess, type Child } from '../support/processes.js';
 import type { Config } from '../../src/config.js';
 
 /** Workers as separate processes (`task-manager start --roles worker`), so kills are real. */
@@ -20,7 +20,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     this.timeout(120000);
     let service: TestService;
     let token: string;
-    const children: RoleProcess[] = [];
+    const children: Child[] = [];
 
     before(async function () {
       const missing = unavailableReason(mode);

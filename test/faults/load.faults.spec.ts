@@ -16,7 +16,7 @@ import {
   type FaultStack,
 } from './support/stack.js';
 import { sleep } from '../support/wait.js';
-import type { Child } from './support/processes.js';
+import type { Child } from '../support/processes.js';
 
 const TASKS = 10_000;
 const CONCURRENCY = 64;

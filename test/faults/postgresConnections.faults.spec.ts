@@ -16,7 +16,7 @@ import {
   type FaultStack,
 } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
-import type { Child } from './support/processes.js';
+import type { Child } from '../support/processes.js';
 
 const TRANSIENT = new Set([500, 502, 503]);
 const PROBLEM_JSON = 'application/problem+json';

@@ -13,7 +13,8 @@ import {
   type FaultStack,
 } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
-import { faultedBatch, startRoles, startSelfKillingRelay, type Child } from './support/processes.js';
+import { faultedBatch, ROLE_START_TIMEOUT_MS, startSelfKillingRelay } from './support/processes.js';
+import { startRoleProcess, type Child } from '../support/processes.js';
 import type { Config } from '../../src/config.js';
 
 describe('fault: the relay killed with SIGKILL between produce and checkpoint', function () {
@@ -49,7 +50,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
       faulted.push(batch!);
     }
     // And the real role process, killed at an arbitrary moment of its work.
-    const arbitrary: Child = await startRoles(relayConfig, ['relay']);
+    const arbitrary: Child = await startRoleProcess(relayConfig, ['relay'], ROLE_START_TIMEOUT_MS);
     await waitFor(
       'it to publish',
       async () => (arbitrary.output().includes('relay holds the lock') ? true : undefined),
@@ -58,7 +59,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
     await sleep(700);
     await arbitrary.kill('SIGKILL');
     await sleep(1000);
-    await startRoles(relayConfig, ['relay']);
+    await startRoleProcess(relayConfig, ['relay'], ROLE_START_TIMEOUT_MS);
 
     await load.done;
     expect(load.failures, 'every submission accepted').to.deep.equal([]);

@@ -13,7 +13,8 @@ import {
   type FaultStack,
 } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
-import { loggedLines, type Child } from './support/processes.js';
+import { loggedLines } from './support/processes.js';
+import type { Child } from '../support/processes.js';
 
 const HOLDS_LOCK = 'relay holds the lock; publishing';
 

@@ -13,7 +13,7 @@ import {
   type FaultStack,
 } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
-import type { Child } from './support/processes.js';
+import type { Child } from '../support/processes.js';
 
 describe('fault: a worker process killed with SIGKILL mid-load', function () {
   this.timeout(180000);

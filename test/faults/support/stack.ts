@@ -20,7 +20,8 @@ import {
   startTestService,
   type TestService,
 } from '../../support/service.js';
-import { killAll, startRoles, type Child } from './processes.js';
+import { killAll, startRoleProcess, type Child } from '../../support/processes.js';
+import { ROLE_START_TIMEOUT_MS } from './processes.js';
 import { sleep, waitFor } from '../../support/wait.js';
 
 export const TERMINAL_STATUSES = new Set(['done', 'failed', 'canceled']);
@@ -78,7 +79,7 @@ export async function startFaultStack(
   const roleProcess = (processRoles: string[], adjustChild: (config: Config) => void = () => {}) => {
     const config: Config = structuredClone(service.config);
     adjustChild(config);
-    return startRoles(config, processRoles);
+    return startRoleProcess(config, processRoles, ROLE_START_TIMEOUT_MS);
   };
   return {
     service,
