@@ -12,6 +12,7 @@ import { task } from '../../../src/domain/tasks/state.js';
 import { taskStreamId, type TaskEvent } from '../../../src/domain/tasks/events.js';
 import { applyOnce } from '../../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../../src/projections/index.js';
+import { ident, PROGRESS_TABLES, readModelTables } from '../../../src/projections/rebuildTables.js';
 import { adminDatabaseUrl, createSiblingDatabase } from '../../support/postgres.js';
 import {
   call,
@@ -319,25 +320,50 @@ export function checkHistories(
   return report;
 }
 
-const READ_MODEL_TABLES = [
-  { table: 'tasks', order: 'id' },
-  { table: 'users', order: 'id' },
-  { table: 'refresh_tokens', order: 'session_id' },
-  { table: 'projection_stream_progress', order: 'projection, stream_id' },
-] as const;
+/**
+ * What a rebuild must reproduce exactly: every table of the read-model registry, and the projections' stream
+ * progress. Not the partition positions: they are the live consumer's Kafka offsets, which folding the log does
+ * not make.
+ */
+const STREAM_PROGRESS: (typeof PROGRESS_TABLES)[number] = 'projection_stream_progress';
+const COMPARED_TABLES = [...readModelTables(PROJECTIONS).map((table) => table.name), STREAM_PROGRESS];
+
+/** The columns of a table's primary key, in key order, as SQL: the order its rows are compared in. */
+const orderOf = new Map<string, Promise<string>>();
+function primaryKeyOrder(pool: Pool, table: string): Promise<string> {
+  let order = orderOf.get(table);
+  if (!order) {
+    order = pool
+      .query<{ column: string }>(
+        `SELECT a.attname AS column
+           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+          WHERE i.indrelid = $1::regclass AND i.indisprimary
+          ORDER BY array_position(i.indkey::int2[], a.attnum)`,
+        [ident(table)],
+      )
+      .then(({ rows }) => {
+        if (rows.length === 0)
+          throw new Error(`read-model table ${table} has no primary key to order rows by`);
+        return rows.map((row) => ident(row.column)).join(', ');
+      });
+    order.catch(() => orderOf.delete(table));
+    orderOf.set(table, order);
+  }
+  return order;
+}
 
 async function snapshot(pool: Pool): Promise<Record<string, string[]>> {
   const tables: Record<string, string[]> = {};
-  for (const { table, order } of READ_MODEL_TABLES)
-    tables[table] = (await pool.query(`SELECT * FROM ${table} ORDER BY ${order}`)).rows.map((row) =>
-      JSON.stringify(row),
-    );
+  for (const table of COMPARED_TABLES)
+    tables[table] = (
+      await pool.query(`SELECT * FROM ${ident(table)} ORDER BY ${await primaryKeyOrder(pool, table)}`)
+    ).rows.map((row) => JSON.stringify(row));
   return tables;
 }
 
 function differences(live: Record<string, string[]>, rebuilt: Record<string, string[]>): string[] {
   const found: string[] = [];
-  for (const { table } of READ_MODEL_TABLES) {
+  for (const table of COMPARED_TABLES) {
     const liveRows = new Set(live[table]);
     const rebuiltRows = new Set(rebuilt[table]);
     const missing = rebuilt[table]!.filter((row) => !liveRows.has(row));
