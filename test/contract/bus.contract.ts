@@ -9,6 +9,7 @@ import {
 } from '../../src/infra/eventStore/eventStore.js';
 import type { KafkaRelay } from '../../src/infra/bus/kafka/relay.js';
 import { newEvent } from './eventStore.contract.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 export interface BusHarness {
   store: EventStore;
@@ -48,16 +49,18 @@ class Collector {
   }
 
   async waitFor(until: (c: Collector) => boolean, timeoutMs = 30000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!until(this)) {
-      if (Date.now() > deadline)
-        throw new Error(`timed out with ${this.events.length} events (${this.uniqueIds.size} unique)`);
-      await new Promise<void>((resolve) => {
-        this.waiters.push(resolve);
-        setTimeout(resolve, 200);
-      });
-      this.waiters = [];
-    }
+    await waitFor('our events', () => (until(this) ? true : undefined), {
+      timeoutMs,
+      describe: () => `Got ${this.events.length} events (${this.uniqueIds.size} unique).`,
+      // Looks again as soon as an event arrives, or after 200 ms.
+      pause: async () => {
+        await new Promise<void>((resolve) => {
+          this.waiters.push(resolve);
+          setTimeout(resolve, 200);
+        });
+        this.waiters = [];
+      },
+    });
   }
 }
 
@@ -177,7 +180,7 @@ export function busContract(
       consumers.push(consumer);
       await collector.waitFor((c) => c.uniqueIds.size === 6);
       // Time for an Unwanted event to arrive if it were passed on (the batch it came in has been delivered).
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      await sleep(300);
       expect(new Set(collector.events.map((e) => e.type))).to.deep.equal(new Set(['Wanted']));
       for (let s = 0; s < 3; s++)
         expect(firstDeliveryOrder(collector.events, `${prefix}-${s}`)).to.deep.equal([0, 2]);
@@ -224,14 +227,14 @@ export function busContract(
       await appendSteps(harness.store, prefix, 3, 4);
       const deadline = Date.now() + 30000;
       while (new Set(ours.map((o) => o.event.metadata.eventId)).size < 12 && Date.now() < deadline)
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await sleep(50);
       const last = ours.reduce((max, o) => (o.event.position > max ? o.event.position : max), '');
 
       // The relay records what it published after the broker's acks, so shortly after a consumer has it.
       let targets: ReadonlyMap<number, string> | null = null;
       while (!targets && Date.now() < deadline) {
         targets = await harness.bus.partitionTargets(last);
-        if (!targets) await new Promise((resolve) => setTimeout(resolve, 50));
+        if (!targets) await sleep(50);
       }
       expect(targets, 'targets once the bus carried the position').to.not.equal(null);
       // A reader at these targets includes each of our events, in the partition it came through.
@@ -321,7 +324,7 @@ export function busContract(
         const second = harness.makeRelay!();
         second.start();
         try {
-          await new Promise((resolve) => setTimeout(resolve, 1500));
+          await sleep(1500);
           expect([relay!.state, second.state].sort()).to.deep.equal(['publishing', 'waiting_for_lock']);
           const [active, standby] = relay!.state === 'publishing' ? [relay!, second] : [second, relay!];
           await active.stop();

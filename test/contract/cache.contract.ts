@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import type { Cache } from '../../src/infra/cache/cache.js';
+import { sleep } from '../support/wait.js';
 
 /** One suite for both caches: what query code may rely on. */
 export function cacheContract(
@@ -60,7 +61,7 @@ export function cacheContract(
       const key = `ttl-${randomUUID()}`;
       await cache.set(key, 'short-lived', 1);
       expect(await cache.get(key)).to.equal('short-lived');
-      await new Promise((resolve) => setTimeout(resolve, 1300));
+      await sleep(1300);
       expect(await cache.get(key)).to.equal(undefined);
     });
 

@@ -9,6 +9,7 @@ import {
   type RecordedEvent,
 } from '../../src/infra/eventStore/eventStore.js';
 import { chainHash, GENESIS_HASH } from '../../src/infra/eventStore/hashChain.js';
+import { sleep } from '../support/wait.js';
 
 export interface EventStoreHarness {
   store: EventStore;
@@ -28,8 +29,6 @@ export const newEvent = (
   data: data as NewEvent['data'],
   metadata: { correlationId: randomUUID(), causationId: null, userId, timestamp: '2026-01-01T00:00:00.000Z' },
 });
-
-const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Reads the live subscription until `count` events pass the filter, or fails after `timeoutMs`. */
 async function collect(
@@ -336,7 +335,7 @@ export function eventStoreContract(
           const page = await store.readAll({ after, limit: 2 });
           if (page.length === 0) {
             if (Date.now() > deadline) expect.fail(`the log stayed short of ${last}`);
-            await delay(20);
+            await sleep(20);
             continue;
           }
           read.push(...page);
@@ -369,7 +368,7 @@ export function eventStoreContract(
         });
         await slowReady;
         await store.append(`${prefix}-fast`, [newEvent('Fast')], { expectedRevision: 'no_stream' });
-        await delay(harness.settleMs); // the subscriber polls while the slow transaction is still open
+        await sleep(harness.settleMs); // the subscriber polls while the slow transaction is still open
         releaseSlow();
         await slow;
         const events = await received;
@@ -394,7 +393,7 @@ export function eventStoreContract(
               await store.append(`${prefix}-${s}`, [newEvent('Step', { s, r })], {
                 expectedRevision: r === 0 ? 'no_stream' : r - 1,
                 // Random hold-ups before commit make transaction order and commit order disagree.
-                beforeCommit: () => delay(Math.random() < 0.3 ? Math.random() * 30 : 0),
+                beforeCommit: () => sleep(Math.random() < 0.3 ? Math.random() * 30 : 0),
               });
             }
           }),

@@ -1,11 +1,12 @@
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startCli, type StartedCli } from '../support/processes.js';
-import { call } from '../support/service.js';
+import { call, registerAndLogin } from '../support/service.js';
+import { sleep } from '../support/wait.js';
 
 /** The API processes the primary forked: its children running the CLI (the embedded PostgreSQL's are not). */
 const apiProcessesOf = (pid: number): number[] =>
@@ -33,10 +34,10 @@ describe('the API in several processes (start --processes 2, embedded default)',
     const children = apiProcessesOf(service.pid);
     expect(children, 'two API processes forked').to.have.length(2);
 
-    const credentials = { email: `processes-${randomUUID()}@example.com`, password: 'correct horse battery' };
-    expect((await call(service.url, 'POST', '/register', { body: credentials })).status).to.equal(201);
-    const token = (await call(service.url, 'POST', '/login', { body: credentials })).body
-      .access_token as string;
+    const { token } = await registerAndLogin(service.url, {
+      label: 'processes',
+      password: 'correct horse battery',
+    });
     const delayed = await call(service.url, 'POST', '/tasks', {
       body: { title: 'later', run_at: new Date(Date.now() + 1500).toISOString() },
       token,
@@ -60,7 +61,7 @@ describe('the API in several processes (start --processes 2, embedded default)',
         ),
       );
       if (statuses.every((status) => status === 'done')) break;
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sleep(200);
     }
     expect(statuses).to.deep.equal(Array(6).fill('done'));
 

@@ -10,12 +10,13 @@ import { pino } from 'pino';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 import { accountStreamId } from '../../src/domain/identity/account.js';
 import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
@@ -76,17 +77,12 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     const logout = (token: string, accessToken?: string) =>
       call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
     const account = async () => {
-      const email = newEmail('attack');
-      expect((await register(email)).status).to.equal(201);
-      const response = await login(email);
-      expect(response.status).to.equal(200);
-      const claims = jwt.decode(response.body.access_token) as jwt.JwtPayload;
-      return {
-        email,
-        id: claims.sub!,
-        access: response.body.access_token as string,
-        refresh: response.body.refresh_token as string,
-      };
+      const { email, token, refreshToken } = await registerAndLogin(base, {
+        label: 'attack',
+        password: PASSWORD,
+      });
+      const claims = jwt.decode(token) as jwt.JwtPayload;
+      return { email, id: claims.sub!, access: token, refresh: refreshToken };
     };
     const streamTypes = async (streamId: string) =>
       (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type);
@@ -253,14 +249,14 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           body: { title: "alice's failure", type: 'fail', payload: { message: 'no', unrecoverable: true } },
         });
         expect(failing.status).to.equal(202);
-        await eventually(
+        await waitFor(
+          "alice's task to fail",
           async () =>
             (await call(base, 'GET', `/tasks/${failing.body.id}`, { token: alice.access })).body.status ===
             'failed'
               ? true
               : undefined,
-          20_000,
-          "alice's task to fail",
+          { timeoutMs: 20_000 },
         );
         const pendingId = pending.body.id as string;
         const failedId = failing.body.id as string;

@@ -3,19 +3,18 @@ import { createHash } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
   quickWorkerSettings,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
+import { sleep, waitFor } from '../support/wait.js';
 import { accountStreamId } from '../../src/domain/identity/account.js';
 import { generateAuditKeyPair } from '../../src/audit/anchors.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { newEmail } from '../support/fixtures.js';
 
 const run = promisify(execFile);
 
@@ -31,27 +30,27 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     let auditor: string;
     let taskId: string;
 
-    const login = async (email: string) =>
-      (await call(base, 'POST', '/login', { body: { email, password: PASSWORD } })).body;
-
     before(async function () {
       const missing = unavailableReason(mode);
       skipSuiteUnless(this, missing === null, missing ?? '');
       service = await startTestService(mode, quickWorkerSettings);
       base = service.url;
-      userEmail = newEmail('audit');
-      await call(base, 'POST', '/register', { body: { email: userEmail, password: PASSWORD } });
-      user = await login(userEmail);
+      const registered = await registerAndLogin(base, { label: 'audit', password: PASSWORD });
+      userEmail = registered.email;
+      user = { access_token: registered.token, refresh_token: registered.refreshToken };
       // A rotation, so the log holds refresh-token hashes that must never be shown.
       user = (await call(base, 'POST', '/refresh', { body: { refresh_token: user.refresh_token } })).body;
-      const auditorEmail = newEmail('audit');
-      await call(base, 'POST', '/register', { body: { email: auditorEmail, password: PASSWORD } });
-      await grantRoleByEmail(service.service.infrastructure.store, auditorEmail, 'auditor');
-      auditor = (await login(auditorEmail)).access_token;
+      auditor = (
+        await registerAndLogin(base, {
+          label: 'audit',
+          password: PASSWORD,
+          role: { name: 'auditor', store: service.service.infrastructure.store },
+        })
+      ).token;
       taskId = (
         await call(base, 'POST', '/tasks', { body: { title: 'audited work' }, token: user.access_token })
       ).body.id;
-      await eventually(async () => {
+      await waitFor('the task to be done', async () => {
         const task = await call(base, 'GET', `/tasks/${taskId}`, { token: user.access_token });
         return task.body.status === 'done' ? true : undefined;
       });
@@ -81,7 +80,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         if (page.body.next_after) after = page.body.next_after;
         if (page.body.items.length === 0) {
           if (Date.now() > deadline) expect.fail('the audit log stayed short of the log');
-          await new Promise((resolve) => setTimeout(resolve, 20));
+          await sleep(20);
         }
       }
       const positions = all.map((e) => e.position);
@@ -150,9 +149,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       expect((await asOf('2000-01-01T00:00:00Z')).status, 'before it existed').to.equal(404);
       expect((await asOf(history[2]!.position, auditor)).status, 'auditors too').to.equal(200);
       expect((await asOf('yesterday')).status).to.equal(400);
-      const stranger = newEmail('audit');
-      await call(base, 'POST', '/register', { body: { email: stranger, password: PASSWORD } });
-      expect((await asOf(history[2]!.position, (await login(stranger)).access_token)).status).to.equal(404);
+      const stranger = await registerAndLogin(base, { label: 'audit', password: PASSWORD });
+      expect((await asOf(history[2]!.position, stranger.token)).status).to.equal(404);
     });
   });
 }
@@ -180,10 +178,7 @@ describe('audit commands (task-manager audit ...)', function () {
   before(async () => {
     keys = generateAuditKeyPair();
     service = await startTestService('embedded', quickWorkerSettings);
-    const email = newEmail('audit');
-    await call(service.url, 'POST', '/register', { body: { email, password: PASSWORD } });
-    const token = (await call(service.url, 'POST', '/login', { body: { email, password: PASSWORD } })).body
-      .access_token;
+    const { token } = await registerAndLogin(service.url, { label: 'audit', password: PASSWORD });
     for (let i = 0; i < 3; i++)
       await call(service.url, 'POST', '/tasks', { body: { title: `audited ${i}` }, token });
   });
@@ -229,10 +224,7 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
 
   before(async () => {
     service = await startTestService('embedded', quickWorkerSettings);
-    const email = newEmail('audit');
-    await call(service.url, 'POST', '/register', { body: { email, password: PASSWORD } });
-    const token = (await call(service.url, 'POST', '/login', { body: { email, password: PASSWORD } })).body
-      .access_token;
+    const { token } = await registerAndLogin(service.url, { label: 'audit', password: PASSWORD });
     const ids = [];
     for (let i = 0; i < 3; i++)
       ids.push(
@@ -245,7 +237,7 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
         token,
       })
     ).body.id;
-    await eventually(async () => {
+    await waitFor('the tasks in the read model', async () => {
       const { rows } = await service.service.infrastructure.pool.query(
         `SELECT count(*) FILTER (WHERE status = 'done')::int AS done, count(*)::int AS n FROM tasks`,
       );

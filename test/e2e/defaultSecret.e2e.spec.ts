@@ -6,14 +6,8 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js';
-import { call } from '../support/service.js';
-import {
-  apiUrlIn,
-  startCli,
-  startRoleProcess,
-  type RoleProcess,
-  type StartedCli,
-} from '../support/processes.js';
+import { call, registerAndLogin } from '../support/service.js';
+import { apiUrlIn, startCli, startRoleProcess, type Child, type StartedCli } from '../support/processes.js';
 
 const repo = path.resolve(import.meta.dirname, '../..');
 
@@ -27,14 +21,9 @@ const forge = (claims: object, key: string): string => {
 /** `npm start` as the README runs it: the CLI's start, no settings at all, in a directory of its own. */
 const startAsTheReadmeDoes = (cwd: string) => startCli(cwd, ['start']);
 
-async function registerAndLogin(url: string): Promise<{ userId: string; accessToken: string }> {
-  const credentials = { email: `secret-${randomUUID()}@example.com`, password: 'correct horse battery' };
-  const registered = await call(url, 'POST', '/register', { body: credentials });
-  expect(registered.status, JSON.stringify(registered.body)).to.equal(201);
-  const login = await call(url, 'POST', '/login', { body: credentials });
-  expect(login.status, JSON.stringify(login.body)).to.equal(200);
-  return { userId: registered.body.id, accessToken: login.body.access_token };
-}
+/** A user of the service at `url`: its id and access token. */
+const newAccount = (url: string) =>
+  registerAndLogin(url, { label: 'secret', password: 'correct horse battery' });
 
 /** Requests an admin-only, an auditor-only and a user route with the token; returns their statuses. */
 async function statusesWith(url: string, token: string): Promise<number[]> {
@@ -71,7 +60,7 @@ describe('the default signing secret', function () {
 
       service = await startAsTheReadmeDoes(workDir);
       expect(service.output()).to.include('using a generated secret kept in');
-      const { userId, accessToken } = await registerAndLogin(service.url);
+      const { userId, token: accessToken } = await newAccount(service.url);
 
       const { issuer, audience } = loadConfig({ env: {}, cwd: workDir }).jwt;
       const now = Math.floor(Date.now() / 1000);
@@ -113,7 +102,7 @@ describe('the default signing secret', function () {
 
   describe('two API processes of one deployment, no secret configured', () => {
     let database: TestDatabase | null = null;
-    const processes: RoleProcess[] = [];
+    const processes: Child[] = [];
     after(async () => {
       for (const role of processes) await role.stop();
       await database?.drop();
@@ -134,7 +123,7 @@ describe('the default signing secret', function () {
       expect(first).to.be.a('string');
       expect(second).to.be.a('string').and.not.equal(first);
 
-      const { userId, accessToken } = await registerAndLogin(first!);
+      const { userId, token: accessToken } = await newAccount(first!);
       const me = await call(second!, 'GET', '/me', { token: accessToken });
       expect(me.status, 'the token the first process issued, at the second').to.equal(200);
       expect(me.body.id).to.equal(userId);

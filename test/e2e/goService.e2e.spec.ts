@@ -3,13 +3,13 @@ import { randomUUID } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
   quickWorkerSettings,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { GO_SERVICE_TAG } from '../../src/compat/goService/routes.js';
 import { newEmail } from '../support/fixtures.js';
@@ -212,13 +212,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       };
       const ids = [await submit('finished one'), await submit('finished two')];
       for (const id of ids)
-        await eventually(
+        await waitFor(
+          `task ${id} to be done`,
           async () =>
             (await call(base, 'GET', `/tasks/${id}`, { token: user.token })).body.status === 'done'
               ? true
               : undefined,
-          20000,
-          `task ${id} to be done`,
+          { timeoutMs: 20000 },
         );
       const listed = async () => ({
         ours: (await call(base, 'GET', '/tasks', { token: user.token })).body.items.map(
@@ -243,13 +243,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       expect(again.status).to.equal(200);
       expect(again.body.archived_at).to.equal(archived.body.archived_at);
 
-      await eventually(
+      await waitFor(
+        'the archived tasks to leave both lists',
         async () => {
           const now = await listed();
           return now.ours.length === 0 && now.go.length === 0 ? true : undefined;
         },
-        10000,
-        'the archived tasks to leave both lists',
+        { timeoutMs: 10000 },
       );
       for (const id of ids) {
         const ours = await call(base, 'GET', `/tasks/${id}`, {

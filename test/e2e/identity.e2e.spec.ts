@@ -6,12 +6,12 @@ import jwt from 'jsonwebtoken';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 import { accountStreamId, loginAttemptsStreamId } from '../../src/domain/identity/account.js';
 import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { applyOnce } from '../../src/projections/projectionRunner.js';
@@ -125,17 +125,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         const me = await call(base, 'GET', '/me', { token: accessToken });
         expect(me.status).to.equal(200);
         expect(me.body.role).to.equal('user');
-        const users = await eventually(
-          async () => {
-            const { rows } = await service.service.infrastructure.pool.query(
-              'SELECT email, role FROM users WHERE id = $1',
-              [claims.sub],
-            );
-            return rows[0];
-          },
-          15000,
-          'the users read model',
-        );
+        const users = await waitFor('the users read model', async () => {
+          const { rows } = await service.service.infrastructure.pool.query(
+            'SELECT email, role FROM users WHERE id = $1',
+            [claims.sub],
+          );
+          return rows[0];
+        });
         expect(users).to.deep.equal({ email, role: 'user' });
       });
 
@@ -233,31 +229,23 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         await register(email);
         const phone = (await login(email)).body;
         const laptop = (await login(email)).body;
-        await eventually(
-          async () => {
-            const { rowCount } = await service.service.infrastructure.pool.query(
-              'SELECT 1 FROM refresh_tokens WHERE session_id = $1',
-              [phone.refresh_token.split('.')[0]],
-            );
-            return rowCount === 1 ? true : undefined;
-          },
-          15000,
-          'the refresh token row',
-        );
+        await waitFor('the refresh token row', async () => {
+          const { rowCount } = await service.service.infrastructure.pool.query(
+            'SELECT 1 FROM refresh_tokens WHERE session_id = $1',
+            [phone.refresh_token.split('.')[0]],
+          );
+          return rowCount === 1 ? true : undefined;
+        });
         expect((await logout(phone.refresh_token)).status).to.equal(204);
         expect((await refresh(phone.refresh_token)).status).to.equal(401);
         expect((await refresh(laptop.refresh_token)).status).to.equal(200);
-        await eventually(
-          async () => {
-            const { rowCount } = await service.service.infrastructure.pool.query(
-              'SELECT 1 FROM refresh_tokens WHERE session_id = $1',
-              [phone.refresh_token.split('.')[0]],
-            );
-            return rowCount === 0 ? true : undefined;
-          },
-          15000,
-          'the refresh token row to be deleted',
-        );
+        await waitFor('the refresh token row to be deleted', async () => {
+          const { rowCount } = await service.service.infrastructure.pool.query(
+            'SELECT 1 FROM refresh_tokens WHERE session_id = $1',
+            [phone.refresh_token.split('.')[0]],
+          );
+          return rowCount === 0 ? true : undefined;
+        });
       });
 
       it("does not let a user log out another user's session", async () => {
@@ -358,13 +346,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           const expected = await snapshot(rebuilt.pool);
           expect(expected.users.length).to.be.greaterThan(5);
           // The live projections may still be catching up: they must converge on exactly the rebuilt rows.
-          await eventually(
+          await waitFor(
+            'the live read models to equal the rebuilt ones',
             async () => {
               const live = await snapshot(service.service.infrastructure.pool);
               return JSON.stringify(live) === JSON.stringify(expected) ? true : undefined;
             },
-            20000,
-            'the live read models to equal the rebuilt ones',
+            { timeoutMs: 20000 },
           );
         } finally {
           await rebuilt.drop();

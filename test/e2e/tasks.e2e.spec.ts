@@ -6,14 +6,13 @@ import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
-  eventually,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
-import { newEmail } from '../support/fixtures.js';
+import { waitFor } from '../support/wait.js';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
   describe(`tasks over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
@@ -26,19 +25,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     let webhookFailuresLeft = 0;
     let webhookCalls = 0;
 
-    const login = async (email: string) => {
-      await call(base, 'POST', '/register', { body: { email, password: 'password123' } });
-      return (await call(base, 'POST', '/login', { body: { email, password: 'password123' } })).body
-        .access_token as string;
-    };
-
     before(async function () {
       const missing = unavailableReason(mode);
       skipSuiteUnless(this, missing === null, missing ?? '');
       service = await startTestService(mode, quickWorkerSettings);
       base = service.url;
-      token = await login(newEmail('tasks'));
-      otherToken = await login(newEmail('tasks'));
+      ({ token } = await registerAndLogin(base, { label: 'tasks' }));
+      ({ token: otherToken } = await registerAndLogin(base, { label: 'tasks' }));
       webhook = http.createServer((req, res) => {
         webhookCalls++;
         if (webhookFailuresLeft-- > 0) res.writeHead(500).end('not yet');
@@ -61,13 +54,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         data: any;
       }>;
     const untilStatus = (id: string, status: string, timeoutMs = 20000) =>
-      eventually(
+      waitFor(
+        `task ${id} to be ${status}`,
         async () => {
           const response = await getTask(id);
           return response.body.status === status ? response.body : undefined;
         },
-        timeoutMs,
-        `task ${id} to be ${status}`,
+        { timeoutMs },
       );
 
     it("runs the seed's body ({title, description, priority}) with the echo handler to done", async () => {
@@ -277,13 +270,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       const canceled = await call(base, 'DELETE', `/tasks/${submitted.body.id}`, { token });
       expect(canceled.status).to.equal(200);
       // The worker lets go of it well before the sleep would have ended: the next task runs in its place.
-      await eventually(
+      await waitFor(
+        'the worker to abort the canceled handler',
         async () => {
           const metrics = await fetch(`${base}/metrics`).then((r) => r.text());
           return /task_attempts_finished_total\{outcome="canceled"\} [1-9]/.test(metrics) ? true : undefined;
         },
-        10000,
-        'the worker to abort the canceled handler',
+        { timeoutMs: 10000 },
       );
       const types = (await history(submitted.body.id)).map((e) => e.type);
       expect(types).to.include('TaskCanceled').and.not.include('TaskSucceeded');
@@ -335,12 +328,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
 
     it('lets auditors read any task and its history', async () => {
-      const email = newEmail('tasks');
-      const userToken = await login(email);
-      void userToken;
-      await grantRoleByEmail(service.service.infrastructure.store, email, 'auditor');
-      const auditorToken = (await call(base, 'POST', '/login', { body: { email, password: 'password123' } }))
-        .body.access_token;
+      const { token: auditorToken } = await registerAndLogin(base, {
+        label: 'tasks',
+        role: { name: 'auditor', store: service.service.infrastructure.store },
+      });
       const submitted = await submit({ title: 'audited' });
       expect(
         (
@@ -356,12 +347,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
     it('starts a high-priority task among the next few, even behind 1,000 low ones', async function () {
       this.timeout(180000);
-      const adminEmail = newEmail('tasks');
-      await login(adminEmail);
-      await grantRoleByEmail(service.service.infrastructure.store, adminEmail, 'admin');
-      const admin = (
-        await call(base, 'POST', '/login', { body: { email: adminEmail, password: 'password123' } })
-      ).body.access_token;
+      const { token: admin } = await registerAndLogin(base, {
+        label: 'tasks',
+        role: { name: 'admin', store: service.service.infrastructure.store },
+      });
       expect((await call(base, 'POST', '/admin/workers/pause', { token: admin })).body.paused).to.equal(true);
       try {
         const low: string[] = [];
@@ -378,7 +367,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         }
         const high = await submit({ title: 'urgent', priority: 'urgent' });
         // Every task in the read model before looking (under load the projection may lag by seconds).
-        await eventually(
+        await waitFor(
+          'every task in the read model',
           async () => {
             const { rows } = await service.service.infrastructure.pool.query<{ n: number }>(
               `SELECT count(*)::int AS n FROM tasks WHERE id = ANY($1::uuid[])`,
@@ -386,8 +376,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             );
             return rows[0]!.n === low.length + 1 ? true : undefined;
           },
-          60000,
-          'every task in the read model',
+          { timeoutMs: 60000 },
         );
         // A worker may have claimed a few before it saw the pause: the backlog is what is still pending now.
         const backlog = (

@@ -4,13 +4,14 @@ import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
-  eventually,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { startRoleProcess, type RoleProcess } from '../support/processes.js';
+import { waitFor } from '../support/wait.js';
+import { startRoleProcess, type Child } from '../support/processes.js';
 import type { Config } from '../../src/config.js';
 
 /** Workers as separate processes (`task-manager start --roles worker`), so kills are real. */
@@ -19,7 +20,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     this.timeout(120000);
     let service: TestService;
     let token: string;
-    const children: RoleProcess[] = [];
+    const children: Child[] = [];
 
     before(async function () {
       const missing = unavailableReason(mode);
@@ -29,10 +30,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         quickWorkerSettings(config);
         config.workers.onlyQueues = ['default'];
       });
-      const email = `workers-${randomBytes(5).toString('hex')}@example.com`;
-      await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
-      token = (await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } })).body
-        .access_token;
+      ({ token } = await registerAndLogin(service.url, { label: 'workers' }));
     });
     afterEach(async () => {
       await Promise.all(children.splice(0).map((child) => child.stop()));
@@ -68,10 +66,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
               .id as string,
         ),
       );
-      await eventually(
-        async () => ((await Promise.all(ids.map(statusOf))).every((s) => s === 'done') ? true : undefined),
-        60000,
+      await waitFor(
         'all shared tasks done',
+        async () => ((await Promise.all(ids.map(statusOf))).every((s) => s === 'done') ? true : undefined),
+        { timeoutMs: 60000 },
       );
       const starts = (await Promise.all(ids.map(history))).flatMap((events) =>
         events.filter((e) => e.type === 'TaskStarted'),
@@ -91,18 +89,18 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         timeout_ms: 4000,
       });
       const id = submitted.body.id as string;
-      await eventually(
-        async () => ((await statusOf(id)) === 'in_progress' ? true : undefined),
-        30000,
+      await waitFor(
         'the task to start',
+        async () => ((await statusOf(id)) === 'in_progress' ? true : undefined),
+        { timeoutMs: 30000 },
       );
       await doomed.kill();
       children.splice(children.indexOf(doomed), 1);
       await workerProcess(queue, 1);
-      await eventually(
-        async () => ((await statusOf(id)) === 'done' ? true : undefined),
-        60000,
+      await waitFor(
         'the task to finish on the other worker',
+        async () => ((await statusOf(id)) === 'done' ? true : undefined),
+        { timeoutMs: 60000 },
       );
       const events = await history(id);
       const starts = events.filter((e) => e.type === 'TaskStarted');
@@ -132,28 +130,28 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           timeout_ms: 60000,
         })
       ).body.id as string;
-      await eventually(
+      await waitFor(
+        'both to start',
         async () =>
           (await statusOf(quick)) === 'in_progress' && (await statusOf(slow)) === 'in_progress'
             ? true
             : undefined,
-        30000,
-        'both to start',
+        { timeoutMs: 30000 },
       );
       expect(await child.stop()).to.equal(0);
-      await eventually(
-        async () => ((await statusOf(quick)) === 'done' ? true : undefined),
-        10000,
+      await waitFor(
         'the quick one to be done',
+        async () => ((await statusOf(quick)) === 'done' ? true : undefined),
+        { timeoutMs: 10000 },
       );
       const slowEvents = await history(slow);
       const released = slowEvents.find((e) => e.type === 'TaskReleased');
       expect(released, 'the slow task was handed back').not.to.equal(undefined);
       // The read model follows the log (through Kafka on the full stack): pending soon, not at once.
-      await eventually(
-        async () => ((await statusOf(slow)) === 'pending' ? true : undefined),
-        10000,
+      await waitFor(
         'the slow one to be pending again',
+        async () => ((await statusOf(slow)) === 'pending' ? true : undefined),
+        { timeoutMs: 10000 },
       );
       await call(service.url, 'DELETE', `/tasks/${slow}`, { token });
     });

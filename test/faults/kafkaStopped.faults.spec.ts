@@ -7,13 +7,12 @@ import {
   kafkaReport,
   readLog,
   readModelDifferences,
-  sleep,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
+import { sleep, waitFor } from '../support/wait.js';
 import { OwnKafka } from './support/processes.js';
 
 describe('fault: the Kafka broker stopped for 10 seconds', function () {
@@ -39,11 +38,11 @@ describe('fault: the Kafka broker stopped for 10 seconds', function () {
   it('keeps accepting tasks while the broker is down, and catches up once it is back', async () => {
     const s = stack!;
     const load = startLoad(s, { count: 300 * LOAD_FACTOR, concurrency: 8, perSecond: 15 * LOAD_FACTOR });
-    await waitFor(
-      'a quarter of the load',
-      async () => load.submitted >= 75 * LOAD_FACTOR || undefined,
-      60000,
-    );
+    await waitFor('a quarter of the load', async () => load.submitted >= 75 * LOAD_FACTOR || undefined, {
+      timeoutMs: 60000,
+      intervalMs: 100,
+      ignoreErrors: true,
+    });
     await kafka!.stopBroker();
     const stoppedAt = Date.now();
     const submittedAtStop = load.submitted;

@@ -9,14 +9,14 @@ import { task } from '../../src/domain/tasks/state.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
 import {
   readLog,
-  sleep,
   startFaultStack,
   startLoad,
   statusCounts,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
-import type { Child } from './support/processes.js';
+import { sleep } from '../support/wait.js';
+import type { Child } from '../support/processes.js';
 
 const TASKS = 10_000;
 const CONCURRENCY = 64;

@@ -10,14 +10,13 @@ import {
   kafkaReport,
   readLog,
   readModelDifferences,
-  sleep,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
-import type { Child } from './support/processes.js';
+import { sleep, waitFor } from '../support/wait.js';
+import type { Child } from '../support/processes.js';
 
 const TRANSIENT = new Set([500, 502, 503]);
 const PROBLEM_JSON = 'application/problem+json';
@@ -80,11 +79,11 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
       spec: patientTask,
       retryable: TRANSIENT,
     });
-    await waitFor(
-      'the load to get going',
-      async () => load.submitted >= 30 * LOAD_FACTOR || undefined,
-      30000,
-    );
+    await waitFor('the load to get going', async () => load.submitted >= 30 * LOAD_FACTOR || undefined, {
+      timeoutMs: 30000,
+      intervalMs: 100,
+      ignoreErrors: true,
+    });
     let killed = 0;
     let rounds = 0;
     for (const stopAt = Date.now() + 10000; Date.now() < stopAt; rounds++) {
@@ -112,11 +111,11 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
       retryable: TRANSIENT,
       retryForMs: 90000,
     });
-    await waitFor(
-      'the load to get going',
-      async () => load.submitted >= 20 * LOAD_FACTOR || undefined,
-      30000,
-    );
+    await waitFor('the load to get going', async () => load.submitted >= 20 * LOAD_FACTOR || undefined, {
+      timeoutMs: 30000,
+      intervalMs: 100,
+      ignoreErrors: true,
+    });
     const probeKey = `probe-${randomBytes(4).toString('hex')}`;
     const submitProbe = () =>
       call(api.url, 'POST', '/tasks', {
@@ -159,9 +158,7 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
         const response = await submitProbe();
         return response.status === 202 ? (response.body.id as string) : undefined;
       },
-      30000,
-      undefined,
-      250,
+      { timeoutMs: 30000, intervalMs: 250, ignoreErrors: true },
     );
     expect((await call(api.url, 'GET', '/tasks?limit=5', { token: stack.token })).status).to.equal(200);
     expect((await call(api.url, 'GET', '/ready')).status).to.equal(200);

@@ -7,13 +7,12 @@ import {
   kafkaReport,
   readLog,
   readModelDifferences,
-  sleep,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 describe('fault: a projector process killed mid-batch', function () {
   this.timeout(180000);
@@ -43,11 +42,11 @@ describe('fault: a projector process killed mid-batch', function () {
 
     const first = await stack.roleProcess(['projector']);
     const load = startLoad(stack, { count: 300 * LOAD_FACTOR, concurrency: 8, perSecond: 30 * LOAD_FACTOR });
-    await waitFor(
-      '60 tasks projected',
-      async () => ((await projectedOfLoad()) >= 60 ? true : undefined),
-      60000,
-    );
+    await waitFor('60 tasks projected', async () => ((await projectedOfLoad()) >= 60 ? true : undefined), {
+      timeoutMs: 60000,
+      intervalMs: 100,
+      ignoreErrors: true,
+    });
     await first.kill('SIGKILL');
     const atFirstKill = await appliedEvents();
 
@@ -57,9 +56,7 @@ describe('fault: a projector process killed mid-batch', function () {
     await waitFor(
       'the second projector to be working through the backlog',
       async () => ((await appliedEvents()) >= atFirstKill + 20 ? true : undefined),
-      60000,
-      undefined,
-      10,
+      { timeoutMs: 60000, describe: undefined, intervalMs: 10, ignoreErrors: true },
     );
     await second.kill('SIGKILL');
     const atSecondKill = await appliedEvents();

@@ -11,10 +11,10 @@ import {
   readModelDifferences,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
+import { waitFor } from '../support/wait.js';
 import { OwnRedis } from './support/processes.js';
 
 const MAX_FAILED_LOGINS = 3;
@@ -64,7 +64,11 @@ describe('fault: Redis stopped', function () {
     const limitedAfterFailures = [...Array(MAX_FAILED_LOGINS).fill(401), 429];
 
     const load = startLoad(s, { count: 240 * LOAD_FACTOR, concurrency: 6, perSecond: 20 * LOAD_FACTOR });
-    await waitFor('some tasks', async () => load.submitted >= 40 * LOAD_FACTOR || undefined, 30000);
+    await waitFor('some tasks', async () => load.submitted >= 40 * LOAD_FACTOR || undefined, {
+      timeoutMs: 30000,
+      intervalMs: 100,
+      ignoreErrors: true,
+    });
 
     // With Redis up: the cache serves repeated reads, and failed logins are limited.
     const hitsBefore = await hits();
@@ -98,9 +102,7 @@ describe('fault: Redis stopped', function () {
         await readTwice(id);
         return (await hits()) > before ? true : undefined;
       },
-      20000,
-      undefined,
-      500,
+      { timeoutMs: 20000, describe: undefined, intervalMs: 500, ignoreErrors: true },
     );
     const bypassedAfter = await bypassed();
     await readTwice(load.ids[2]!);

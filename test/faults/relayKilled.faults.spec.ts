@@ -7,14 +7,14 @@ import {
   kafkaReport,
   readLog,
   readModelDifferences,
-  sleep,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
-import { faultedBatch, startRoles, startSelfKillingRelay, type Child } from './support/processes.js';
+import { sleep, waitFor } from '../support/wait.js';
+import { faultedBatch, ROLE_START_TIMEOUT_MS, startSelfKillingRelay } from './support/processes.js';
+import { startRoleProcess, type Child } from '../support/processes.js';
 import type { Config } from '../../src/config.js';
 
 describe('fault: the relay killed with SIGKILL between produce and checkpoint', function () {
@@ -42,7 +42,7 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
       const exit = await waitFor(
         'the relay to kill itself',
         async () => (relay.running() ? undefined : relay.exited),
-        60000,
+        { timeoutMs: 60000, intervalMs: 100, ignoreErrors: true },
       );
       expect(exit.signal, relay.output().slice(-2000)).to.equal('SIGKILL');
       const batch = faultedBatch(relay.output());
@@ -50,16 +50,16 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
       faulted.push(batch!);
     }
     // And the real role process, killed at an arbitrary moment of its work.
-    const arbitrary: Child = await startRoles(relayConfig, ['relay']);
+    const arbitrary: Child = await startRoleProcess(relayConfig, ['relay'], ROLE_START_TIMEOUT_MS);
     await waitFor(
       'it to publish',
       async () => (arbitrary.output().includes('relay holds the lock') ? true : undefined),
-      20000,
+      { timeoutMs: 20000, intervalMs: 100, ignoreErrors: true },
     );
     await sleep(700);
     await arbitrary.kill('SIGKILL');
     await sleep(1000);
-    await startRoles(relayConfig, ['relay']);
+    await startRoleProcess(relayConfig, ['relay'], ROLE_START_TIMEOUT_MS);
 
     await load.done;
     expect(load.failures, 'every submission accepted').to.deep.equal([]);

@@ -9,11 +9,12 @@ import {
   readModelDifferences,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
-import { loggedLines, type Child } from './support/processes.js';
+import { waitFor } from '../support/wait.js';
+import { loggedLines } from './support/processes.js';
+import type { Child } from '../support/processes.js';
 
 const HOLDS_LOCK = 'relay holds the lock; publishing';
 
@@ -61,11 +62,11 @@ describe('fault: two relays started at once', function () {
       concurrency: 8,
       perSecond: 40 * LOAD_FACTOR,
     });
-    await waitFor(
-      'half of the second load',
-      async () => second.submitted >= 60 * LOAD_FACTOR || undefined,
-      30000,
-    );
+    await waitFor('half of the second load', async () => second.submitted >= 60 * LOAD_FACTOR || undefined, {
+      timeoutMs: 30000,
+      intervalMs: 100,
+      ignoreErrors: true,
+    });
     await publisher.kill('SIGKILL');
     await standby.waitForOutput(HOLDS_LOCK, 15000);
     await second.done;

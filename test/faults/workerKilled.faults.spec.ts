@@ -9,11 +9,11 @@ import {
   readModelDifferences,
   startFaultStack,
   startLoad,
-  waitFor,
   waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
-import type { Child } from './support/processes.js';
+import { waitFor } from '../support/wait.js';
+import type { Child } from '../support/processes.js';
 
 describe('fault: a worker process killed with SIGKILL mid-load', function () {
   this.timeout(180000);
@@ -62,7 +62,7 @@ describe('fault: a worker process killed with SIGKILL mid-load', function () {
     await waitFor(
       'a third of the load to be submitted',
       async () => load.submitted >= 100 * LOAD_FACTOR || undefined,
-      60000,
+      { timeoutMs: 60000, intervalMs: 100, ignoreErrors: true },
     );
     const inFlight = await waitFor(
       'the victim to run at least 3 tasks',
@@ -70,9 +70,7 @@ describe('fault: a worker process killed with SIGKILL mid-load', function () {
         const running = await runningOnVictim();
         return running >= 3 ? running : undefined;
       },
-      30000,
-      undefined,
-      20,
+      { timeoutMs: 30000, describe: undefined, intervalMs: 20, ignoreErrors: true },
     );
     await victim.kill('SIGKILL');
     console.log(`      [worker kill] SIGKILL worker pid ${victim.pid} with ${inFlight} tasks in progress`);

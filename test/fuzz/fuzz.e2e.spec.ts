@@ -9,13 +9,13 @@ import formatsPlugin from 'ajv-formats';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  eventually,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
+import { waitFor } from '../support/wait.js';
 import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
 import type { Config } from '../../src/config.js';
 import {
@@ -34,7 +34,6 @@ import {
   type WireRequest,
   type WireResponse,
 } from './requests.js';
-import { newEmail } from '../support/fixtures.js';
 
 /**
  * Bad input, generated from the OpenAPI document the service serves and then mutated (see requests.ts).
@@ -86,16 +85,14 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
   const base = service.url;
   limits.bodyBytes = 100 * 1024;
   expect(service.config.http.bodyLimit, 'the mutations assume the default body limit').to.equal('100kb');
-  const account = async (role: 'user' | 'auditor' | 'admin') => {
-    const email = newEmail(`fuzz-${role}`);
-    expect((await call(base, 'POST', '/register', { body: { email, password: PASSWORD } })).status).to.equal(
-      201,
-    );
-    if (role !== 'user') await grantRoleByEmail(service.service.infrastructure.store, email, role);
-    const login = await call(base, 'POST', '/login', { body: { email, password: PASSWORD } });
-    expect(login.status).to.equal(200);
-    return login.body.access_token as string;
-  };
+  const account = async (role: 'user' | 'auditor' | 'admin') =>
+    (
+      await registerAndLogin(base, {
+        label: `fuzz-${role}`,
+        password: PASSWORD,
+        role: role === 'user' ? undefined : { name: role, store: service.service.infrastructure.store },
+      })
+    ).token;
   const tokens = {
     user: await account('user'),
     other: await account('user'),
@@ -118,13 +115,13 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
     type: 'fail',
     payload: { message: 'on purpose', unrecoverable: true },
   });
-  await eventually(
+  await waitFor(
+    'the failing task to fail',
     async () =>
       (await call(base, 'GET', `/tasks/${failedId}`, { token: tokens.user })).body.status === 'failed'
         ? true
         : undefined,
-    20_000,
-    'the failing task to fail',
+    { timeoutMs: 20_000 },
   );
 
   const { issuer, audience } = service.config.jwt;
@@ -515,15 +512,15 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         // never run either, since workers pick tasks from there).
         const missing: string[] = [];
         await inParallel(accepted, 8, async ({ id, authorization, position, request }) => {
-          const read = await eventually(
+          const read = await waitFor(
+            `task ${id} in the read model`,
             async () => {
               const response = await call(fuzzing.service.url, 'GET', `/tasks/${id}`, {
                 headers: { authorization, 'x-min-position': position },
               });
               return response.status === 202 ? undefined : response;
             },
-            20_000,
-            `task ${id} in the read model`,
+            { timeoutMs: 20_000 },
           );
           if (read.status !== 200)
             missing.push(`${id}: GET answered ${read.status}, submitted by\n${describeRequest(request)}`);
@@ -540,15 +537,15 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           body: { title: 'after the fuzz', queue: 'after-fuzz', payload: { still: 'running' } },
         });
         expect(after.status).to.equal(202);
-        const done = await eventually(
+        const done = await waitFor(
+          'a task submitted after the fuzz to be done',
           async () => {
             const response = await call(fuzzing.service.url, 'GET', `/tasks/${after.body.id}`, {
               token: fuzzing.tokens.user,
             });
             return response.body.status === 'done' ? response.body : undefined;
           },
-          30_000,
-          'a task submitted after the fuzz to be done',
+          { timeoutMs: 30_000 },
         );
         expect(done.result).to.deep.equal({ still: 'running' });
       });
@@ -637,17 +634,13 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             { title: 'year zero', run_at: '0000-01-01T00:00:00Z' },
           ];
           const readAfter = (id: string, position: string) =>
-            eventually(
-              async () => {
-                const response = await call(fuzzing.service.url, 'GET', `/tasks/${id}`, {
-                  token: fuzzing.tokens.user,
-                  headers: { 'x-min-position': position },
-                });
-                return response.status === 202 ? undefined : response;
-              },
-              15_000,
-              `task ${id} in the read model`,
-            );
+            waitFor(`task ${id} in the read model`, async () => {
+              const response = await call(fuzzing.service.url, 'GET', `/tasks/${id}`, {
+                token: fuzzing.tokens.user,
+                headers: { 'x-min-position': position },
+              });
+              return response.status === 202 ? undefined : response;
+            });
           const lost: string[] = [];
           for (const body of bodies) {
             const submitted = await submit(body);
@@ -681,7 +674,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
             expect(registered.status).to.equal(400);
             return;
           }
-          const row = await eventually(
+          const row = await waitFor(
+            'the user in the users read model',
             async () => {
               const { rows } = await fuzzing.service.service.infrastructure.pool.query(
                 'SELECT id FROM users WHERE id = $1',
@@ -689,8 +683,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
               );
               return rows[0];
             },
-            10_000,
-            'the user in the users read model',
+            { timeoutMs: 10_000 },
           ).catch((error: Error) => error);
           expect(row, 'the users row').not.to.be.instanceOf(Error);
         });

@@ -18,6 +18,7 @@ import { verifyLog, type VerifyReport } from '../../src/audit/verify.js';
 import { exportLog, readLogPages } from '../../src/audit/export.js';
 import { ExportFormatError, verifyNdjsonStream } from '../../src/audit/verifyNdjson.js';
 import { createProgressReporter } from '../../src/audit/progress.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const keys = generateAuditKeyPair();
 const anchorOptions = { privateKey: keys.privateKey, now: () => new Date(), newId: randomUUID };
@@ -462,20 +463,19 @@ describe('audit', function () {
         signal: controller.signal,
       });
       const anchorCount = async () => (await store.readStream(ANCHOR_STREAM)).length;
-      const waitFor = async (condition: () => Promise<boolean>) => {
-        const deadline = Date.now() + 10000;
-        while (!(await condition())) {
-          if (Date.now() > deadline) throw new Error('timed out');
-          await new Promise((resolve) => setTimeout(resolve, 20));
-        }
-      };
       try {
-        await waitFor(async () => (await anchorCount()) === 1);
+        await waitFor('the first anchor', async () => ((await anchorCount()) === 1 ? true : undefined), {
+          timeoutMs: 10000,
+          intervalMs: 20,
+        });
         expect(errors).to.have.length(1);
         await store.append(`later-${randomBytes(4).toString('hex')}`, events('Later', 1), {
           expectedRevision: 'no_stream',
         });
-        await waitFor(async () => (await anchorCount()) === 2);
+        await waitFor('the second anchor', async () => ((await anchorCount()) === 2 ? true : undefined), {
+          timeoutMs: 10000,
+          intervalMs: 20,
+        });
       } finally {
         controller.abort();
       }
@@ -484,7 +484,7 @@ describe('audit', function () {
       await store.append(`after-${randomBytes(4).toString('hex')}`, events('After', 1), {
         expectedRevision: 'no_stream',
       });
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sleep(200);
       expect(await anchorCount()).to.equal(stoppedAt);
       expect(await verifyLog(store, { publicKey: keys.publicKey })).to.include({
         ok: true,
@@ -543,7 +543,7 @@ describe('audit', function () {
         const { task } = await seed(store);
         const exporting = exportText(store);
         const verifying = verifyLog(store, { publicKey: null });
-        await new Promise((resolve) => setTimeout(resolve, 300));
+        await sleep(300);
         await holder.query('COMMIT');
         expect(parseLines(await exporting)).to.have.length(9);
         expect(await verifying).to.include({ ok: true, events: 9 });

@@ -26,6 +26,7 @@ import { PROJECTIONS } from '../../src/projections/index.js';
 import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import { usersProjection } from '../../src/projections/users/projection.js';
 import { taskStreamId } from '../../src/domain/tasks/events.js';
+import { sleep } from '../support/wait.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-07-01T10:00:00.000Z');
@@ -237,7 +238,7 @@ describe('projections in batches', function () {
     for (;;) {
       const events = await store.readAll({ after, limit: 10_000 });
       if (events.length === steps.length) return events;
-      await new Promise((resolve) => setTimeout(resolve, 10)); // another suite's open transaction holds them back
+      await sleep(10); // another suite's open transaction holds them back
     }
   }
 
@@ -409,7 +410,7 @@ describe('projections in batches', function () {
         (await registry.getSingleMetric('projection_events_applied_total')!.get()).values[0]?.value !== 30
       ) {
         if (Date.now() > deadline) throw new Error('the projector did not apply the 30 task events');
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await sleep(50);
       }
     } finally {
       await running.stop();
@@ -458,7 +459,7 @@ describe('projections in batches', function () {
         !(await valuesOf('projection_events_applied_total')).some((v) => v.labels.projection === 'tasks')
       ) {
         if (Date.now() > deadline) throw new Error('the projector did not apply the task events');
-        await new Promise((resolve) => setTimeout(resolve, 50));
+        await sleep(50);
       }
     } finally {
       await running.stop();

@@ -38,6 +38,7 @@ import {
   type RebuildOptions,
   type RebuildReport,
 } from '../../src/projections/rebuild.js';
+import { sleep } from '../support/wait.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-06-01T08:00:00.000Z');
@@ -228,7 +229,7 @@ class World {
            FROM events ORDER BY transaction_id DESC, sequence DESC LIMIT 1`,
       );
       if (rows[0]?.readable !== false) return;
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      await sleep(10);
     }
   }
 

@@ -23,7 +23,7 @@ import {
 } from '../../src/workers/schedule.js';
 import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
-import { eventually } from '../support/service.js';
+import { waitFor } from '../support/wait.js';
 
 const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
   title: 'scheduled',
@@ -220,13 +220,13 @@ describe('the task schedule (inline projection) and batched claims', function ()
     });
     await worker.start();
     try {
-      const types = await eventually(
+      const types = await waitFor(
+        'the task to be reaped and run again',
         async () => {
           const events = await store.readStream(taskStreamId(taskId));
           return events.some((e) => e.type === 'TaskSucceeded') ? events.map((e) => e.type) : undefined;
         },
-        20_000,
-        'the task to be reaped and run again',
+        { timeoutMs: 20_000 },
       );
       expect(types).to.deep.equal([
         'TaskQueued',

@@ -7,6 +7,9 @@ import { createLogger } from '../../src/infra/logger.js';
 import { startService, ROLES, type RunningService, type Role } from '../../src/main.js';
 import { createTestDatabase, type TestDatabase } from './postgres.js';
 import { kafkaBrokers, testKafkaSettings } from './kafka.js';
+import { newEmail } from './fixtures.js';
+import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
+import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
 
 export type StackMode = 'embedded' | 'full';
 
@@ -116,19 +119,44 @@ export async function call(
   return { status: response.status, body, headers: response.headers };
 }
 
-/** Polls until `check` returns a value other than undefined, or fails with the last value after `timeoutMs`. */
-export async function eventually<T>(
-  check: () => Promise<T | undefined>,
-  timeoutMs = 15000,
-  what = 'condition',
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+export interface Account {
+  email: string;
+  password: string;
+  userId: string;
+  /** The access token login answered. */
+  token: string;
+  refreshToken: string;
+}
+
+/**
+ * A new account, logged in: POST /register (201), then POST /login (200). The address is `email`, or a fresh one
+ * labelled `label`. With `role`, the role is granted (in `store`, as `task-manager users grant` does) between the
+ * two, so the token carries it. Fails with the answer when either request does not succeed.
+ */
+export async function registerAndLogin(
+  url: string,
+  options: {
+    label?: string;
+    email?: string;
+    password?: string;
+    role?: { name: 'auditor' | 'admin'; store: EventStore };
+  } = {},
+): Promise<Account> {
+  const email = options.email ?? newEmail(options.label ?? 'user');
+  const password = options.password ?? 'password123';
+  const registered = await call(url, 'POST', '/register', { body: { email, password } });
+  if (registered.status !== 201)
+    throw new Error(`register ${email}: ${registered.status} ${JSON.stringify(registered.body)}`);
+  if (options.role) await grantRoleByEmail(options.role.store, email, options.role.name);
+  const login = await call(url, 'POST', '/login', { body: { email, password } });
+  if (login.status !== 200) throw new Error(`login ${email}: ${login.status} ${JSON.stringify(login.body)}`);
+  return {
+    email,
+    password,
+    userId: registered.body.id as string,
+    token: login.body.access_token as string,
+    refreshToken: login.body.refresh_token as string,
+  };
 }
 
 /** Fast retries and leases, so the suite exercises them in seconds. */

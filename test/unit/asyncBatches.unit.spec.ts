@@ -1,10 +1,11 @@
 import { expect } from 'chai';
 import { asyncBatches } from '../../src/infra/asyncBatches.js';
+import { sleep } from '../support/wait.js';
 
 async function* source(groups: number[][], pauseMs: number) {
   for (const group of groups) {
     for (const item of group) yield item;
-    await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    await sleep(pauseMs);
   }
 }
 

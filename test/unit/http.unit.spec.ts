@@ -3,6 +3,7 @@ import { pino } from 'pino';
 import { Api, type JSONSchema } from '../../src/infra/http/api.js';
 import { createHttpApp, createMetrics, listen, type RunningServer } from '../../src/infra/http/app.js';
 import { ServiceUnavailableError, UnauthorizedError } from '../../src/errors.js';
+import { sleep } from '../support/wait.js';
 
 const info = { title: 'task-manager', version: '0.0.0-test' };
 
@@ -322,7 +323,7 @@ describe('HTTP shell', () => {
         headers: { 'x-request-id': 'log-line-test' },
       });
       await response.text();
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await sleep(20);
       const lines = h.logs.filter((l) => l.request_id === 'log-line-test');
       expect(lines).to.have.length(1);
       expect(lines[0]).to.include({ msg: 'request', method: 'GET', path: '/health', status: 200 });
@@ -541,7 +542,7 @@ describe('HTTP shell', () => {
       });
       const running = await listen(app, 0, '127.0.0.1');
       const inFlight = fetch(`${running.url}/slow`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await sleep(50);
       const closed = running.close(5000);
       const started = Date.now();
       setTimeout(release, 100);
@@ -578,7 +579,7 @@ describe('HTTP shell', () => {
         () => 'answered',
         () => 'cut',
       );
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await sleep(50);
       const started = Date.now();
       await running.close(200);
       expect(Date.now() - started).to.be.within(150, 2000);

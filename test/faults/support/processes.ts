@@ -1,152 +1,30 @@
-import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { stringify } from 'yaml';
 import type { Config } from '../../../src/config.js';
+import { ROOT, spawnChild, startConfiguredProcess, type Child } from '../../support/processes.js';
 
-export const ROOT = path.resolve(import.meta.dirname, '../../..');
-
-export interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-/** A child process of the test: its output, how it ended, and kills that can be repeated safely. */
-export interface Child {
-  name: string;
-  pid: number;
-  output(): string;
-  running(): boolean;
-  exited: Promise<Exit>;
-  /** Sends the signal (SIGKILL unless told) if it still runs, and waits for the exit. */
-  kill(signal?: NodeJS.Signals): Promise<Exit>;
-  waitForOutput(pattern: string | RegExp, timeoutMs: number): Promise<void>;
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Every child still running, so a failing test can never leave one behind (see `killAll`). */
-const live = new Set<Child>();
-
-export async function killAll(): Promise<void> {
-  await Promise.all([...live].map((child) => child.kill('SIGKILL')));
-}
-
-export function spawnChild(
-  name: string,
-  command: string,
-  args: string[],
-  env: Record<string, string | undefined>,
-  cleanup: () => void = () => {},
-): Child {
-  const child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (chunk) => (output += chunk));
-  child.stderr!.on('data', (chunk) => (output += chunk));
-  let exit: Exit | null = null;
-  const exited = new Promise<Exit>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exit = { code, signal };
-      live.delete(handle);
-      cleanup();
-      resolve(exit);
-    });
-    child.once('error', (error) => {
-      output += `\nspawn error: ${error.message}`;
-      exit = { code: -1, signal: null };
-      live.delete(handle);
-      cleanup();
-      resolve(exit);
-    });
-  });
-  const handle: Child = {
-    name,
-    pid: child.pid ?? -1,
-    output: () => output,
-    running: () => exit === null,
-    exited,
-    async kill(signal = 'SIGKILL') {
-      if (exit === null) child.kill(signal);
-      return exited;
-    },
-    async waitForOutput(pattern, timeoutMs) {
-      const deadline = Date.now() + timeoutMs;
-      const found = () => (typeof pattern === 'string' ? output.includes(pattern) : pattern.test(output));
-      while (!found()) {
-        if (exit !== null)
-          throw new Error(
-            `${name} (pid ${handle.pid}) exited (${exit.code ?? exit.signal}) before printing ${String(pattern)}:\n${output.slice(-3000)}`,
-          );
-        if (Date.now() > deadline)
-          throw new Error(
-            `${name} did not print ${String(pattern)} in ${timeoutMs} ms:\n${output.slice(-3000)}`,
-          );
-        await sleep(50);
-      }
-    },
-  };
-  live.add(handle);
-  return handle;
-}
-
-/** The settings file a child reads (CONFIG_FILE), as `task-manager` reads config.yml. */
-function writeConfig(config: Config): { file: string; remove: () => void } {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tm-faults-'));
-  const file = path.join(dir, 'config.yml');
-  writeFileSync(file, stringify({ ...config, logLevel: 'info', port: 0 }));
-  return { file, remove: () => rmSync(dir, { recursive: true, force: true }) };
-}
-
-const childEnv = (configFile: string) => ({
-  PATH: process.env.PATH,
-  HOME: process.env.HOME,
-  CONFIG_FILE: configFile,
-  KAFKAJS_NO_PARTITIONER_WARNING: '1',
-});
-
-/** `task-manager start --roles ...` as a real process: SIGKILL on it is a real crash. */
-export async function startRoles(config: Config, roles: string[], timeoutMs = 45000): Promise<Child> {
-  const { file, remove } = writeConfig(config);
-  const child = spawnChild(
-    `task-manager start --roles ${roles.join(',')}`,
-    process.execPath,
-    ['bin/task-manager.mjs', 'start', '--roles', roles.join(',')],
-    childEnv(file),
-    remove,
-  );
-  try {
-    await child.waitForOutput('task-manager started', timeoutMs);
-  } catch (error) {
-    await child.kill();
-    throw error;
-  }
-  return child;
-}
+/** How long a role process of the fault cases may take to start, on a machine under their load. */
+export const ROLE_START_TIMEOUT_MS = 45000;
 
 /**
  * The service's own KafkaRelay in a process of its own that SIGKILLs itself right after Kafka acknowledged its
  * `dieAtBatch`-th batch and before that batch's checkpoint is stored (the relay's `afterProduce` hook): the
  * crash the relay's ordering exists for, hit exactly rather than by chance.
  */
-export async function startSelfKillingRelay(config: Config, dieAtBatch: number, timeoutMs = 45000) {
-  const { file, remove } = writeConfig(config);
-  const child = spawnChild(
+export const startSelfKillingRelay = (
+  config: Config,
+  dieAtBatch: number,
+  timeoutMs = ROLE_START_TIMEOUT_MS,
+) =>
+  startConfiguredProcess(
     `relay that dies after its batch ${dieAtBatch}`,
-    process.execPath,
     ['--import', 'tsx', path.join(import.meta.dirname, 'selfKillingRelay.ts'), String(dieAtBatch)],
-    childEnv(file),
-    remove,
+    config,
+    timeoutMs,
   );
-  try {
-    await child.waitForOutput('task-manager started', timeoutMs);
-  } catch (error) {
-    await child.kill();
-    throw error;
-  }
-  return child;
-}
 
 /** What the self-killing relay printed about the batch it died with: Kafka has it, the checkpoint does not. */
 export function faultedBatch(output: string): { eventIds: string[]; checkpointBefore: string | null } | null {
@@ -192,7 +70,7 @@ export class OwnRedis {
       `redis-server :${this.port}`,
       'redis-server',
       ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-      { PATH: process.env.PATH, HOME: process.env.HOME },
+      { env: { PATH: process.env.PATH, HOME: process.env.HOME } },
     );
     await this.child.waitForOutput('Ready to accept connections', 15000);
   }

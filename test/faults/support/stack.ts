@@ -12,12 +12,21 @@ import { task } from '../../../src/domain/tasks/state.js';
 import { taskStreamId, type TaskEvent } from '../../../src/domain/tasks/events.js';
 import { applyOnce } from '../../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../../src/projections/index.js';
+import { ident, PROGRESS_TABLES, readModelTables } from '../../../src/projections/rebuildTables.js';
+import { readWholeLog } from '../../support/log.js';
 import { adminDatabaseUrl, createSiblingDatabase } from '../../support/postgres.js';
-import { call, quickWorkerSettings, startTestService, type TestService } from '../../support/service.js';
-import { killAll, startRoles, type Child } from './processes.js';
+import {
+  call,
+  quickWorkerSettings,
+  registerAndLogin,
+  startTestService,
+  type TestService,
+} from '../../support/service.js';
+import { killAll, startRoleProcess, type Child } from '../../support/processes.js';
+import { ROLE_START_TIMEOUT_MS } from './processes.js';
+import { sleep, waitFor } from '../../support/wait.js';
 
 export const TERMINAL_STATUSES = new Set(['done', 'failed', 'canceled']);
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * How much load the fault cases put on the stack, against what they ran before the pipeline was batched (15 to 50
@@ -68,20 +77,17 @@ export async function startFaultStack(
     { connectionString: service.config.databaseUrl!, max: 4, statementTimeoutMs: 60000 },
     silentLogger(),
   );
-  const email = `faults-${randomBytes(5).toString('hex')}@example.com`;
-  await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
-  const login = await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } });
-  if (login.status !== 200) throw new Error(`login failed: ${login.status} ${JSON.stringify(login.body)}`);
+  const { token } = await registerAndLogin(service.url, { label: 'faults' });
   const roleProcess = (processRoles: string[], adjustChild: (config: Config) => void = () => {}) => {
     const config: Config = structuredClone(service.config);
     adjustChild(config);
-    return startRoles(config, processRoles);
+    return startRoleProcess(config, processRoles, ROLE_START_TIMEOUT_MS);
   };
   return {
     service,
     url: service.url,
     config: service.config,
-    token: login.body.access_token as string,
+    token,
     db,
     roleProcess,
     async apiProcess(processRoles = ['api']) {
@@ -194,29 +200,6 @@ export class Load {
 export const startLoad = (stack: Pick<FaultStack, 'url' | 'token'>, options: LoadOptions): Load =>
   new Load(stack, options);
 
-/** Waits until `check` returns a value other than undefined; on timeout, fails with what `describe` says. */
-export async function waitFor<T>(
-  what: string,
-  check: () => Promise<T | undefined>,
-  timeoutMs: number,
-  describe: () => Promise<string> | string = () => '',
-  intervalMs = 100,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let value: T | undefined;
-    try {
-      value = await check();
-    } catch {
-      value = undefined; // a dependency the test broke on purpose may fail a look: look again
-    }
-    if (value !== undefined) return value;
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}. ${await describe()}`);
-    await sleep(intervalMs);
-  }
-}
-
 export async function statusCounts(db: Pool, ids: string[]): Promise<Record<string, number>> {
   const { rows } = await db.query<{ status: string; count: number }>(
     'SELECT status, count(*)::int AS count FROM tasks WHERE id = ANY($1::uuid[]) GROUP BY status',
@@ -254,25 +237,20 @@ export async function waitUntilAllTerminal(db: Pool, ids: string[], timeoutMs: n
         .reduce((sum, [, count]) => sum + count, 0);
       return terminal === ids.length ? counts : undefined;
     },
-    timeoutMs,
-    async () =>
-      `Status counts: ${JSON.stringify(await statusCounts(db, ids).catch((e) => String(e)))}. ` +
-      `Pipeline: ${await pipelinePositions(db).catch((e) => String(e))}`,
-    250,
+    {
+      timeoutMs,
+      describe: async () =>
+        `Status counts: ${JSON.stringify(await statusCounts(db, ids).catch((e) => String(e)))}. ` +
+        `Pipeline: ${await pipelinePositions(db).catch((e) => String(e))}`,
+      intervalMs: 250,
+      ignoreErrors: true,
+    },
   );
 }
 
 /** The whole global log, in order. */
-export async function readLog(stack: FaultStack): Promise<RecordedEvent[]> {
-  const store = stack.service.service.infrastructure.store;
-  const events: RecordedEvent[] = [];
-  for (let after: string | null = null; ;) {
-    const page = await store.readAll({ after, limit: 1000 });
-    if (page.length === 0) return events;
-    events.push(...page);
-    after = page[page.length - 1]!.position;
-  }
-}
+export const readLog = (stack: FaultStack): Promise<RecordedEvent[]> =>
+  readWholeLog(stack.service.service.infrastructure.store);
 
 export interface HistoryReport {
   /** Broken guarantees, one line each: the case asserts this is empty. */
@@ -351,25 +329,50 @@ export function checkHistories(
   return report;
 }
 
-const READ_MODEL_TABLES = [
-  { table: 'tasks', order: 'id' },
-  { table: 'users', order: 'id' },
-  { table: 'refresh_tokens', order: 'session_id' },
-  { table: 'projection_stream_progress', order: 'projection, stream_id' },
-] as const;
+/**
+ * What a rebuild must reproduce exactly: every table of the read-model registry, and the projections' stream
+ * progress. Not the partition positions: they are the live consumer's Kafka offsets, which folding the log does
+ * not make.
+ */
+const STREAM_PROGRESS: (typeof PROGRESS_TABLES)[number] = 'projection_stream_progress';
+const COMPARED_TABLES = [...readModelTables(PROJECTIONS).map((table) => table.name), STREAM_PROGRESS];
+
+/** The columns of a table's primary key, in key order, as SQL: the order its rows are compared in. */
+const orderOf = new Map<string, Promise<string>>();
+function primaryKeyOrder(pool: Pool, table: string): Promise<string> {
+  let order = orderOf.get(table);
+  if (!order) {
+    order = pool
+      .query<{ column: string }>(
+        `SELECT a.attname AS column
+           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+          WHERE i.indrelid = $1::regclass AND i.indisprimary
+          ORDER BY array_position(i.indkey::int2[], a.attnum)`,
+        [ident(table)],
+      )
+      .then(({ rows }) => {
+        if (rows.length === 0)
+          throw new Error(`read-model table ${table} has no primary key to order rows by`);
+        return rows.map((row) => ident(row.column)).join(', ');
+      });
+    order.catch(() => orderOf.delete(table));
+    orderOf.set(table, order);
+  }
+  return order;
+}
 
 async function snapshot(pool: Pool): Promise<Record<string, string[]>> {
   const tables: Record<string, string[]> = {};
-  for (const { table, order } of READ_MODEL_TABLES)
-    tables[table] = (await pool.query(`SELECT * FROM ${table} ORDER BY ${order}`)).rows.map((row) =>
-      JSON.stringify(row),
-    );
+  for (const table of COMPARED_TABLES)
+    tables[table] = (
+      await pool.query(`SELECT * FROM ${ident(table)} ORDER BY ${await primaryKeyOrder(pool, table)}`)
+    ).rows.map((row) => JSON.stringify(row));
   return tables;
 }
 
 function differences(live: Record<string, string[]>, rebuilt: Record<string, string[]>): string[] {
   const found: string[] = [];
-  for (const { table } of READ_MODEL_TABLES) {
+  for (const table of COMPARED_TABLES) {
     const liveRows = new Set(live[table]);
     const rebuiltRows = new Set(rebuilt[table]);
     const missing = rebuilt[table]!.filter((row) => !liveRows.has(row));
@@ -516,9 +519,12 @@ export async function kafkaReport(
   await waitFor(
     'the relay checkpoint to reach the end of the log',
     async () => ((await relayCheckpoint(stack.db)) ?? '') >= last || undefined,
-    timeoutMs,
-    async () => `Checkpoint ${await relayCheckpoint(stack.db)}, log ends at ${last}`,
-    250,
+    {
+      timeoutMs: timeoutMs,
+      describe: async () => `Checkpoint ${await relayCheckpoint(stack.db)}, log ends at ${last}`,
+      intervalMs: 250,
+      ignoreErrors: true,
+    },
   );
   const contents = await readTopic(stack.config.kafka.brokers, stack.config.kafka.topic, timeoutMs);
   const missing = events.map((e) => e.metadata.eventId).filter((id) => !contents.copies.has(id));
