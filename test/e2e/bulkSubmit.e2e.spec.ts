@@ -2,13 +2,13 @@ import { expect } from 'chai';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
+  registerAndLogin,
   quickWorkerSettings,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { newEmail } from '../support/fixtures.js';
 import { readWholeLog } from '../support/log.js';
 
 interface BatchResult {
@@ -37,10 +37,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         config.tasks.maxBatchItems = 1000;
         config.tasks.maxPayloadBytes = 1024;
       });
-      const email = newEmail('bulk');
-      await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
-      token = (await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } })).body
-        .access_token as string;
+      token = (await registerAndLogin(service.url, { label: 'bulk' })).token;
     });
     after(async () => {
       await service?.stop();

@@ -2,12 +2,12 @@ import { expect } from 'chai';
 import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
+  registerAndLogin,
   startTestService,
   unavailableReason,
   type StackMode,
   type TestService,
 } from '../support/service.js';
-import { newEmail } from '../support/fixtures.js';
 import { titleMatches, titleQuery } from '../../src/projections/tasks/table.js';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
@@ -27,10 +27,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
       // The test clock moves to 2030 first: tokens are checked against the same clock.
       service.clock.advance(Date.UTC(2030, 0, 1, 11, 59) - service.clock.now().getTime());
-      const email = newEmail('filters');
-      await call(service.url, 'POST', '/register', { body: { email, password: 'password123' } });
-      token = (await call(service.url, 'POST', '/login', { body: { email, password: 'password123' } })).body
-        .access_token as string;
+      token = (await registerAndLogin(service.url, { label: 'filters' })).token;
       // Submitted one after another, each on the test clock's own minute, so times filter them apart.
       const titles = ['Quarterly report Q3', 'Resize images', 'Report to the board', 'Räksmörgås order 7'];
       for (const [index, title] of titles.entries()) {
