@@ -26,7 +26,13 @@ export interface Config {
   };
   relay: { batchSize: number; lockRetryMs: number };
   embedded: { dataDir: string; postgresPort: number };
-  http: { bodyLimit: string; batchBodyLimit: string; shutdownGraceMs: number };
+  http: {
+    bodyLimit: string;
+    batchBodyLimit: string;
+    shutdownGraceMs: number;
+    /** Proxies whose X-Forwarded-For is believed (express's `trust proxy`); [] = none, the peer is the client. */
+    trustProxy: string[];
+  };
   auth: {
     bcryptCost: number;
     maxFailedLoginsPerEmail: number;
@@ -197,10 +203,15 @@ export const configSchema: JSONSchemaType<Config> = {
     http: {
       type: 'object',
       additionalProperties: false,
-      required: ['bodyLimit', 'batchBodyLimit', 'shutdownGraceMs'],
+      required: ['bodyLimit', 'batchBodyLimit', 'shutdownGraceMs', 'trustProxy'],
       properties: {
         bodyLimit: { type: 'string', pattern: '^\\d+(b|kb|mb)$' },
         batchBodyLimit: { type: 'string', pattern: '^\\d+(b|kb|mb)$' },
+        // Addresses, CIDR ranges, or express's names for them (loopback, linklocal, uniquelocal).
+        trustProxy: {
+          type: 'array',
+          items: { type: 'string', pattern: '^[0-9a-fA-F.:/]+$|^(loopback|linklocal|uniquelocal)$' },
+        },
         shutdownGraceMs: positiveInt,
       },
     },
@@ -375,6 +386,11 @@ const ENV_OVERRIDES: Record<string, (config: RawConfig, value: string) => void> 
       .map((b) => b.trim())
       .filter(Boolean)),
   KAFKA_TOPIC: (c, v) => (c.kafka.topic = v),
+  TRUST_PROXY: (c, v) =>
+    (c.http.trustProxy = v
+      .split(',')
+      .map((entry) => entry.trim())
+      .filter(Boolean)),
   JWT_SECRET: (c, v) => (c.jwt.secret = emptyToNull(v)),
   JWT_SECRET_FILE: (c, v) => (c.jwt.secret = v ? readFileSync(v, 'utf8').trim() : null),
   DATA_DIR: (c, v) => (c.embedded.dataDir = v),

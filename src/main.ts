@@ -271,6 +271,7 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
   return createHttpApp({
     logger: infra.logger,
     bodyLimit: infra.config.http.bodyLimit,
+    trustProxy: infra.config.http.trustProxy,
     api,
     readiness,
     metrics: infra.metrics,

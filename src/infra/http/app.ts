@@ -34,6 +34,8 @@ export interface HttpAppDeps {
   logger: Logger;
   /** body-parser syntax: '100kb', '1mb'. */
   bodyLimit: string;
+  /** express's `trust proxy` as a list (see config.yml `http.trustProxy`); empty: none. */
+  trustProxy?: string[];
   api: Api;
   readiness: ReadinessCheck[];
   metrics: Registry;
@@ -340,6 +342,8 @@ function registerOperationalRoutes(deps: HttpAppDeps): void {
 export function createHttpApp(deps: HttpAppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
+  // Off unless proxies are named: then req.ip is the address their X-Forwarded-For gives, and only theirs.
+  app.set('trust proxy', deps.trustProxy && deps.trustProxy.length > 0 ? deps.trustProxy : false);
 
   app.use(requestContext(deps.logger, deps.metrics));
   app.use(securityHeaders());
