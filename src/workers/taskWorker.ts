@@ -29,6 +29,8 @@ import { workerControl, workerControlStreamId } from '../domain/tasks/workerCont
 import type { HandlerRegistry } from './handlers/handler.js';
 import { attemptEndAfterRejection, type AbortReason, type AttemptEnd } from './outcomes.js';
 import { UnrecoverableError } from './handlers/handler.js';
+import { startAttemptTimers } from './attemptTimers.js';
+import { ProgressCoalescer } from './progressCoalescer.js';
 import {
   attemptsNoLongerOurs,
   claimDueTasks as claimFromSchedule,
@@ -422,91 +424,116 @@ export class TaskWorker {
     }
   }
 
+  /**
+   * One attempt, top to bottom: start its timers, run the handler (its progress coalesced), clear the timers,
+   * then record how it ended.
+   */
   private async run(
     state: Task,
     claimedRevision: number,
     claimedHash: string | null,
     controller: AbortController,
   ): Promise<void> {
-    const { handlers, settings, store, logger } = this.options;
-    const spec = state.spec!;
+    const { settings } = this.options;
     const taskId = state.id!;
-    const attempt = state.attempt;
-    const handler = handlers.get(spec.type);
-    const timers: NodeJS.Timeout[] = [];
-    const abort = (reason: AbortReason) => {
-      if (!controller.signal.aborted) controller.abort(reason);
-    };
-    timers.push(setTimeout(() => abort('timeout'), spec.timeoutMs));
-    // Without the schedule (EventStoreDB), cancellation reaches the worker through the task's own stream.
-    if (!this.usesSchedule)
-      timers.push(
-        setInterval(() => {
-          void store
-            .readStream(taskStreamId(taskId), { fromRevision: claimedRevision + 1 })
-            .then((events) => {
-              if (
-                events.some(
-                  (event) =>
-                    event.type === 'TaskCanceled' ||
-                    event.type === 'TaskAttemptFailed' ||
-                    event.type === 'TaskFailed',
-                )
-              )
-                abort('canceled');
-            })
-            .catch(() => undefined); // a missed check is retried at the next tick
-        }, settings.cancelCheckIntervalMs),
-      );
-    let latestProgress: { fraction: number; message: string | null } | null = null;
-    let progressWrite: Promise<unknown> = Promise.resolve();
-    let progressWritten = false;
-    timers.push(
-      setInterval(() => {
-        if (!latestProgress) return;
-        const { fraction, message } = latestProgress;
-        latestProgress = null;
-        progressWritten = true;
-        progressWrite = progressWrite.then(() =>
-          handleCommand(
-            store,
-            taskStreamId(taskId),
-            task,
-            (s) =>
-              reportProgress(
-                { workerId: this.workerId, attempt, progress: fraction, message, now: this.clock() },
-                s,
-              ),
-            this.context(),
-          ).catch((error) => logger.warn({ err: error, taskId }, 'progress not recorded')),
-        );
-      }, settings.progressIntervalMs),
-    );
+    const progress = this.progressOf(state);
+    const timers = startAttemptTimers({
+      controller,
+      timeoutMs: state.spec!.timeoutMs,
+      // Without the schedule (EventStoreDB), cancellation reaches the worker through the task's own stream.
+      cancelCheck: this.usesSchedule
+        ? undefined
+        : {
+            intervalMs: settings.cancelCheckIntervalMs,
+            isCanceled: () => this.attemptEndedInStream(taskId, claimedRevision),
+          },
+      progressFlush: { intervalMs: settings.progressIntervalMs, flush: () => progress.flush() },
+    });
 
     let outcome: AttemptEnd;
     try {
-      if (!handler) throw new UnrecoverableError(`no handler for type ${spec.type}`);
-      const result = await handler.run(spec.payload, {
-        taskId,
-        attempt,
-        signal: controller.signal,
-        logger: logger.child({ taskId, attempt }),
-        progress: (fraction, message) => (latestProgress = { fraction, message: message ?? null }),
-      });
-      // A handler that returned has done its work, whatever arrived meanwhile: record it. If the task was
-      // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
-      outcome = this.succeeded(result);
-    } catch (error) {
-      outcome = attemptEndAfterRejection(error, controller.signal, spec.timeoutMs);
+      outcome = await this.runHandler(state, controller.signal, progress);
     } finally {
-      for (const timer of timers) clearTimeout(timer); // clears intervals too
-      await progressWrite;
+      timers.clear();
+      await progress.settled();
     }
 
     if (outcome === 'canceled') {
       this.metrics.finished.inc({ outcome: 'canceled' });
       return; // TaskCanceled (or the reaper's failure) is already in the stream
     }
+    // Nothing but this worker writes to a running attempt's stream, as a rule: decide on the state the claim
+    // left, without reading the stream again. A cancel or a reaper in between makes it a conflict, then a read.
+    const known =
+      claimedHash !== null && !progress.wroteAny
+        ? { state, revision: claimedRevision, hash: claimedHash }
+        : undefined;
+    await this.recordOutcome(state, outcome, known);
+  }
+
+  /** The attempt's progress reports, coalesced: each flush appends the latest as a TaskProgressed. */
+  private progressOf(state: Task): ProgressCoalescer {
+    const { store, logger } = this.options;
+    const taskId = state.id!;
+    const attempt = state.attempt;
+    return new ProgressCoalescer({
+      write: ({ fraction, message }) =>
+        handleCommand(
+          store,
+          taskStreamId(taskId),
+          task,
+          (s) =>
+            reportProgress(
+              { workerId: this.workerId, attempt, progress: fraction, message, now: this.clock() },
+              s,
+            ),
+          this.context(),
+        ),
+      onError: (error) => logger.warn({ err: error, taskId }, 'progress not recorded'),
+    });
+  }
+
+  /** Runs the task's handler to its end, and says what that end means for the attempt. */
+  private async runHandler(
+    state: Task,
+    signal: AbortSignal,
+    progress: ProgressCoalescer,
+  ): Promise<AttemptEnd> {
+    const { handlers, logger } = this.options;
+    const spec = state.spec!;
+    const taskId = state.id!;
+    const attempt = state.attempt;
+    try {
+      const handler = handlers.get(spec.type);
+      if (!handler) throw new UnrecoverableError(`no handler for type ${spec.type}`);
+      const result = await handler.run(spec.payload, {
+        taskId,
+        attempt,
+        signal,
+        logger: logger.child({ taskId, attempt }),
+        progress: (fraction, message) => progress.report(fraction, message),
+      });
+      // A handler that returned has done its work, whatever arrived meanwhile: record it. If the task was
+      // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
+      return this.succeeded(result);
+    } catch (error) {
+      return attemptEndAfterRejection(error, signal, spec.timeoutMs);
+    }
+  }
+
+  /**
+   * Appends the attempt's end (its outcome, or a hand-back on 'release'). It must not be lost to a passing
+   * database error: without it the lease would expire and the task run again. Keep trying while the lease holds;
+   * a late write is harmless, as the decider ignores it. `known` is the state the claim left, when still current.
+   */
+  private async recordOutcome(
+    state: Task,
+    outcome: Exclude<AttemptEnd, 'canceled'>,
+    known: { state: Task; revision: number; hash: string } | undefined,
+  ): Promise<void> {
+    const { settings, store, logger } = this.options;
+    const taskId = state.id!;
+    const attempt = state.attempt;
     const leaseEndsAt = Date.parse(state.leaseUntil!);
     const decide =
       outcome === 'release'
@@ -523,14 +550,6 @@ export class TaskWorker {
               },
               s,
             );
-    // The outcome must not be lost to a passing database error: without it the lease would expire and the task
-    // run again. Keep trying while the lease holds; a late write is harmless, as the decider ignores it.
-    // Nothing but this worker writes to a running attempt's stream, as a rule: decide on the state the claim
-    // left, without reading the stream again. A cancel or a reaper in between makes it a conflict, then a read.
-    const known =
-      claimedHash !== null && !progressWritten
-        ? { state, revision: claimedRevision, hash: claimedHash }
-        : undefined;
     for (let write = 1; ; write++) {
       try {
         const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context(), {
@@ -547,6 +566,17 @@ export class TaskWorker {
         await sleep(backoffMs(write, 100, 2000, this.random));
       }
     }
+  }
+
+  /** EventStoreDB: whether the task's stream has, since the claim, an event that ends this attempt. */
+  private async attemptEndedInStream(taskId: string, claimedRevision: number): Promise<boolean> {
+    const events = await this.options.store.readStream(taskStreamId(taskId), {
+      fromRevision: claimedRevision + 1,
+    });
+    return events.some(
+      (event) =>
+        event.type === 'TaskCanceled' || event.type === 'TaskAttemptFailed' || event.type === 'TaskFailed',
+    );
   }
 
   /** Results are stored up to `maxResultBytes`; a larger one keeps a prefix of its JSON, flagged as truncated. */
