@@ -186,12 +186,13 @@ export class TaskWorker {
     await this.consumer?.stop();
     await Promise.all(this.loops);
     const deadline = sleep(this.options.settings.shutdownGraceMs);
-    const allDone = Promise.all([...this.running.values()].map((attempt) => attempt.done));
+    const allDone = Promise.all([...this.running.values()].map((runningAttempt) => runningAttempt.done));
     if (
       (await Promise.race([allDone.then(() => 'done' as const), deadline.then(() => 'late' as const)])) ===
       'late'
     ) {
-      for (const attempt of this.running.values()) attempt.controller.abort('release' satisfies AbortReason);
+      for (const runningAttempt of this.running.values())
+        runningAttempt.controller.abort('release' satisfies AbortReason);
       await allDone;
     }
   }
@@ -278,8 +279,8 @@ export class TaskWorker {
     const { settings, pool } = this.options;
     const roomByQueue = new Map<string, number>();
     for (const queue of Object.keys(settings.queues)) roomByQueue.set(queue, this.queueLimit(queue));
-    for (const attempt of this.running.values())
-      roomByQueue.set(attempt.queue, (roomByQueue.get(attempt.queue) ?? this.queueLimit(attempt.queue)) - 1);
+    for (const { queue } of this.running.values())
+      roomByQueue.set(queue, (roomByQueue.get(queue) ?? this.queueLimit(queue)) - 1);
     const now = this.clock();
     const claimed = await claimFromSchedule(pool, this.options.store, {
       limit: settings.concurrency - this.running.size,
@@ -307,8 +308,7 @@ export class TaskWorker {
     const { settings, pool } = this.options;
     const free = settings.concurrency - this.running.size;
     const busyQueues = new Map<string, number>();
-    for (const attempt of this.running.values())
-      busyQueues.set(attempt.queue, (busyQueues.get(attempt.queue) ?? 0) + 1);
+    for (const { queue } of this.running.values()) busyQueues.set(queue, (busyQueues.get(queue) ?? 0) + 1);
     const fullQueues = [...busyQueues]
       .filter(([queue, count]) => count >= this.queueLimit(queue))
       .map(([queue]) => queue);
@@ -380,14 +380,14 @@ export class TaskWorker {
     this.metrics.started.inc();
     logger.debug({ taskId, attempt: state.attempt, workerId: this.workerId }, 'task claimed');
     const controller = new AbortController();
-    const attempt: RunningAttempt = {
+    const runningAttempt: RunningAttempt = {
       taskId,
       attempt: state.attempt,
       queue: state.spec!.queue,
       controller,
       done: Promise.resolve(),
     };
-    attempt.done = this.run(state, claim.revision, claim.hash, controller)
+    runningAttempt.done = this.run(state, claim.revision, claim.hash, controller)
       .catch((error) =>
         logger.error(
           { err: error, taskId },
@@ -399,7 +399,7 @@ export class TaskWorker {
         this.metrics.running.set(this.running.size);
         this.wake(); // a slot is free
       });
-    this.running.set(taskId, attempt);
+    this.running.set(taskId, runningAttempt);
     this.metrics.running.set(this.running.size);
   }
 
@@ -411,13 +411,13 @@ export class TaskWorker {
     const { pool, settings, logger } = this.options;
     while (!this.stopping.signal.aborted) {
       await sleep(settings.cancelCheckIntervalMs, this.stopping.signal);
-      const attempts = [...this.running.values()];
-      if (attempts.length === 0) continue;
+      const runningAttempts = [...this.running.values()];
+      if (runningAttempts.length === 0) continue;
       try {
-        const gone = new Set(await attemptsNoLongerOurs(pool, this.workerId, attempts));
-        for (const attempt of attempts)
-          if (gone.has(attempt.taskId) && this.running.get(attempt.taskId) === attempt)
-            attempt.controller.abort('canceled' satisfies AbortReason);
+        const gone = new Set(await attemptsNoLongerOurs(pool, this.workerId, runningAttempts));
+        for (const runningAttempt of runningAttempts)
+          if (gone.has(runningAttempt.taskId) && this.running.get(runningAttempt.taskId) === runningAttempt)
+            runningAttempt.controller.abort('canceled' satisfies AbortReason);
       } catch (error) {
         logger.debug({ err: error }, 'cancel check failed; retrying at the next tick');
       }
