@@ -26,6 +26,11 @@ import {
   type AttemptOutcome,
 } from '../domain/tasks/workerCommands.js';
 import { workerControl, workerControlStreamId } from '../domain/tasks/workerControl.js';
+import {
+  msUntilNextDueTask,
+  selectDueTaskRows,
+  selectExpiredLeaseTaskIds,
+} from '../projections/tasks/table.js';
 import type { HandlerRegistry } from './handlers/handler.js';
 import { attemptEndAfterRejection, type AbortReason, type AttemptEnd } from './outcomes.js';
 import { UnrecoverableError } from './handlers/handler.js';
@@ -313,14 +318,13 @@ export class TaskWorker {
       .filter(([queue, count]) => count >= this.queueLimit(queue))
       .map(([queue]) => queue);
     const now = this.clock();
-    const { rows } = await pool.query<{ id: string; queue: string }>(
-      `SELECT id, queue FROM tasks
-        WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[])) AND NOT (id = ANY($3::uuid[]))
-          AND (cardinality($5::text[]) = 0 OR queue = ANY($5::text[]))
-        ORDER BY priority DESC, run_at, created_at
-        LIMIT $4`,
-      [now, fullQueues, [...this.running.keys()], free * 3 + 5, settings.onlyQueues],
-    );
+    const rows = await selectDueTaskRows(pool, {
+      now,
+      fullQueues,
+      runningIds: [...this.running.keys()],
+      onlyQueues: settings.onlyQueues,
+      limit: free * 3 + 5,
+    });
     let claimed = 0;
     for (const row of rows) {
       if (this.stopping.signal.aborted || this.running.size >= settings.concurrency) break;
@@ -330,16 +334,7 @@ export class TaskWorker {
         busyQueues.set(row.queue, (busyQueues.get(row.queue) ?? 0) + 1);
       }
     }
-    let nextDueMs: number | null = null;
-    if (claimed === 0) {
-      const next = await pool.query<{ run_at: Date | null }>(
-        `SELECT min(run_at) AS run_at FROM tasks WHERE status = 'pending' AND run_at > $1
-           AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
-        [now, settings.onlyQueues],
-      );
-      const runAt = next.rows[0]?.run_at;
-      if (runAt) nextDueMs = runAt.getTime() - now.getTime();
-    }
+    const nextDueMs = claimed === 0 ? await msUntilNextDueTask(pool, now, settings.onlyQueues) : null;
     return { claimed, nextDueMs };
   }
 
@@ -601,12 +596,7 @@ export class TaskWorker {
         if (this.usesSchedule) await releaseAbandonedClaims(pool, now);
         const ids = this.usesSchedule
           ? await expiredLeases(pool, now)
-          : (
-              await pool.query<{ id: string }>(
-                `SELECT id FROM tasks WHERE status = 'in_progress' AND lease_until < $1 LIMIT 100`,
-                [now],
-              )
-            ).rows.map((row) => row.id);
+          : await selectExpiredLeaseTaskIds(pool, now);
         for (const row of ids.map((id) => ({ id }))) {
           await handleCommand(
             store,
