@@ -45,6 +45,7 @@ import {
   type ClaimedTask,
 } from './schedule.js';
 
+/** What a worker runs on: the log, the database, the bus, the handlers, its settings; clock, ids, random. */
 export interface TaskWorkerOptions {
   store: EventStore;
   pool: Pool;
@@ -131,6 +132,7 @@ function workerMetrics(registry: Registry): WorkerMetrics {
  * so nothing ever sits blocking a Kafka partition. It also reaps expired leases.
  */
 export class TaskWorker {
+  /** This process's worker: host, pid and a random suffix, recorded in every TaskStarted it appends. */
   readonly workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   private readonly running = new Map<string, RunningAttempt>();
   private readonly clock: () => Date;
@@ -153,10 +155,12 @@ export class TaskWorker {
     this.usesSchedule = options.store.name === 'postgres';
   }
 
+  /** The tasks whose handlers run in this worker now. */
   get runningTaskIds(): string[] {
     return [...this.running.keys()];
   }
 
+  /** Starts consuming wake-ups and the dispatch, reaper (and, on PostgreSQL, cancel-watch) loops. */
   async start(): Promise<void> {
     this.stopping = new AbortController();
     // A wake-up needs only a few event types, so the bus passes over the rest without decoding them, and a
