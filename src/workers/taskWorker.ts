@@ -1,6 +1,8 @@
 /**
  * src/workers: what runs tasks. This file is the worker (dispatch, claim, run, reap, drain); schedule.ts holds the
- * claim's SQL, outcomes.ts what a run's end means, handlers/ the task types' code.
+ * claim's SQL, outcomes.ts what a run's end means, attemptTimers.ts and progressCoalescer.ts a running attempt's
+ * timers and progress, handlers/ the task types' code. Its reads of the tasks read model are in
+ * projections/tasks/table.ts, which owns that table.
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
