@@ -18,8 +18,10 @@ import { startTask } from '../domain/tasks/workerCommands.js';
  * statement on it. PostgreSQL event store only: with EventStoreDB the worker claims from the tasks read model.
  */
 
+/** A row's status: the task's, or `claimed` (a worker's claim marked it; its TaskStarted is not appended yet). */
 export type ScheduleStatus = 'pending' | 'claimed' | 'running' | 'failed' | 'canceled';
 
+/** A task's row as a fold of its stream implies it (never `claimed`, a worker's lock marker); times ISO 8601. */
 export interface ScheduleRow {
   taskId: string;
   queue: string;
@@ -58,6 +60,7 @@ export interface ClaimedTask {
   position: Position;
 }
 
+/** What one claim asks for: how many tasks, from which queues, for which worker, with what lease and metadata. */
 export interface ClaimRequest {
   /** How many to claim at most: the worker's free slots. */
   limit: number;
@@ -287,6 +290,7 @@ export async function attemptsNoLongerOurs(
   return rows.map((row) => row.task_id);
 }
 
+/** A task on which the table and the fold of the log disagree; null where that side has no row. */
 export interface ScheduleDifference {
   taskId: string;
   expected: ScheduleRow | null;

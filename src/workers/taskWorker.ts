@@ -1,6 +1,8 @@
 /**
  * src/workers: what runs tasks. This file is the worker (dispatch, claim, run, reap, drain); schedule.ts holds the
- * claim's SQL, outcomes.ts what a run's end means, handlers/ the task types' code.
+ * claim's SQL, outcomes.ts what a run's end means, attemptTimers.ts and progressCoalescer.ts a running attempt's
+ * timers and progress, handlers/ the task types' code. Its reads of the tasks read model are in
+ * projections/tasks/table.ts, which owns that table.
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -26,9 +28,16 @@ import {
   type AttemptOutcome,
 } from '../domain/tasks/workerCommands.js';
 import { workerControl, workerControlStreamId } from '../domain/tasks/workerControl.js';
+import {
+  msUntilNextDueTask,
+  selectDueTaskRows,
+  selectExpiredLeaseTaskIds,
+} from '../projections/tasks/table.js';
 import type { HandlerRegistry } from './handlers/handler.js';
 import { attemptEndAfterRejection, type AbortReason, type AttemptEnd } from './outcomes.js';
 import { UnrecoverableError } from './handlers/handler.js';
+import { startAttemptTimers } from './attemptTimers.js';
+import { ProgressCoalescer } from './progressCoalescer.js';
 import {
   attemptsNoLongerOurs,
   claimDueTasks as claimFromSchedule,
@@ -38,6 +47,7 @@ import {
   type ClaimedTask,
 } from './schedule.js';
 
+/** What a worker runs on: the log, the database, the bus, the handlers, its settings; clock, ids, random. */
 export interface TaskWorkerOptions {
   store: EventStore;
   pool: Pool;
@@ -124,6 +134,7 @@ function workerMetrics(registry: Registry): WorkerMetrics {
  * so nothing ever sits blocking a Kafka partition. It also reaps expired leases.
  */
 export class TaskWorker {
+  /** This process's worker: host, pid and a random suffix, recorded in every TaskStarted it appends. */
   readonly workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   private readonly running = new Map<string, RunningAttempt>();
   private readonly clock: () => Date;
@@ -146,10 +157,12 @@ export class TaskWorker {
     this.usesSchedule = options.store.name === 'postgres';
   }
 
+  /** The tasks whose handlers run in this worker now. */
   get runningTaskIds(): string[] {
     return [...this.running.keys()];
   }
 
+  /** Starts consuming wake-ups and the dispatch, reaper (and, on PostgreSQL, cancel-watch) loops. */
   async start(): Promise<void> {
     this.stopping = new AbortController();
     // A wake-up needs only a few event types, so the bus passes over the rest without decoding them, and a
@@ -184,12 +197,13 @@ export class TaskWorker {
     await this.consumer?.stop();
     await Promise.all(this.loops);
     const deadline = sleep(this.options.settings.shutdownGraceMs);
-    const allDone = Promise.all([...this.running.values()].map((attempt) => attempt.done));
+    const allDone = Promise.all([...this.running.values()].map((runningAttempt) => runningAttempt.done));
     if (
       (await Promise.race([allDone.then(() => 'done' as const), deadline.then(() => 'late' as const)])) ===
       'late'
     ) {
-      for (const attempt of this.running.values()) attempt.controller.abort('release' satisfies AbortReason);
+      for (const runningAttempt of this.running.values())
+        runningAttempt.controller.abort('release' satisfies AbortReason);
       await allDone;
     }
   }
@@ -276,8 +290,8 @@ export class TaskWorker {
     const { settings, pool } = this.options;
     const roomByQueue = new Map<string, number>();
     for (const queue of Object.keys(settings.queues)) roomByQueue.set(queue, this.queueLimit(queue));
-    for (const attempt of this.running.values())
-      roomByQueue.set(attempt.queue, (roomByQueue.get(attempt.queue) ?? this.queueLimit(attempt.queue)) - 1);
+    for (const { queue } of this.running.values())
+      roomByQueue.set(queue, (roomByQueue.get(queue) ?? this.queueLimit(queue)) - 1);
     const now = this.clock();
     const claimed = await claimFromSchedule(pool, this.options.store, {
       limit: settings.concurrency - this.running.size,
@@ -305,20 +319,18 @@ export class TaskWorker {
     const { settings, pool } = this.options;
     const free = settings.concurrency - this.running.size;
     const busyQueues = new Map<string, number>();
-    for (const attempt of this.running.values())
-      busyQueues.set(attempt.queue, (busyQueues.get(attempt.queue) ?? 0) + 1);
+    for (const { queue } of this.running.values()) busyQueues.set(queue, (busyQueues.get(queue) ?? 0) + 1);
     const fullQueues = [...busyQueues]
       .filter(([queue, count]) => count >= this.queueLimit(queue))
       .map(([queue]) => queue);
     const now = this.clock();
-    const { rows } = await pool.query<{ id: string; queue: string }>(
-      `SELECT id, queue FROM tasks
-        WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[])) AND NOT (id = ANY($3::uuid[]))
-          AND (cardinality($5::text[]) = 0 OR queue = ANY($5::text[]))
-        ORDER BY priority DESC, run_at, created_at
-        LIMIT $4`,
-      [now, fullQueues, [...this.running.keys()], free * 3 + 5, settings.onlyQueues],
-    );
+    const rows = await selectDueTaskRows(pool, {
+      now,
+      fullQueues,
+      runningIds: [...this.running.keys()],
+      onlyQueues: settings.onlyQueues,
+      limit: free * 3 + 5,
+    });
     let claimed = 0;
     for (const row of rows) {
       if (this.stopping.signal.aborted || this.running.size >= settings.concurrency) break;
@@ -328,16 +340,7 @@ export class TaskWorker {
         busyQueues.set(row.queue, (busyQueues.get(row.queue) ?? 0) + 1);
       }
     }
-    let nextDueMs: number | null = null;
-    if (claimed === 0) {
-      const next = await pool.query<{ run_at: Date | null }>(
-        `SELECT min(run_at) AS run_at FROM tasks WHERE status = 'pending' AND run_at > $1
-           AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
-        [now, settings.onlyQueues],
-      );
-      const runAt = next.rows[0]?.run_at;
-      if (runAt) nextDueMs = runAt.getTime() - now.getTime();
-    }
+    const nextDueMs = claimed === 0 ? await msUntilNextDueTask(pool, now, settings.onlyQueues) : null;
     return { claimed, nextDueMs };
   }
 
@@ -378,14 +381,14 @@ export class TaskWorker {
     this.metrics.started.inc();
     logger.debug({ taskId, attempt: state.attempt, workerId: this.workerId }, 'task claimed');
     const controller = new AbortController();
-    const attempt: RunningAttempt = {
+    const runningAttempt: RunningAttempt = {
       taskId,
       attempt: state.attempt,
       queue: state.spec!.queue,
       controller,
       done: Promise.resolve(),
     };
-    attempt.done = this.run(state, claim.revision, claim.hash, controller)
+    runningAttempt.done = this.run(state, claim.revision, claim.hash, controller)
       .catch((error) =>
         logger.error(
           { err: error, taskId },
@@ -397,7 +400,7 @@ export class TaskWorker {
         this.metrics.running.set(this.running.size);
         this.wake(); // a slot is free
       });
-    this.running.set(taskId, attempt);
+    this.running.set(taskId, runningAttempt);
     this.metrics.running.set(this.running.size);
   }
 
@@ -409,104 +412,129 @@ export class TaskWorker {
     const { pool, settings, logger } = this.options;
     while (!this.stopping.signal.aborted) {
       await sleep(settings.cancelCheckIntervalMs, this.stopping.signal);
-      const attempts = [...this.running.values()];
-      if (attempts.length === 0) continue;
+      const runningAttempts = [...this.running.values()];
+      if (runningAttempts.length === 0) continue;
       try {
-        const gone = new Set(await attemptsNoLongerOurs(pool, this.workerId, attempts));
-        for (const attempt of attempts)
-          if (gone.has(attempt.taskId) && this.running.get(attempt.taskId) === attempt)
-            attempt.controller.abort('canceled' satisfies AbortReason);
+        const gone = new Set(await attemptsNoLongerOurs(pool, this.workerId, runningAttempts));
+        for (const runningAttempt of runningAttempts)
+          if (gone.has(runningAttempt.taskId) && this.running.get(runningAttempt.taskId) === runningAttempt)
+            runningAttempt.controller.abort('canceled' satisfies AbortReason);
       } catch (error) {
         logger.debug({ err: error }, 'cancel check failed; retrying at the next tick');
       }
     }
   }
 
+  /**
+   * One attempt, top to bottom: start its timers, run the handler (its progress coalesced), clear the timers,
+   * then record how it ended.
+   */
   private async run(
     state: Task,
     claimedRevision: number,
     claimedHash: string | null,
     controller: AbortController,
   ): Promise<void> {
-    const { handlers, settings, store, logger } = this.options;
-    const spec = state.spec!;
+    const { settings } = this.options;
     const taskId = state.id!;
-    const attempt = state.attempt;
-    const handler = handlers.get(spec.type);
-    const timers: NodeJS.Timeout[] = [];
-    const abort = (reason: AbortReason) => {
-      if (!controller.signal.aborted) controller.abort(reason);
-    };
-    timers.push(setTimeout(() => abort('timeout'), spec.timeoutMs));
-    // Without the schedule (EventStoreDB), cancellation reaches the worker through the task's own stream.
-    if (!this.usesSchedule)
-      timers.push(
-        setInterval(() => {
-          void store
-            .readStream(taskStreamId(taskId), { fromRevision: claimedRevision + 1 })
-            .then((events) => {
-              if (
-                events.some(
-                  (event) =>
-                    event.type === 'TaskCanceled' ||
-                    event.type === 'TaskAttemptFailed' ||
-                    event.type === 'TaskFailed',
-                )
-              )
-                abort('canceled');
-            })
-            .catch(() => undefined); // a missed check is retried at the next tick
-        }, settings.cancelCheckIntervalMs),
-      );
-    let latestProgress: { fraction: number; message: string | null } | null = null;
-    let progressWrite: Promise<unknown> = Promise.resolve();
-    let progressWritten = false;
-    timers.push(
-      setInterval(() => {
-        if (!latestProgress) return;
-        const { fraction, message } = latestProgress;
-        latestProgress = null;
-        progressWritten = true;
-        progressWrite = progressWrite.then(() =>
-          handleCommand(
-            store,
-            taskStreamId(taskId),
-            task,
-            (s) =>
-              reportProgress(
-                { workerId: this.workerId, attempt, progress: fraction, message, now: this.clock() },
-                s,
-              ),
-            this.context(),
-          ).catch((error) => logger.warn({ err: error, taskId }, 'progress not recorded')),
-        );
-      }, settings.progressIntervalMs),
-    );
+    const progress = this.progressOf(state);
+    const timers = startAttemptTimers({
+      controller,
+      timeoutMs: state.spec!.timeoutMs,
+      // Without the schedule (EventStoreDB), cancellation reaches the worker through the task's own stream.
+      cancelCheck: this.usesSchedule
+        ? undefined
+        : {
+            intervalMs: settings.cancelCheckIntervalMs,
+            isCanceled: () => this.attemptEndedInStream(taskId, claimedRevision),
+          },
+      progressFlush: { intervalMs: settings.progressIntervalMs, flush: () => progress.flush() },
+    });
 
     let outcome: AttemptEnd;
     try {
-      if (!handler) throw new UnrecoverableError(`no handler for type ${spec.type}`);
-      const result = await handler.run(spec.payload, {
-        taskId,
-        attempt,
-        signal: controller.signal,
-        logger: logger.child({ taskId, attempt }),
-        progress: (fraction, message) => (latestProgress = { fraction, message: message ?? null }),
-      });
-      // A handler that returned has done its work, whatever arrived meanwhile: record it. If the task was
-      // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
-      outcome = this.succeeded(result);
-    } catch (error) {
-      outcome = attemptEndAfterRejection(error, controller.signal, spec.timeoutMs);
+      outcome = await this.runHandler(state, controller.signal, progress);
     } finally {
-      for (const timer of timers) clearTimeout(timer); // clears intervals too
-      await progressWrite;
+      timers.clear();
+      await progress.settled();
     }
 
     if (outcome === 'canceled') {
       this.metrics.finished.inc({ outcome: 'canceled' });
       return; // TaskCanceled (or the reaper's failure) is already in the stream
     }
+    // Nothing but this worker writes to a running attempt's stream, as a rule: decide on the state the claim
+    // left, without reading the stream again. A cancel or a reaper in between makes it a conflict, then a read.
+    const known =
+      claimedHash !== null && !progress.wroteAny
+        ? { state, revision: claimedRevision, hash: claimedHash }
+        : undefined;
+    await this.recordOutcome(state, outcome, known);
+  }
+
+  /** The attempt's progress reports, coalesced: each flush appends the latest as a TaskProgressed. */
+  private progressOf(state: Task): ProgressCoalescer {
+    const { store, logger } = this.options;
+    const taskId = state.id!;
+    const attempt = state.attempt;
+    return new ProgressCoalescer({
+      write: ({ fraction, message }) =>
+        handleCommand(
+          store,
+          taskStreamId(taskId),
+          task,
+          (s) =>
+            reportProgress(
+              { workerId: this.workerId, attempt, progress: fraction, message, now: this.clock() },
+              s,
+            ),
+          this.context(),
+        ),
+      onError: (error) => logger.warn({ err: error, taskId }, 'progress not recorded'),
+    });
+  }
+
+  /** Runs the task's handler to its end, and says what that end means for the attempt. */
+  private async runHandler(
+    state: Task,
+    signal: AbortSignal,
+    progress: ProgressCoalescer,
+  ): Promise<AttemptEnd> {
+    const { handlers, logger } = this.options;
+    const spec = state.spec!;
+    const taskId = state.id!;
+    const attempt = state.attempt;
+    try {
+      const handler = handlers.get(spec.type);
+      if (!handler) throw new UnrecoverableError(`no handler for type ${spec.type}`);
+      const result = await handler.run(spec.payload, {
+        taskId,
+        attempt,
+        signal,
+        logger: logger.child({ taskId, attempt }),
+        progress: (fraction, message) => progress.report(fraction, message),
+      });
+      // A handler that returned has done its work, whatever arrived meanwhile: record it. If the task was
+      // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
+      return this.succeeded(result);
+    } catch (error) {
+      return attemptEndAfterRejection(error, signal, spec.timeoutMs);
+    }
+  }
+
+  /**
+   * Appends the attempt's end (its outcome, or a hand-back on 'release'). It must not be lost to a passing
+   * database error: without it the lease would expire and the task run again. Keep trying while the lease holds;
+   * a late write is harmless, as the decider ignores it. `known` is the state the claim left, when still current.
+   */
+  private async recordOutcome(
+    state: Task,
+    outcome: Exclude<AttemptEnd, 'canceled'>,
+    known: { state: Task; revision: number; hash: string } | undefined,
+  ): Promise<void> {
+    const { settings, store, logger } = this.options;
+    const taskId = state.id!;
+    const attempt = state.attempt;
     const leaseEndsAt = Date.parse(state.leaseUntil!);
     const decide =
       outcome === 'release'
@@ -523,14 +551,6 @@ export class TaskWorker {
               },
               s,
             );
-    // The outcome must not be lost to a passing database error: without it the lease would expire and the task
-    // run again. Keep trying while the lease holds; a late write is harmless, as the decider ignores it.
-    // Nothing but this worker writes to a running attempt's stream, as a rule: decide on the state the claim
-    // left, without reading the stream again. A cancel or a reaper in between makes it a conflict, then a read.
-    const known =
-      claimedHash !== null && !progressWritten
-        ? { state, revision: claimedRevision, hash: claimedHash }
-        : undefined;
     for (let write = 1; ; write++) {
       try {
         const finished = await handleCommand(store, taskStreamId(taskId), task, decide, this.context(), {
@@ -547,6 +567,17 @@ export class TaskWorker {
         await sleep(backoffMs(write, 100, 2000, this.random));
       }
     }
+  }
+
+  /** EventStoreDB: whether the task's stream has, since the claim, an event that ends this attempt. */
+  private async attemptEndedInStream(taskId: string, claimedRevision: number): Promise<boolean> {
+    const events = await this.options.store.readStream(taskStreamId(taskId), {
+      fromRevision: claimedRevision + 1,
+    });
+    return events.some(
+      (event) =>
+        event.type === 'TaskCanceled' || event.type === 'TaskAttemptFailed' || event.type === 'TaskFailed',
+    );
   }
 
   /** Results are stored up to `maxResultBytes`; a larger one keeps a prefix of its JSON, flagged as truncated. */
@@ -571,12 +602,7 @@ export class TaskWorker {
         if (this.usesSchedule) await releaseAbandonedClaims(pool, now);
         const ids = this.usesSchedule
           ? await expiredLeases(pool, now)
-          : (
-              await pool.query<{ id: string }>(
-                `SELECT id FROM tasks WHERE status = 'in_progress' AND lease_until < $1 LIMIT 100`,
-                [now],
-              )
-            ).rows.map((row) => row.id);
+          : await selectExpiredLeaseTaskIds(pool, now);
         for (const row of ids.map((id) => ({ id }))) {
           await handleCommand(
             store,

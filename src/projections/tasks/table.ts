@@ -1,6 +1,7 @@
 /**
  * The `tasks` table, the tasks read model: its row as node-postgres returns it, the columns read, the mapping
- * back to the domain state, the cache key of a row, and the reads. The projection beside it is its only writer.
+ * back to the domain state, the cache key of a row, and the reads (the API's, and the worker's on EventStoreDB:
+ * what is due, when the next falls due, which leases expired). The projection beside it is its only writer.
  */
 import type { Pool } from '../../infra/db/pool.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
@@ -145,4 +146,59 @@ export async function selectListedTaskRows(
     values,
   );
   return rows;
+}
+
+/** What the worker's claim on EventStoreDB may take: due pending tasks outside these queues and ids. */
+export interface DueTaskFilter {
+  now: Date;
+  /** Queues this worker has no room left in. */
+  fullQueues: readonly string[];
+  /** Tasks this worker already runs. */
+  runningIds: readonly string[];
+  /** Serve only these queues (empty = all). */
+  onlyQueues: readonly string[];
+  limit: number;
+}
+
+/**
+ * Pending tasks due by `now` (the worker's claim on EventStoreDB), highest priority first, then the earliest due:
+ * candidates only, as the row may lag the log; the claim's append at the row's revision decides.
+ */
+export async function selectDueTaskRows(
+  pool: Pool,
+  filter: DueTaskFilter,
+): Promise<Array<Pick<TaskRow, 'id' | 'queue'>>> {
+  const { rows } = await pool.query<Pick<TaskRow, 'id' | 'queue'>>(
+    `SELECT id, queue FROM tasks
+      WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[])) AND NOT (id = ANY($3::uuid[]))
+        AND (cardinality($5::text[]) = 0 OR queue = ANY($5::text[]))
+      ORDER BY priority DESC, run_at, created_at
+      LIMIT $4`,
+    [filter.now, filter.fullQueues, filter.runningIds, filter.limit, filter.onlyQueues],
+  );
+  return rows;
+}
+
+/** Milliseconds until the next pending task of these queues (empty = all) falls due, or null when none waits. */
+export async function msUntilNextDueTask(
+  pool: Pool,
+  now: Date,
+  onlyQueues: readonly string[],
+): Promise<number | null> {
+  const { rows } = await pool.query<{ run_at: Date | null }>(
+    `SELECT min(run_at) AS run_at FROM tasks WHERE status = 'pending' AND run_at > $1
+        AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))`,
+    [now, onlyQueues],
+  );
+  const runAt = rows[0]?.run_at;
+  return runAt ? runAt.getTime() - now.getTime() : null;
+}
+
+/** Tasks in progress whose lease ended before `now` (the lease reaper on EventStoreDB), at most 100. */
+export async function selectExpiredLeaseTaskIds(pool: Pool, now: Date): Promise<string[]> {
+  const { rows } = await pool.query<{ id: string }>(
+    `SELECT id FROM tasks WHERE status = 'in_progress' AND lease_until < $1 LIMIT 100`,
+    [now],
+  );
+  return rows.map((row) => row.id);
 }
