@@ -5,7 +5,6 @@ import { handleCommand, type CommandContext } from '../../src/commands/commandHa
 import { taskStreamId, type TaskSpec } from '../../src/domain/tasks/events.js';
 import { task } from '../../src/domain/tasks/state.js';
 import { cancelTask, updateTask } from '../../src/domain/tasks/ownerCommands.js';
-import { submitTask } from '../../src/domain/tasks/submitTask.js';
 import { loadConfig } from '../../src/config.js';
 import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
@@ -24,32 +23,16 @@ import {
 import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
+import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
 
-const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
-  title: 'scheduled',
-  description: null,
-  type: 'echo',
-  payload: { n: 1 },
-  priority: 5,
-  queue: 'default',
-  runAt: null,
-  maxAttempts: 3,
-  timeoutMs: 60000,
-  ...overrides,
-});
+const spec = taskSpec;
 
 describe('the task schedule (inline projection) and batched claims', function () {
   this.timeout(60_000);
   let db: TestDatabase;
   let store: PostgresEventStore;
   const now = () => new Date();
-  const context = (): CommandContext => ({
-    now,
-    newId: randomUUID,
-    correlationId: randomUUID(),
-    causationId: null,
-    userId: null,
-  });
+  const context = (): CommandContext => testCommandContext(now);
 
   before(async () => {
     db = await createTestDatabase('sched');
@@ -63,27 +46,8 @@ describe('the task schedule (inline projection) and batched claims', function ()
   let queue = '';
   beforeEach(() => (queue = `q${randomUUID().slice(0, 8)}`));
 
-  const submit = async (overrides: Partial<TaskSpec> = {}): Promise<string> => {
-    const taskId = randomUUID();
-    await handleCommand(
-      store,
-      taskStreamId(taskId),
-      task,
-      (state) =>
-        submitTask(
-          {
-            taskId,
-            ownerId: randomUUID(),
-            spec: spec({ queue, ...overrides }),
-            idempotencyKey: null,
-            now: now(),
-          },
-          state,
-        ),
-      context(),
-    );
-    return taskId;
-  };
+  const submit = (overrides: Partial<TaskSpec> = {}): Promise<string> =>
+    queueTestTask(store, spec({ queue, ...overrides }), now);
 
   const request = (workerId: string, limit: number): ClaimRequest => ({
     limit,

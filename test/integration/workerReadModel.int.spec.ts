@@ -6,7 +6,6 @@ import { loadConfig } from '../../src/config.js';
 import { taskStreamId, type TaskSpec } from '../../src/domain/tasks/events.js';
 import { cancelTask } from '../../src/domain/tasks/ownerCommands.js';
 import { task } from '../../src/domain/tasks/state.js';
-import { submitTask } from '../../src/domain/tasks/submitTask.js';
 import { startTask } from '../../src/domain/tasks/workerCommands.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
 import type { RunningConsumer } from '../../src/infra/bus/bus.js';
@@ -28,19 +27,9 @@ import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
 import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
+import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
 
-const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
-  title: 'read model',
-  description: null,
-  type: 'echo',
-  payload: { n: 1 },
-  priority: 5,
-  queue: 'default',
-  runAt: null,
-  maxAttempts: 3,
-  timeoutMs: 60000,
-  ...overrides,
-});
+const spec = taskSpec;
 
 /**
  * The PostgreSQL store under another name: the worker then takes its EventStoreDB path (claims from the tasks
@@ -63,13 +52,7 @@ describe('the worker on the tasks read model (the EventStoreDB path)', function 
   let bus: DirectBus;
   let projector: RunningConsumer;
   const now = () => new Date();
-  const context = (): CommandContext => ({
-    now,
-    newId: randomUUID,
-    correlationId: randomUUID(),
-    causationId: null,
-    userId: null,
-  });
+  const context = (): CommandContext => testCommandContext(now);
 
   before(async () => {
     db = await createTestDatabase('wrm');
@@ -98,27 +81,8 @@ describe('the worker on the tasks read model (the EventStoreDB path)', function 
   let queue = '';
   beforeEach(() => (queue = `q${randomUUID().slice(0, 8)}`));
 
-  const submit = async (overrides: Partial<TaskSpec> = {}): Promise<string> => {
-    const taskId = randomUUID();
-    await handleCommand(
-      store,
-      taskStreamId(taskId),
-      task,
-      (state) =>
-        submitTask(
-          {
-            taskId,
-            ownerId: randomUUID(),
-            spec: spec({ queue, ...overrides }),
-            idempotencyKey: null,
-            now: now(),
-          },
-          state,
-        ),
-      context(),
-    );
-    return taskId;
-  };
+  const submit = (overrides: Partial<TaskSpec> = {}): Promise<string> =>
+    queueTestTask(store, spec({ queue, ...overrides }), now);
   /** Another worker's claim, with a lease of `leaseMs`. */
   const startElsewhere = (taskId: string, leaseMs: number) =>
     handleCommand(
