@@ -2,8 +2,10 @@ import { sleep } from '../infra/abort.js';
 import {
   InvalidPositionError,
   isPosition,
+  metadataJson,
   type EventStore,
   type JsonObject,
+  type MetadataJson,
   type Position,
   type RecordedEvent,
 } from '../infra/eventStore/eventStore.js';
@@ -20,14 +22,7 @@ export interface ExportedEvent {
   type: string;
   data: JsonObject;
   raw_data: string;
-  metadata: {
-    event_id: string;
-    correlation_id: string;
-    causation_id: string | null;
-    user_id: string | null;
-    timestamp: string;
-    hash: string;
-  };
+  metadata: MetadataJson;
   recorded_at: string;
 }
 
@@ -38,14 +33,7 @@ export const toExportedEvent = (event: RecordedEvent): ExportedEvent => ({
   type: event.type,
   data: event.data,
   raw_data: event.rawData,
-  metadata: {
-    event_id: event.metadata.eventId,
-    correlation_id: event.metadata.correlationId,
-    causation_id: event.metadata.causationId,
-    user_id: event.metadata.userId,
-    timestamp: event.metadata.timestamp,
-    hash: event.metadata.hash,
-  },
+  metadata: metadataJson(event.metadata),
   recorded_at: event.recordedAt,
 });
 

@@ -50,6 +50,25 @@ export interface EventMetadata extends EventContext {
   hash: string;
 }
 
+/** An event's metadata as JSON outside the service shows it (the API, NDJSON exports): snake_case. */
+export interface MetadataJson {
+  event_id: string;
+  correlation_id: string;
+  causation_id: string | null;
+  user_id: string | null;
+  timestamp: string;
+  hash: string;
+}
+
+export const metadataJson = (metadata: EventMetadata): MetadataJson => ({
+  event_id: metadata.eventId,
+  correlation_id: metadata.correlationId,
+  causation_id: metadata.causationId,
+  user_id: metadata.userId,
+  timestamp: metadata.timestamp,
+  hash: metadata.hash,
+});
+
 export interface RecordedEvent {
   streamId: string;
   /** 0 for the first event of a stream. */

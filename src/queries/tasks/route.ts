@@ -5,6 +5,7 @@ import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import {
   isPosition,
+  metadataJson,
   type EventStore,
   type Position,
   type RecordedEvent,
@@ -317,14 +318,7 @@ function eventView(event: RecordedEvent) {
     revision: event.revision,
     position: event.position,
     data: event.data,
-    metadata: {
-      event_id: event.metadata.eventId,
-      correlation_id: event.metadata.correlationId,
-      causation_id: event.metadata.causationId,
-      user_id: event.metadata.userId,
-      timestamp: event.metadata.timestamp,
-      hash: event.metadata.hash,
-    },
+    metadata: metadataJson(event.metadata),
     recorded_at: event.recordedAt,
   };
 }
