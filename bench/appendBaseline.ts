@@ -4,6 +4,7 @@ import { PostgresEventStore } from '../src/infra/eventStore/postgres/postgresEve
 import type { JsonObject } from '../src/infra/eventStore/eventStore.js';
 import { silentLogger } from '../src/infra/logger.js';
 import { createTestDatabase } from '../test/support/postgres.js';
+import { taskSpec } from '../test/support/fixtures.js';
 import { round, summarize, type LatencySummary } from './stats.js';
 
 export interface AppendRate extends LatencySummary {
@@ -45,17 +46,7 @@ async function lanes(
 const eventData = (): JsonObject => ({
   taskId: randomUUID(),
   ownerId: randomUUID(),
-  spec: {
-    title: 'bench',
-    description: null,
-    type: 'echo',
-    payload: { n: 1 },
-    priority: 5,
-    queue: 'default',
-    runAt: null,
-    maxAttempts: 3,
-    timeoutMs: 60000,
-  },
+  spec: taskSpec({ title: 'bench' }),
   idempotencyKey: null,
   queuedAt: new Date().toISOString(),
 });

@@ -10,23 +10,14 @@ import {
 } from '../src/infra/bus/kafka/kafkaClient.js';
 import type { RecordedEvent } from '../src/infra/eventStore/eventStore.js';
 import { silentLogger } from '../src/infra/logger.js';
+import { taskSpec } from '../test/support/fixtures.js';
 import { round, summarize, type LatencySummary } from './stats.js';
 
 /** About the size of a TaskQueued event as stored (data plus metadata). */
 const ROW_PAYLOAD = JSON.stringify({
   taskId: randomUUID(),
   ownerId: randomUUID(),
-  spec: {
-    title: 'bench',
-    description: null,
-    type: 'echo',
-    payload: { n: 1 },
-    priority: 5,
-    queue: 'default',
-    runAt: null,
-    maxAttempts: 3,
-    timeoutMs: 60000,
-  },
+  spec: taskSpec({ title: 'bench' }),
   idempotencyKey: null,
   queuedAt: new Date().toISOString(),
   metadata: {

@@ -250,13 +250,11 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       const minPosition = requestedMinPosition(req, req.query);
       const { status, type, queue, limit, cursor } = req.query;
       const filters = {
-        ...(req.query.created_after === undefined
-          ? {}
-          : { createdAfter: storableInstant(req.query.created_after, '/query/created_after') }),
-        ...(req.query.created_before === undefined
-          ? {}
-          : { createdBefore: storableInstant(req.query.created_before, '/query/created_before') }),
-        ...(req.query.q === undefined ? {} : { titleWords: searchWords(req.query.q) }),
+        createdAfter:
+          req.query.created_after && storableInstant(req.query.created_after, '/query/created_after'),
+        createdBefore:
+          req.query.created_before && storableInstant(req.query.created_before, '/query/created_before'),
+        titleWords: req.query.q === undefined ? undefined : searchWords(req.query.q),
       };
       let ownerId: string | null = claims.userId;
       if (seesAllTasks(claims)) ownerId = req.query.owner_id ?? null;
