@@ -12,6 +12,7 @@ import {
   type RunningConsumer,
 } from '../bus.js';
 import { ensureTopic, fromMessage, type KafkaSettings } from './kafkaClient.js';
+import { backoffMs, sleep } from '../../abort.js';
 
 export interface KafkaBusOptions {
   kafka: Kafka;
@@ -68,33 +69,63 @@ export class KafkaBus implements EventBus {
     return this.topicReady;
   }
 
-  /** A member of the group, subscribed from the beginning; resolves once it has joined. */
+  /**
+   * A member of the group, subscribed from the beginning; resolves once it has joined. kafkajs restarts a crashed
+   * consumer only when the crash's root cause is a retriable Kafka error; after any other crash the member stays
+   * stopped for good and its partitions go unread, silently (seen after broker restarts: the projector stuck where
+   * the broker went down while the relay published everything). Such a member is replaced by a new one here.
+   */
   private async join(
     group: string,
     run: (consumer: Consumer, signal: AbortSignal) => Promise<void>,
     beforeDisconnect: (consumer: Consumer) => Promise<void> = async () => {},
   ): Promise<RunningConsumer> {
-    const { kafka, settings } = this.options;
+    const { kafka, settings, logger } = this.options;
     await this.ensureTopicOnce();
     const controller = new AbortController();
-    const consumer: Consumer = kafka.consumer({
-      // Namespaced by topic, so deployments (and test runs) that share a broker never share a group.
-      groupId: `${settings.topic}.${group}`,
-      sessionTimeout: settings.sessionTimeoutMs,
-      heartbeatInterval: settings.heartbeatIntervalMs,
-      maxWaitTimeInMs: this.options.maxWaitTimeInMs ?? 100,
-      allowAutoTopicCreation: false,
-    });
-    const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
-    await consumer.connect();
-    await consumer.subscribe({ topic: settings.topic, fromBeginning: true });
-    await run(consumer, controller.signal);
-    await joined;
+    let current: Consumer;
+    const start = async (): Promise<void> => {
+      const consumer: Consumer = kafka.consumer({
+        // Namespaced by topic, so deployments (and test runs) that share a broker never share a group.
+        groupId: `${settings.topic}.${group}`,
+        sessionTimeout: settings.sessionTimeoutMs,
+        heartbeatInterval: settings.heartbeatIntervalMs,
+        maxWaitTimeInMs: this.options.maxWaitTimeInMs ?? 100,
+        allowAutoTopicCreation: false,
+      });
+      current = consumer;
+      consumer.on(consumer.events.CRASH, ({ payload }) => {
+        if (payload.restart || controller.signal.aborted) return;
+        logger.error({ err: payload.error, group }, 'Kafka consumer stopped for good; starting a new member');
+        void (async () => {
+          await consumer.disconnect().catch(() => undefined);
+          for (let attempt = 1; !controller.signal.aborted; attempt++) {
+            try {
+              await start();
+              return;
+            } catch (error) {
+              logger.warn(
+                { err: error, group, attempt },
+                'new Kafka consumer member did not start; retrying',
+              );
+              await current.disconnect().catch(() => undefined);
+              await sleep(backoffMs(attempt, 500, 10000), controller.signal);
+            }
+          }
+        })();
+      });
+      const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+      await consumer.connect();
+      await consumer.subscribe({ topic: settings.topic, fromBeginning: true });
+      await run(consumer, controller.signal);
+      await joined;
+    };
+    await start();
     const running: RunningConsumer = {
       stop: async () => {
         controller.abort();
-        await beforeDisconnect(consumer);
-        await consumer.disconnect();
+        await beforeDisconnect(current);
+        await current.disconnect();
         this.running.delete(running);
       },
     };
