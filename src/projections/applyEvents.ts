@@ -1,6 +1,6 @@
 import type { PoolClient } from '../infra/db/pool.js';
 import { prepared } from '../infra/db/prepared.js';
-import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
+import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import { isDataError, type Projection } from './readModel.js';
 
@@ -16,10 +16,11 @@ export interface AppliedBatch {
 export interface ApplyEventsOptions {
   logger: Logger;
   /**
-   * The partition the events came from, whose position is moved to the newest of them; null leaves positions
-   * to the caller (rebuild records one position for everything it has applied).
+   * The partitions the events came from, each with the newest position of its events, moved in the batch's own
+   * transaction; null leaves positions to the caller (rebuild records one position for everything it has applied).
+   * See {@link positionsByPartition}.
    */
-  partition: number | null;
+  partitionPositions: ReadonlyMap<number, Position> | null;
   /**
    * Nobody else writes these guards (a rebuild's own tables): they are read, not locked, and written in one
    * upsert, which saves a write of every guard row.
@@ -123,23 +124,33 @@ export async function applyEvents(
       }
       // A bad event still moves its stream's guard: it would be just as bad when delivered again. The partition's
       // position moves in the same statement.
-      await writeGuards(client, projection.name, [...newest.values()], options.exclusive ?? false, {
-        partition: options.partition,
-        position: newestPosition(events),
-      });
+      await writeGuards(
+        client,
+        projection.name,
+        [...newest.values()],
+        options.exclusive ?? false,
+        options.partitionPositions,
+      );
       return { outcomes, staleKeys: [...new Set(staleKeys)] };
     }
   }
 
-  if (options.partition !== null && events.length > 0)
-    await recordPartitionPosition(client, projection.name, options.partition, newestPosition(events));
+  if (options.partitionPositions)
+    await recordPartitionPositions(client, projection.name, options.partitionPositions);
   return { outcomes, staleKeys: [...new Set(staleKeys)] };
 }
 
-function newestPosition(events: readonly RecordedEvent[]): string {
-  let position = events[0]!.position;
-  for (const event of events) if (event.position > position) position = event.position;
-  return position;
+/** The newest position of each partition's events: what a batch of them moves the partitions' positions to. */
+export function positionsByPartition(
+  parts: Iterable<{ partition: number; events: readonly RecordedEvent[] }>,
+): Map<number, Position> {
+  const positions = new Map<number, Position>();
+  for (const { partition, events } of parts)
+    for (const event of events) {
+      const known = positions.get(partition);
+      if (known === undefined || event.position > known) positions.set(partition, event.position);
+    }
+  return positions;
 }
 
 /** The careful path, as applyOnce used to go: each event in a savepoint of its own. */
@@ -202,13 +213,13 @@ async function readGuards(
   return new Map(rows.map((row) => [row.stream_id, row.revision]));
 }
 
-/** The guards, and with `partition` not null the partition's position too (one statement, one round trip). */
+/** The guards, and with `positions` not null the partitions' positions too (one statement, one round trip). */
 async function writeGuards(
   client: PoolClient,
   projection: string,
   newest: readonly RecordedEvent[],
   exclusive: boolean,
-  { partition, position }: { partition: number | null; position: string },
+  positions: ReadonlyMap<number, Position> | null,
 ) {
   const values = [
     projection,
@@ -223,22 +234,26 @@ async function writeGuards(
     : `UPDATE projection_stream_progress p SET revision = i.revision, position = i.position
          FROM unnest($2::text[], $3::bigint[], $4::text[]) AS i (stream_id, revision, position)
         WHERE p.projection = $1 AND p.stream_id = i.stream_id`;
-  if (partition === null) {
+  if (positions === null || positions.size === 0) {
     await client.query(guards, values);
     return;
   }
   // Not prepared, like every statement here that joins an array to a large table: a generic plan does not know
   // the array's size.
-  await client.query(`WITH guards AS (${guards} RETURNING 1) ${positionUpsert('$5', '$6')}`, [
+  await client.query(`WITH guards AS (${guards} RETURNING 1) ${positionsUpsert('$5', '$6')}`, [
     ...values,
-    partition,
-    position,
+    [...positions.keys()],
+    [...positions.values()],
   ]);
 }
 
-/** Moves a partition's position of projection $1, only ever forward. */
-const positionUpsert = (partition: string, position: string) =>
-  `INSERT INTO projection_partition_positions (projection, partition, position) VALUES ($1, ${partition}, ${position})
+/**
+ * Moves partitions' positions of projection $1, each only ever forward: partitions are consumed in order, but a
+ * lazy write of an older position may come late.
+ */
+const positionsUpsert = (partitions: string, positions: string) =>
+  `INSERT INTO projection_partition_positions (projection, partition, position)
+   SELECT $1, partition, position FROM unnest(${partitions}::int[], ${positions}::text[]) AS p(partition, position)
    ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
    WHERE projection_partition_positions.position < excluded.position`;
 
@@ -250,22 +265,6 @@ export async function recordPartitionPositions(
 ): Promise<void> {
   if (positions.size === 0) return;
   await client.query(
-    prepared(
-      `INSERT INTO projection_partition_positions (projection, partition, position)
-       SELECT $1, partition, position FROM unnest($2::int[], $3::text[]) AS p(partition, position)
-       ON CONFLICT (projection, partition) DO UPDATE SET position = excluded.position
-       WHERE projection_partition_positions.position < excluded.position`,
-      [projection, [...positions.keys()], [...positions.values()]],
-    ),
+    prepared(positionsUpsert('$2', '$3'), [projection, [...positions.keys()], [...positions.values()]]),
   );
-}
-
-/** Only moves forward: partitions are consumed in order, but a lazy write of an older position may come late. */
-export async function recordPartitionPosition(
-  client: Pick<PoolClient, 'query'>,
-  projection: string,
-  partition: number,
-  position: string,
-): Promise<void> {
-  await client.query(prepared(positionUpsert('$2', '$3'), [projection, partition, position]));
 }

@@ -2,16 +2,18 @@ import { Counter, type Registry } from 'prom-client';
 import type { EventBus, RunningConsumer } from '../infra/bus/bus.js';
 import type { Cache } from '../infra/cache/cache.js';
 import { inTransaction, type Pool } from '../infra/db/pool.js';
-import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
+import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import {
   applyEvents,
   BatchRefusedError,
+  positionsByPartition,
   recordPartitionPositions,
   type AppliedBatch,
   type ApplyOutcome,
 } from './applyEvents.js';
 import type { Projection } from './readModel.js';
+import { PartitionBatchCombiner, type PartitionBatch } from './partitionBatchCombiner.js';
 
 export type { Projection } from './readModel.js';
 export { isDataError } from './readModel.js';
@@ -52,17 +54,17 @@ export async function applyBatchOnce(
   projection: Projection,
   events: readonly RecordedEvent[],
   logger: Logger,
-  partition = 0,
+  partitionPositions: ReadonlyMap<number, Position> = positionsByPartition([{ partition: 0, events }]),
 ): Promise<AppliedBatch> {
   try {
     // Without a savepoint first: a batch the database refuses is rare, and then applied again, carefully.
     return await inTransaction(pool, (client) =>
-      applyEvents(client, projection, events, { logger, partition, onRefusal: 'throw' }),
+      applyEvents(client, projection, events, { logger, partitionPositions, onRefusal: 'throw' }),
     );
   } catch (error) {
     if (!(error instanceof BatchRefusedError)) throw error;
     return inTransaction(pool, (client) =>
-      applyEvents(client, projection, events, { logger, partition, onRefusal: 'savepoint' }),
+      applyEvents(client, projection, events, { logger, partitionPositions, onRefusal: 'savepoint' }),
     );
   }
 }
@@ -79,7 +81,13 @@ export async function applyOnce(
   partition = 0,
 ): Promise<{ outcome: ApplyOutcome; staleKeys: string[] }> {
   if (!projection.eventTypes.has(event.type)) return { outcome: 'ignored', staleKeys: [] };
-  const { outcomes, staleKeys } = await applyBatchOnce(pool, projection, [event], logger, partition);
+  const { outcomes, staleKeys } = await applyBatchOnce(
+    pool,
+    projection,
+    [event],
+    logger,
+    positionsByPartition([{ partition, events: [event] }]),
+  );
   return { outcome: outcomes[0]!, staleKeys };
 }
 
@@ -125,13 +133,16 @@ export async function runProjections(options: {
     );
   };
 
-  const applyTo = async (projection: Projection, events: RecordedEvent[], partition: number) => {
+  const applyTo = async (projection: Projection, parts: readonly PartitionBatch[]) => {
+    const positions = positionsByPartition(parts);
+    const events = parts.length === 1 ? parts[0]!.events : parts.flatMap((part) => part.events);
     if (!events.some((event) => projection.eventTypes.has(event.type))) {
-      ignoredUpTo.get(projection.name)!.set(partition, events[events.length - 1]!.position);
+      const ignored = ignoredUpTo.get(projection.name)!;
+      for (const [partition, position] of positions) ignored.set(partition, position);
       flushTimer ??= setTimeout(() => void flushIgnored(), 250);
       return;
     }
-    const { outcomes, staleKeys } = await applyBatchOnce(pool, projection, events, logger, partition);
+    const { outcomes, staleKeys } = await applyBatchOnce(pool, projection, events, logger, positions);
     const counts = { applied: 0, duplicate: 0, bad_data: 0, ignored: 0 };
     for (const outcome of outcomes) counts[outcome]++;
     if (counts.applied > 0) metrics.applied.inc({ projection: projection.name }, counts.applied);
@@ -144,18 +155,19 @@ export async function runProjections(options: {
     if (staleKeys.length > 0) await cache.delete(...staleKeys);
   };
 
+  // Every projection is given the batch even when one fails (allSettled), so a retry redoes only what failed.
+  const applyToAll = async (parts: readonly PartitionBatch[]) => {
+    const results = await Promise.allSettled(projections.map((projection) => applyTo(projection, parts)));
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed) throw failed.reason;
+  };
+  const combiner = new PartitionBatchCombiner(applyToAll);
+
   const names = projections.map((projection) => projection.name).sort();
   const consumer = await bus.consumeBatches({
     group: `projection.${names.join('+')}`,
     maxBatchSize: options.maxBatchSize ?? 500,
-    handleBatch: async (events, { partition }) => {
-      // Every projection is given the batch even when one fails (allSettled), so a retry redoes only what failed.
-      const results = await Promise.allSettled(
-        projections.map((projection) => applyTo(projection, events, partition)),
-      );
-      const failed = results.find((result) => result.status === 'rejected');
-      if (failed) throw failed.reason;
-    },
+    handleBatch: (events, { partition }) => combiner.apply({ partition, events }),
   });
   return {
     stop: async () => {

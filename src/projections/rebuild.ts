@@ -319,7 +319,7 @@ async function applyBatch(client: PoolClient, context: ApplyContext, events: Rec
     if (events.some((event) => projection.eventTypes.has(event.type)))
       await applyEvents(client, projection, events, {
         logger: context.logger,
-        partition: null,
+        partitionPositions: null,
         exclusive: true,
       });
 }

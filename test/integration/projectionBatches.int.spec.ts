@@ -12,7 +12,8 @@ import { cacheMetrics } from '../../src/infra/cache/cache.js';
 import { MemoryCache } from '../../src/infra/cache/memoryCache.js';
 import {
   applyEvents,
-  recordPartitionPosition,
+  positionsByPartition,
+  recordPartitionPositions,
   type ApplyOutcome,
 } from '../../src/projections/applyEvents.js';
 import {
@@ -252,7 +253,7 @@ describe('projections in batches', function () {
       for (const projection of PROJECTIONS)
         if (projection.eventTypes.has(event.type))
           outcomes.push((await applyOnce(pool, projection, event, logger)).outcome);
-        else await recordPartitionPosition(pool, projection.name, 0, event.position);
+        else await recordPartitionPositions(pool, projection.name, new Map([[0, event.position]]));
     return outcomes;
   }
 
@@ -343,7 +344,10 @@ describe('projections in batches', function () {
     let crashed = false;
     await inTransaction(batched.pool, async (client) => {
       for (const projection of PROJECTIONS)
-        await applyEvents(client, projection, events, { logger, partition: 0 });
+        await applyEvents(client, projection, events, {
+          logger,
+          partitionPositions: positionsByPartition([{ partition: 0, events }]),
+        });
       throw new Error('crash before commit');
     }).catch(() => (crashed = true));
     expect(crashed).to.equal(true);
@@ -355,6 +359,34 @@ describe('projections in batches', function () {
     // And once more after the commit (the offset or checkpoint was not recorded): all duplicates, nothing moves.
     expect(new Set(await inBatches(batched.pool, events, 5))).to.deep.equal(new Set(['duplicate']));
     expect(await snapshot(batched.pool)).to.deep.equal(once);
+  });
+
+  it('applies the batches of several partitions in one transaction, each partition moved to its newest event', async () => {
+    const events = await record(history());
+    await oneByOne(one.pool, events);
+    // Two partitions, a stream in one of them, as the relay keys them; the combiner hands both over at once.
+    const streams = [...new Set(events.map((event) => event.streamId))];
+    const parts = [0, 1].map((partition) => ({
+      partition,
+      events: events.filter((event) => streams.indexOf(event.streamId) % 2 === partition),
+    }));
+    const together = parts.flatMap((part) => part.events);
+    for (const projection of PROJECTIONS)
+      await applyBatchOnce(batched.pool, projection, together, logger, positionsByPartition(parts));
+
+    const expected = await snapshot(one.pool);
+    const actual = await snapshot(batched.pool);
+    for (const table of ['tasks', 'users', 'refresh_tokens', 'projection_stream_progress'])
+      expect(actual[table], table).to.deep.equal(expected[table]);
+    const { rows } = await batched.pool.query(
+      `SELECT DISTINCT partition, position FROM projection_partition_positions ORDER BY partition`,
+    );
+    expect(rows).to.deep.equal(
+      parts.map((part) => ({
+        partition: part.partition,
+        position: part.events[part.events.length - 1]!.position,
+      })),
+    );
   });
 
   it('applies a batch once when two consumers are given it at the same moment (a rebalance)', async () => {

@@ -128,28 +128,28 @@ export class KafkaRelay {
     }
   }
 
-  /** The checkpoint and the per-partition heads move together, in one transaction, through the lock's connection. */
+  /**
+   * The checkpoint and the per-partition heads move together, in one statement (so one round trip, and atomic
+   * without a BEGIN and a COMMIT of their own), through the lock's connection. Both only ever move forward.
+   */
   private async recordPublished(
     client: pg.Client,
     heads: Map<number, string>,
     checkpoint: string,
   ): Promise<void> {
-    await client.query('BEGIN');
-    try {
-      await client.query(
-        prepared(
-          `INSERT INTO relay_partition_heads (partition, position) SELECT * FROM unnest($1::int[], $2::text[])
+    await client.query(
+      prepared(
+        `WITH heads AS (
+           INSERT INTO relay_partition_heads (partition, position) SELECT * FROM unnest($1::int[], $2::text[])
            ON CONFLICT (partition) DO UPDATE SET position = excluded.position
-           WHERE relay_partition_heads.position < excluded.position`,
-          [[...heads.keys()], [...heads.values()]],
-        ),
-      );
-      await this.options.checkpoints.save(RELAY_CHECKPOINT, checkpoint, client);
-      await client.query('COMMIT');
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    }
+           WHERE relay_partition_heads.position < excluded.position
+           RETURNING 1)
+         INSERT INTO log_checkpoints (name, position) VALUES ($3, $4)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
+         WHERE log_checkpoints.position < excluded.position`,
+        [[...heads.keys()], [...heads.values()], RELAY_CHECKPOINT, checkpoint],
+      ),
+    );
   }
 
   private async publishWhileHoldingLock(signal: AbortSignal): Promise<void> {
