@@ -1,3 +1,4 @@
+import { withoutCredentials } from './domain/identity/credentials.js';
 import type { Config } from './config.js';
 import type { Logger } from './infra/logger.js';
 import { createPool, type Pool } from './infra/db/pool.js';
@@ -133,6 +134,7 @@ export async function buildInfrastructure(
           logger,
           batchSize: config.relay.batchSize,
           lockRetryMs: config.relay.lockRetryMs,
+          publicData: withoutCredentials,
         });
     } else {
       bus = new DirectBus({ store, checkpoints, logger });

@@ -10,8 +10,6 @@ export interface ReadModelTable {
    * a difference.
    */
   streamOf: string;
-  /** Shown as "[redacted]" in differences: the CLI prints them, and secrets do not belong in a terminal. */
-  secretColumns?: readonly string[];
 }
 
 /** Called for an event whose data the projection cannot use; the event is left out, the others go on. */

@@ -113,13 +113,12 @@ export async function compareTable(
     missingInLive: result.missing_in_live,
     missingInRebuild: result.missing_in_rebuild,
     changed: result.changed,
-    samples: result.samples.map(({ live, rebuild }) => describeRow(key, table, live, rebuild)),
+    samples: result.samples.map(({ live, rebuild }) => describeRow(key, live, rebuild)),
   };
 }
 
 function describeRow(
   key: readonly string[],
-  table: ReadModelTable,
   live: Record<string, JsonValue> | null,
   rebuild: Record<string, JsonValue> | null,
 ): RowDifference {
@@ -129,19 +128,11 @@ function describeRow(
     live && rebuild
       ? Object.keys(rebuild).filter((column) => !isDeepStrictEqual(live[column], rebuild[column]))
       : Object.keys(row);
-  const redact = (values: Record<string, JsonValue> | null) =>
-    values &&
-    Object.fromEntries(
-      Object.entries(values).map(([column, value]) => [
-        column,
-        table.secretColumns?.includes(column) && value !== null ? '[redacted]' : value,
-      ]),
-    );
   return {
     key: Object.fromEntries(key.map((column) => [column, row[column] ?? null])),
     kind,
     columns,
-    live: redact(live),
-    rebuild: redact(rebuild),
+    live,
+    rebuild,
   };
 }

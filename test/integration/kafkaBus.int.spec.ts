@@ -8,6 +8,7 @@ import { KafkaRelay } from '../../src/infra/bus/kafka/relay.js';
 import { createKafka } from '../../src/infra/bus/kafka/kafkaClient.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
 import { silentLogger } from '../../src/infra/logger.js';
+import { withoutCredentials } from '../../src/domain/identity/credentials.js';
 
 let database: TestDatabase | undefined;
 let store: PostgresEventStore | undefined;
@@ -42,6 +43,7 @@ busContract(
           logger,
           batchSize: 100,
           lockRetryMs: 200,
+          publicData: withoutCredentials,
           afterProduce: async () => {
             if (crashed) return;
             crashed = true;

@@ -4,7 +4,6 @@ import type { SessionEvent } from '../../domain/identity/events.js';
 interface RefreshTokenRow {
   session_id: string;
   user_id: string;
-  token_hash: string;
   expires_at: string;
   created_at: string;
 }
@@ -13,17 +12,19 @@ interface RefreshTokenRow {
 function checked(row: RefreshTokenRow): RefreshTokenRow {
   checkColumn('session_id', 'uuid', false, row.session_id);
   checkColumn('user_id', 'uuid', false, row.user_id);
-  checkColumn('token_hash', 'text', false, row.token_hash);
   checkColumn('expires_at', 'timestamptz', false, row.expires_at);
   checkColumn('created_at', 'timestamptz', false, row.created_at);
   return row;
 }
 
-/** The seed's refresh-token table: one row per live session, deleted on logout or revocation. */
+/**
+ * The seed's refresh-token table: one row per live session (its user and expiry, no token hash: see migration 0014),
+ * deleted on logout or revocation.
+ */
 export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
   name: 'refresh_tokens',
   eventTypes: new Set(['SessionStarted', 'RefreshTokenRotated', 'SessionRevoked']),
-  tables: [{ name: 'refresh_tokens', streamOf: `'session-' || r.session_id`, secretColumns: ['token_hash'] }],
+  tables: [{ name: 'refresh_tokens', streamOf: `'session-' || r.session_id` }],
   keyOf(event) {
     const sessionId = (event.data as { sessionId?: unknown }).sessionId;
     if (typeof sessionId !== 'string') throw new TypeError(`${event.type} names no session`);
@@ -33,11 +34,10 @@ export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
     const { rows } = await client.query<{
       session_id: string;
       user_id: string;
-      token_hash: string;
       expires_at: Date;
       created_at: Date;
     }>(
-      `SELECT session_id, user_id, token_hash, expires_at, created_at FROM refresh_tokens
+      `SELECT session_id, user_id, expires_at, created_at FROM refresh_tokens
         WHERE session_id = ANY ($1::uuid[]) FOR UPDATE`,
       [keys],
     );
@@ -57,16 +57,12 @@ export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
           checked({
             session_id: event.data.sessionId,
             user_id: event.data.userId,
-            token_hash: event.data.refreshTokenHash,
             expires_at: event.data.expiresAt,
             created_at: event.data.startedAt,
           })
         );
       case 'RefreshTokenRotated':
-        return (
-          row &&
-          checked({ ...row, token_hash: event.data.refreshTokenHash, expires_at: event.data.expiresAt })
-        );
+        return row && checked({ ...row, expires_at: event.data.expiresAt });
       case 'SessionRevoked':
         return null;
       default:
@@ -80,14 +76,13 @@ export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
       await client.query('DELETE FROM refresh_tokens WHERE session_id = ANY ($1::uuid[])', [gone]);
     if (rows.length > 0)
       await client.query(
-        `INSERT INTO refresh_tokens (session_id, user_id, token_hash, expires_at, created_at)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[])
-         ON CONFLICT (session_id) DO UPDATE SET user_id = excluded.user_id, token_hash = excluded.token_hash,
+        `INSERT INTO refresh_tokens (session_id, user_id, expires_at, created_at)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[])
+         ON CONFLICT (session_id) DO UPDATE SET user_id = excluded.user_id,
            expires_at = excluded.expires_at, created_at = excluded.created_at`,
         [
           rows.map((r) => r.session_id),
           rows.map((r) => r.user_id),
-          rows.map((r) => r.token_hash),
           rows.map((r) => r.expires_at),
           rows.map((r) => r.created_at),
         ],

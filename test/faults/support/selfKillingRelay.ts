@@ -12,6 +12,7 @@ import { createLogger } from '../../../src/infra/logger.js';
 import { buildInfrastructure } from '../../../src/main.js';
 import { KafkaRelay } from '../../../src/infra/bus/kafka/relay.js';
 import { createKafka } from '../../../src/infra/bus/kafka/kafkaClient.js';
+import { withoutCredentials } from '../../../src/domain/identity/credentials.js';
 
 const dieAtBatch = Number(process.argv[2]);
 if (!Number.isInteger(dieAtBatch) || dieAtBatch < 1)
@@ -32,6 +33,7 @@ const relay = new KafkaRelay({
   logger,
   batchSize: config.relay.batchSize,
   lockRetryMs: config.relay.lockRetryMs,
+  publicData: withoutCredentials,
   afterProduce: async (batch) => {
     if (++batches < dieAtBatch) return;
     // Written synchronously: nothing after this line runs.

@@ -91,7 +91,8 @@ export async function topicPartitionCount(admin: Admin, topic: string): Promise<
   return metadata.partitions.length;
 }
 
-export function toMessage(event: RecordedEvent, partition: number): Message {
+/** `redacted`: the relay published the event's public form (see RelayOptions.publicData). */
+export function toMessage(event: RecordedEvent & { redacted?: true }, partition: number): Message {
   const wire: WireEvent = {
     streamId: event.streamId,
     revision: event.revision,
@@ -105,7 +106,7 @@ export function toMessage(event: RecordedEvent, partition: number): Message {
     key: event.streamId,
     partition,
     value: JSON.stringify(wire),
-    headers: { type: event.type, position: event.position },
+    headers: { type: event.type, position: event.position, ...(event.redacted ? { redacted: '1' } : {}) },
   };
 }
 

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import type { Kafka, Producer } from 'kafkajs';
-import type { EventStore, Position, RecordedEvent } from '../../eventStore/eventStore.js';
+import type { EventStore, JsonObject, Position, RecordedEvent } from '../../eventStore/eventStore.js';
 import type { Pool } from '../../db/pool.js';
 import type { Logger } from '../../logger.js';
 import type { LogCheckpoints } from '../checkpoints.js';
@@ -70,6 +70,12 @@ export interface RelayOptions {
   logger: Logger;
   batchSize: number;
   lockRetryMs: number;
+  /**
+   * The public form of an event's data, or null to publish it as recorded: what must not leave the store (the
+   * composition root passes the identity domain's `withoutCredentials`). A message whose data was changed carries
+   * the header `redacted: 1`, since its `rawData` is then not the bytes the hash chain covers.
+   */
+  publicData: (type: string, data: JsonObject) => JsonObject | null;
   /** Fault injection: called after Kafka acknowledged a batch and before the checkpoint is stored. */
   afterProduce?: (batch: RecordedEvent[]) => Promise<void>;
 }
@@ -152,6 +158,11 @@ export class KafkaRelay {
     );
   }
 
+  private publicForm(event: RecordedEvent): RecordedEvent & { redacted?: true } {
+    const data = this.options.publicData(event.type, event.data);
+    return data ? { ...event, data, rawData: JSON.stringify(data), redacted: true } : event;
+  }
+
   private async publishWhileHoldingLock(signal: AbortSignal): Promise<void> {
     const { logger, settings, checkpoints, store } = this.options;
     const lockClient = new pg.Client({
@@ -216,7 +227,7 @@ export class KafkaRelay {
           const messages = batch.map((event) => {
             const partition = partitionFor(event.streamId, partitions);
             heads.set(partition, event.position); // the batch is in log order, so the last one wins
-            return toMessage(event, partition);
+            return toMessage(this.publicForm(event), partition);
           });
           await withinTime(
             producer.send({ topic: settings.topic, acks: -1, messages }),

@@ -1,0 +1,146 @@
+import { expect } from 'chai';
+import { Kafka, logLevel } from 'kafkajs';
+import { randomUUID } from 'node:crypto';
+import { REDACTED } from '../../src/domain/identity/credentials.js';
+import { skipSuiteUnless } from '../support/skips.js';
+import { readWholeLog } from '../support/log.js';
+import {
+  call,
+  registerAndLogin,
+  startTestService,
+  unavailableReason,
+  type TestService,
+} from '../support/service.js';
+import { waitFor } from '../support/wait.js';
+
+interface TopicMessage {
+  key: string;
+  headers: Record<string, string>;
+  value: string;
+}
+
+/** Every message of the topic, read as any team with the topic's ACL would: a plain consumer of a group of its own. */
+async function readTopic(brokers: string[], topic: string, expected: number): Promise<TopicMessage[]> {
+  const kafka = new Kafka({ clientId: 'an-outsider', brokers, logLevel: logLevel.NOTHING });
+  const consumer = kafka.consumer({ groupId: `outsider-${randomUUID()}` });
+  const messages: TopicMessage[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ message }) => {
+        messages.push({
+          key: message.key?.toString() ?? '',
+          headers: Object.fromEntries(
+            Object.entries(message.headers ?? {}).map(([name, value]) => [name, String(value)]),
+          ),
+          value: message.value?.toString() ?? '',
+        });
+      },
+    });
+    await waitFor(`${expected} messages on the topic`, () => messages.length >= expected || undefined, {
+      timeoutMs: 30000,
+    });
+  } finally {
+    await consumer.disconnect();
+  }
+  return messages;
+}
+
+describe('no credential material leaves the event store (full stack: PostgreSQL, Kafka, Redis)', function () {
+  this.timeout(90000);
+  let service: TestService;
+
+  before(async function () {
+    const missing = unavailableReason('full');
+    skipSuiteUnless(this, missing === null, missing ?? '');
+    service = await startTestService('full');
+  });
+
+  after(async () => {
+    await service?.stop();
+  });
+
+  it('publishes register, login, refresh, token reuse and logout with every password and token hash redacted', async () => {
+    const base = service.url;
+    const account = await registerAndLogin(base, { label: 'bus-secrets' });
+    const refreshed = await call(base, 'POST', '/refresh', {
+      body: { refresh_token: `Bearer ${account.refreshToken}` },
+    });
+    expect(refreshed.status).to.equal(200);
+    // The first token again: reuse, which revokes the session (RefreshTokenReuseDetected, SessionRevoked).
+    const reused = await call(base, 'POST', '/refresh', {
+      body: { refresh_token: `Bearer ${account.refreshToken}` },
+    });
+    expect(reused.status).to.equal(401);
+    const second = await call(base, 'POST', '/login', {
+      body: { email: account.email, password: account.password },
+    });
+    expect(second.status).to.equal(200);
+    const loggedOut = await call(base, 'POST', '/logout', {
+      body: { refresh_token: `Bearer ${second.body.refresh_token}` },
+      token: second.body.access_token,
+    });
+    expect(loggedOut.status).to.be.oneOf([200, 204]);
+
+    const store = service.service.infrastructure.store;
+    const log = await readWholeLog(store);
+    const types = new Set(log.map((event) => event.type));
+    for (const type of [
+      'UserRegistered',
+      'SessionStarted',
+      'RefreshTokenRotated',
+      'RefreshTokenReuseDetected',
+      'SessionRevoked',
+    ])
+      expect(types, type).to.include(type);
+    // What the store keeps (the command side folds it; the hash chain covers it), and must not be on the topic.
+    const secrets = log.flatMap((event) =>
+      ['passwordHash', 'refreshTokenHash', 'previousTokenHash', 'presentedTokenHash'].flatMap((field) => {
+        const value = (event.data as Record<string, unknown>)[field];
+        return typeof value === 'string' ? [value] : [];
+      }),
+    );
+    expect(secrets.length).to.be.at.least(6);
+
+    const messages = await readTopic(service.config.kafka.brokers, service.config.kafka.topic, log.length);
+    // Every event of the log is there, keyed by its stream; only the credential fields differ.
+    expect(messages.map((m) => m.headers.position).sort()).to.deep.equal(
+      log.map((event) => event.position).sort(),
+    );
+    for (const message of messages)
+      for (const secret of secrets) expect(message.value, message.headers.type).not.to.include(secret);
+    const published = new Map(messages.map((m) => [m.headers.position, m]));
+    for (const event of log) {
+      const message = published.get(event.position)!;
+      expect(message.key).to.equal(event.streamId);
+      const data = JSON.parse((JSON.parse(message.value) as { rawData: string }).rawData) as Record<
+        string,
+        unknown
+      >;
+      const changed = Object.keys(event.data).filter((field) => data[field] !== event.data[field]);
+      if (changed.length === 0) {
+        expect(message.headers.redacted, event.type).to.equal(undefined);
+        continue;
+      }
+      expect(message.headers.redacted, event.type).to.equal('1');
+      for (const field of changed) expect(data[field], `${event.type}.${field}`).to.equal(REDACTED);
+      expect(
+        changed.every((field) => field.endsWith('Hash')),
+        event.type,
+      ).to.equal(true);
+    }
+    const registered = messages.find((m) => m.headers.type === 'UserRegistered')!;
+    expect(JSON.parse(JSON.parse(registered.value).rawData).passwordHash).to.equal(REDACTED);
+
+    // And the service still works from what it kept: a login with the password, a refresh with the new token.
+    const third = await call(base, 'POST', '/login', {
+      body: { email: account.email, password: account.password },
+    });
+    expect(third.status).to.equal(200);
+    const again = await call(base, 'POST', '/refresh', {
+      body: { refresh_token: `Bearer ${third.body.refresh_token}` },
+    });
+    expect(again.status).to.equal(200);
+  });
+});
