@@ -261,6 +261,7 @@ async function auditCommand(config: Config, logger: Logger, args: string[]): Pro
         const report = await verifyLog(store, {
           stream: values.stream,
           publicKey: config.audit.publicKey,
+          retiredPublicKeys: config.audit.retiredPublicKeys,
           onProgress: progress.update,
         });
         progress.done();

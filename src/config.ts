@@ -1,3 +1,4 @@
+import { AnchorKeys, type RetiredAnchorKey } from './audit/anchors.js';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -72,7 +73,13 @@ export interface Config {
       maxRedirects: number;
     };
   };
-  audit: { privateKey: string | null; publicKey: string | null; anchorIntervalSeconds: number };
+  audit: {
+    privateKey: string | null;
+    publicKey: string | null;
+    /** Keys that signed anchors before a rotation, each believed only within its range. */
+    retiredPublicKeys: RetiredAnchorKey[];
+    anchorIntervalSeconds: number;
+  };
   jwt: {
     /** null: none configured, so the deployment generates its own and keeps it (see deploymentSecret.ts). */
     secret: string | null;
@@ -321,10 +328,23 @@ export const configSchema: JSONSchemaType<Config> = {
     audit: {
       type: 'object',
       additionalProperties: false,
-      required: ['privateKey', 'publicKey', 'anchorIntervalSeconds'],
+      required: ['privateKey', 'publicKey', 'retiredPublicKeys', 'anchorIntervalSeconds'],
       properties: {
         privateKey: orNull({ type: 'string', pattern: '-----BEGIN PRIVATE KEY-----' }),
         publicKey: orNull({ type: 'string', pattern: '-----BEGIN PUBLIC KEY-----' }),
+        retiredPublicKeys: {
+          type: 'array',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['key', 'validFrom', 'validUntil'],
+            properties: {
+              key: { type: 'string', pattern: '-----BEGIN PUBLIC KEY-----' },
+              validFrom: orNull({ type: 'string' }),
+              validUntil: { type: 'string' },
+            },
+          },
+        },
         anchorIntervalSeconds: positiveInt,
       },
     },
@@ -398,6 +418,9 @@ const ENV_OVERRIDES: Record<string, (config: RawConfig, value: string) => void> 
   AUDIT_PUBLIC_KEY: (c, v) => (c.audit.publicKey = emptyToNull(v)),
   AUDIT_PRIVATE_KEY_FILE: (c, v) => (c.audit.privateKey = v ? readFileSync(v, 'utf8') : null),
   AUDIT_PUBLIC_KEY_FILE: (c, v) => (c.audit.publicKey = v ? readFileSync(v, 'utf8') : null),
+  // A JSON list of {key, validFrom, validUntil}, as audit.retiredPublicKeys in config.yml.
+  AUDIT_RETIRED_PUBLIC_KEYS_FILE: (c, v) =>
+    (c.audit.retiredPublicKeys = v ? (JSON.parse(readFileSync(v, 'utf8')) as RetiredAnchorKey[]) : []),
 };
 
 function describeError(error: ErrorObject): string {
@@ -464,6 +487,17 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     throw new ConfigError(
       `jwt.secret: refusing to start in production without a secret of at least ${MIN_PRODUCTION_SECRET_LENGTH} characters (set JWT_SECRET or JWT_SECRET_FILE)`,
     );
+  }
+  if (typed.audit.retiredPublicKeys.length > 0) {
+    if (typed.audit.publicKey === null)
+      throw new ConfigError(
+        'audit.retiredPublicKeys: needs audit.publicKey, the key anchors are signed with now',
+      );
+    try {
+      new AnchorKeys(typed.audit.publicKey, typed.audit.retiredPublicKeys);
+    } catch (error) {
+      throw new ConfigError(`audit.retiredPublicKeys: ${(error as Error).message}`);
+    }
   }
   if (typed.eventStore === 'esdb' && !typed.eventstoreUrl)
     throw new ConfigError('eventstoreUrl: EVENT_STORE=esdb needs EVENTSTORE_URL');

@@ -124,6 +124,57 @@ export function parseAnchorData(data: unknown): { anchor: AnchorData } | { reaso
   return { anchor: data as unknown as AnchorData };
 }
 
+/**
+ * A public key that signed anchors before a rotation: it is believed only for anchors made in its range
+ * (`anchoredAt` from `validFrom`, null: since ever, up to `validUntil`, exclusive), so a retired private key that
+ * leaks later cannot sign an anchor the verifier accepts as new.
+ */
+export interface RetiredAnchorKey {
+  key: string;
+  validFrom: string | null;
+  validUntil: string;
+}
+
+/**
+ * The keys anchors are checked with: the configured public key (the signing key's, any time) and the retired ones,
+ * each within its range. Anchors name their key by fingerprint, so each is checked with the key that made it.
+ */
+export class AnchorKeys {
+  private readonly current: KeyObject;
+  private readonly retired: Array<{ key: KeyObject; fingerprint: string; from: number; until: number }>;
+
+  constructor(current: string | KeyObject, retired: readonly RetiredAnchorKey[] = []) {
+    this.current = loadPublicKey(current);
+    this.retired = retired.map((setting) => {
+      const key = loadPublicKey(setting.key);
+      const from = setting.validFrom === null ? -Infinity : Date.parse(setting.validFrom);
+      const until = Date.parse(setting.validUntil);
+      if (Number.isNaN(from) || Number.isNaN(until) || from >= until)
+        throw new Error(
+          `retired audit key ${publicKeyFingerprint(key)}: validFrom must be before validUntil (ISO 8601 times)`,
+        );
+      return { key, fingerprint: publicKeyFingerprint(key), from, until };
+    });
+  }
+
+  /** null when the anchor's signature is good and made by a key believed at its time, otherwise why not. */
+  check(anchor: AnchorData): string | null {
+    const current = publicKeyFingerprint(this.current);
+    if (anchor.publicKeyFingerprint === current) return checkAnchorSignature(anchor, this.current);
+    const retired = this.retired.find((key) => key.fingerprint === anchor.publicKeyFingerprint);
+    if (!retired)
+      return `signed with key ${anchor.publicKeyFingerprint}, not the configured public key ${current}${
+        this.retired.length > 0 ? ' nor a retired one' : ''
+      }`;
+    const at = Date.parse(anchor.anchoredAt);
+    if (!(at >= retired.from && at < retired.until))
+      return `signed at ${anchor.anchoredAt} with retired key ${retired.fingerprint}, outside its validity (${
+        Number.isFinite(retired.from) ? new Date(retired.from).toISOString() : 'since ever'
+      } to ${new Date(retired.until).toISOString()})`;
+    return checkAnchorSignature(anchor, retired.key);
+  }
+}
+
 /** null when the signature is good, otherwise why not. */
 export function checkAnchorSignature(anchor: AnchorData, publicKey: KeyObject): string | null {
   const expected = publicKeyFingerprint(publicKey);

@@ -7,10 +7,10 @@ import { chainHash, GENESIS_HASH } from '../infra/eventStore/hashChain.js';
 import {
   ANCHOR_EVENT_TYPE,
   ANCHOR_STREAM,
-  checkAnchorSignature,
-  loadPublicKey,
+  AnchorKeys,
   parseAnchorData,
   type AnchorHead,
+  type RetiredAnchorKey,
 } from './anchors.js';
 import { readLogPages } from './export.js';
 
@@ -113,6 +113,8 @@ const RECENT_HEADS = 50000;
 
 export interface LogVerifierOptions {
   publicKey: string | KeyObject | null;
+  /** Keys that signed anchors before a rotation, each believed within its range; see RetiredAnchorKey. */
+  retiredPublicKeys?: readonly RetiredAnchorKey[];
   /** Check only this stream's anchored heads (verifying one stream rather than the log). */
   onlyStream?: string;
   /** The stored hash at a revision that fell out of the recent heads; store-backed verification only. */
@@ -126,12 +128,13 @@ export interface LogVerifierOptions {
 export class LogVerifier {
   private readonly heads = new Map<string, StreamHead>();
   private readonly recent = new Map<string, StreamHead>();
-  private readonly publicKey: KeyObject | null;
+  private readonly keys: AnchorKeys | null;
   private verifiedEvents = 0;
   private verifiedAnchors = 0;
 
   constructor(private readonly options: LogVerifierOptions) {
-    this.publicKey = options.publicKey === null ? null : loadPublicKey(options.publicKey);
+    this.keys =
+      options.publicKey === null ? null : new AnchorKeys(options.publicKey, options.retiredPublicKeys);
   }
 
   get events(): number {
@@ -146,7 +149,7 @@ export class LogVerifier {
     this.verifiedEvents++;
     if (previous) this.rememberSuperseded(event.streamId, previous);
     this.heads.set(event.streamId, { revision: event.revision, hash: event.hash, position: event.position });
-    if (event.streamId === ANCHOR_STREAM && this.publicKey) return this.checkAnchor(event, previous);
+    if (event.streamId === ANCHOR_STREAM && this.keys) return this.checkAnchor(event, previous);
     return null;
   }
 
@@ -154,7 +157,7 @@ export class LogVerifier {
     const counts: VerifyCounts = {
       events: this.verifiedEvents,
       streams: this.heads.size,
-      anchors: this.publicKey ? 'on' : 'off',
+      anchors: this.keys ? 'on' : 'off',
       anchorsChecked: this.verifiedAnchors,
     };
     return problem ? { ok: false, problem, ...counts } : { ok: true, ...counts };
@@ -186,7 +189,7 @@ export class LogVerifier {
     const parsed = parseAnchorData(data);
     if ('reason' in parsed) return { ...at, kind: 'bad_signature', detail: `${name}: ${parsed.reason}` };
     const anchor = parsed.anchor;
-    const badSignature = checkAnchorSignature(anchor, this.publicKey!);
+    const badSignature = this.keys!.check(anchor);
     if (badSignature) return { ...at, kind: 'bad_signature', detail: `${name}: ${badSignature}` };
     // The chain of the anchors stream could be recomputed after dropping an anchor; this link is signed.
     const expectedPrevious = previous?.hash ?? null;
@@ -249,6 +252,7 @@ export interface VerifyLogOptions {
   stream?: string;
   /** Ed25519 public key (PEM, SPKI); null turns anchor checks off. */
   publicKey: string | null;
+  retiredPublicKeys?: readonly RetiredAnchorKey[];
   onProgress?: (progress: { events: number }) => void;
 }
 
@@ -260,6 +264,7 @@ export interface VerifyLogOptions {
 export async function verifyLog(store: EventStore, options: VerifyLogOptions): Promise<VerifyReport> {
   const verifier = new LogVerifier({
     publicKey: options.publicKey,
+    retiredPublicKeys: options.retiredPublicKeys,
     onlyStream: options.stream,
     // Reads the rest of the stream from there: only reached for anchors far behind their coverage.
     lookupHead: async (streamId, revision) => {

@@ -1,3 +1,4 @@
+import type { RetiredAnchorKey } from './anchors.js';
 import type { Readable } from 'node:stream';
 import { createInterface } from 'node:readline';
 import { isPosition } from '../infra/eventStore/eventStore.js';
@@ -70,9 +71,15 @@ function dataProblem(event: ChainEvent, exported: ExportedEvent): VerifyProblem 
 export async function verifyNdjsonStream(
   input: Readable,
   publicKey?: string | null,
-  options: { onProgress?: (progress: { events: number }) => void } = {},
+  options: {
+    onProgress?: (progress: { events: number }) => void;
+    retiredPublicKeys?: readonly RetiredAnchorKey[];
+  } = {},
 ): Promise<VerifyReport> {
-  const verifier = new LogVerifier({ publicKey: publicKey ?? null });
+  const verifier = new LogVerifier({
+    publicKey: publicKey ?? null,
+    retiredPublicKeys: options.retiredPublicKeys,
+  });
   const lines = createInterface({ input, crlfDelay: Infinity });
   let lineNumber = 0;
   try {

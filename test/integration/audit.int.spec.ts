@@ -365,6 +365,57 @@ describe('audit', function () {
   });
 
   describe('anchors', () => {
+    it('verifies anchors across a key rotation: a retired key within its range, and no further', async () => {
+      const at = (iso: string) => () => new Date(iso);
+      const rotatedAt = '2026-06-01T00:00:00.000Z';
+      const { task } = await seed(store);
+      await createAnchor(store, { ...anchorOptions, now: at('2026-05-01T00:00:00.000Z') });
+      const next = generateAuditKeyPair();
+      await store.append(task, events('Noted', 1, 10), { expectedRevision: 'any' });
+      await createAnchor(store, {
+        privateKey: next.privateKey,
+        now: at('2026-07-01T00:00:00.000Z'),
+        newId: randomUUID,
+      });
+      const retired = [{ key: keys.publicKey, validFrom: null, validUntil: rotatedAt }];
+      const anchorAt = (revision: number) => ({ kind: 'bad_signature', streamId: ANCHOR_STREAM, revision });
+
+      // Only the new key: the anchor of May names a key it does not know.
+      expectProblem(
+        await verifyLog(store, { publicKey: next.publicKey }),
+        anchorAt(0),
+        /not the configured public key/,
+      );
+      // With the old key retired at the rotation, both anchors verify, the whole log and one stream alike.
+      expect(await verifyLog(store, { publicKey: next.publicKey, retiredPublicKeys: retired })).to.include({
+        ok: true,
+        anchorsChecked: 2,
+      });
+      expect(
+        await verifyLog(store, { stream: task, publicKey: next.publicKey, retiredPublicKeys: retired }),
+      ).to.include({ ok: true, anchorsChecked: 2 });
+      // A range that ends before the anchor was made does not vouch for it.
+      expectProblem(
+        await verifyLog(store, {
+          publicKey: next.publicKey,
+          retiredPublicKeys: [
+            { key: keys.publicKey, validFrom: null, validUntil: '2026-04-01T00:00:00.000Z' },
+          ],
+        }),
+        anchorAt(0),
+        /outside its validity/,
+      );
+
+      // The old private key, leaked after the rotation, signs a new anchor: refused, though its signature is good.
+      await store.append(task, events('Noted', 1, 20), { expectedRevision: 'any' });
+      await createAnchor(store, { ...anchorOptions, now: at('2026-08-01T00:00:00.000Z') });
+      expectProblem(
+        await verifyLog(store, { publicKey: next.publicKey, retiredPublicKeys: retired }),
+        anchorAt(2),
+        /signed at 2026-08-01T00:00:00.000Z with retired key .* outside its validity/,
+      );
+    });
+
     it('anchors the heads changed since the last anchor, linked to it, and nothing when nothing changed', async () => {
       expect(await createAnchor(store, anchorOptions)).to.equal(null);
       const { account, task, note } = await seed(store);

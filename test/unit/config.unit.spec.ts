@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { generateAuditKeyPair } from '../../src/audit/anchors.js';
 import { ConfigError, LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
 
 /** An empty working directory, so no stray .env from the checkout leaks into these tests. */
@@ -94,6 +95,36 @@ describe('config', () => {
     const file = path.join(emptyDir(), 'jwt');
     writeFileSync(file, 'f'.repeat(40) + '\n');
     expect(loadWith({ JWT_SECRET_FILE: file }).jwt.secret).to.equal('f'.repeat(40));
+  });
+
+  it('reads retired audit keys from AUDIT_RETIRED_PUBLIC_KEYS_FILE, and refuses a bad range or no current key', () => {
+    const current = generateAuditKeyPair().publicKey;
+    const old = generateAuditKeyPair().publicKey;
+    const listFile = (list: unknown) => {
+      const file = path.join(emptyDir(), 'retired.json');
+      writeFileSync(file, JSON.stringify(list));
+      return file;
+    };
+    const retired = [{ key: old, validFrom: null, validUntil: '2026-06-01T00:00:00Z' }];
+    expect(
+      loadWith({ AUDIT_PUBLIC_KEY: current, AUDIT_RETIRED_PUBLIC_KEYS_FILE: listFile(retired) }).audit
+        .retiredPublicKeys,
+    ).to.deep.equal(retired);
+    expectConfigError({ AUDIT_RETIRED_PUBLIC_KEYS_FILE: listFile(retired) }, 'needs audit.publicKey');
+    expectConfigError(
+      {
+        AUDIT_PUBLIC_KEY: current,
+        AUDIT_RETIRED_PUBLIC_KEYS_FILE: listFile([{ ...retired[0], validFrom: '2026-07-01T00:00:00Z' }]),
+      },
+      'validFrom must be before validUntil',
+    );
+    expectConfigError(
+      {
+        AUDIT_PUBLIC_KEY: current,
+        AUDIT_RETIRED_PUBLIC_KEYS_FILE: listFile([{ key: old, validFrom: null }]),
+      },
+      'retiredPublicKeys',
+    );
   });
 
   it('refuses to start in production without a JWT secret, on the old default or on a short one', () => {
