@@ -141,10 +141,12 @@ export interface RetiredAnchorKey {
  */
 export class AnchorKeys {
   private readonly current: KeyObject;
+  private readonly currentFingerprint: string;
   private readonly retired: Array<{ key: KeyObject; fingerprint: string; from: number; until: number }>;
 
   constructor(current: string | KeyObject, retired: readonly RetiredAnchorKey[] = []) {
     this.current = loadPublicKey(current);
+    this.currentFingerprint = publicKeyFingerprint(this.current);
     this.retired = retired.map((setting) => {
       const key = loadPublicKey(setting.key);
       const from = setting.validFrom === null ? -Infinity : Date.parse(setting.validFrom);
@@ -159,7 +161,7 @@ export class AnchorKeys {
 
   /** null when the anchor's signature is good and made by a key believed at its time, otherwise why not. */
   check(anchor: AnchorData): string | null {
-    const current = publicKeyFingerprint(this.current);
+    const current = this.currentFingerprint;
     if (anchor.publicKeyFingerprint === current) return checkAnchorSignature(anchor, this.current);
     const retired = this.retired.find((key) => key.fingerprint === anchor.publicKeyFingerprint);
     if (!retired)

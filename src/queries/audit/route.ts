@@ -1,6 +1,7 @@
 /**
  * src/queries/audit: the auditors' reads of the log itself (paged, filtered, secrets redacted, as of a time).
  */
+import { REDACTED } from '../../domain/identity/credentials.js';
 import type { Api } from '../../infra/http/api.js';
 import { requireRole } from '../../infra/http/auth.js';
 import type { JSONSchema } from '../../infra/jsonSchema.js';
@@ -26,7 +27,7 @@ export function redactSecrets(value: JsonValue): JsonValue {
     return Object.fromEntries(
       Object.entries(value).map(([key, inner]) => [
         key,
-        SECRET_KEYS.test(key) ? '[redacted]' : redactSecrets(inner),
+        SECRET_KEYS.test(key) ? REDACTED : redactSecrets(inner),
       ]),
     );
   return value;
