@@ -1,10 +1,18 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createLogger, type Logger } from './infra/logger.js';
-import { ROLES, startService, connectDatabase, createEventStore, type Role } from './main.js';
+import {
+  ROLES,
+  startService,
+  connectDatabase,
+  createEventStore,
+  createPersonalData,
+  type Role,
+} from './main.js';
 import type { EventStore } from './infra/eventStore/eventStore.js';
 import { AppError } from './errors.js';
 import { grantRoleByEmail } from './commands/identity/grantRoleCommand.js';
+import { forgetByEmailOrId } from './commands/identity/accounts.js';
 import { randomUUID } from 'node:crypto';
 import { isPosition } from './infra/eventStore/eventStore.js';
 import { verifyLog } from './audit/verify.js';
@@ -26,6 +34,7 @@ const USAGE = `usage: task-manager <command>
                                                processes sharing the port, the other roles in this one
   migrate                                      apply database migrations and exit
   users grant-role <email> <role>              roles: user, auditor, admin
+  users forget <email|user id>                 forget a person: their data key is destroyed, history kept
   projections rebuild [--verify] [--no-swap]   rebuild every read model from the log beside the live one,
                                                compare (--verify), and swap it in atomically
   audit verify [--stream S]                    recompute hash chains and check signed anchors; exits 1
@@ -139,7 +148,7 @@ async function migrateCommand(config: Config, logger: Logger): Promise<void> {
 async function withEventStore<T>(
   config: Config,
   logger: Logger,
-  work: (store: EventStore, pool: Pool) => Promise<T>,
+  work: (store: EventStore, pool: Pool, embeddedDataDir: string | null) => Promise<T>,
 ): Promise<T> {
   const { databaseUrl, embedded } = await connectDatabase(config, logger);
   // Room for a rebuild's parallel transactions; long statements are expected from one-shot commands.
@@ -148,7 +157,7 @@ async function withEventStore<T>(
   try {
     await migrate(pool, logger);
     store = await createEventStore(config, pool, databaseUrl, logger);
-    return await work(store, pool);
+    return await work(store, pool, embedded ? config.embedded.dataDir : null);
   } finally {
     await store?.close();
     await pool.end();
@@ -156,14 +165,37 @@ async function withEventStore<T>(
   }
 }
 
+const USERS_USAGE =
+  'usage: task-manager users grant-role <email> <role>\n       task-manager users forget <email|user id>';
+
 async function usersCommand(config: Config, logger: Logger, args: string[]): Promise<void> {
-  const [subcommand, email, role, ...rest] = args;
-  if (subcommand !== 'grant-role' || !email || !role || rest.length > 0)
-    throw new UsageError('usage: task-manager users grant-role <email> <role>');
-  const result = await withEventStore(config, logger, (store) => grantRoleByEmail(store, email, role));
-  process.stdout.write(
-    result.changed ? `${email} is now ${role}\n` : `${email} already has the role ${role}\n`,
-  );
+  const [subcommand, ...rest] = args;
+  if (subcommand === 'grant-role' && rest.length === 2) {
+    const [email, role] = rest as [string, string];
+    const result = await withEventStore(config, logger, (store, pool, embeddedDataDir) =>
+      createPersonalData(config, pool, embeddedDataDir, logger).then((personalData) =>
+        grantRoleByEmail({ store, personalData }, email, role),
+      ),
+    );
+    process.stdout.write(
+      result.changed ? `${email} is now ${role}\n` : `${email} already has the role ${role}\n`,
+    );
+    return;
+  }
+  if (subcommand === 'forget' && rest.length === 1) {
+    const [emailOrId] = rest as [string];
+    const result = await withEventStore(config, logger, async (store, pool, embeddedDataDir) => {
+      const personalData = await createPersonalData(config, pool, embeddedDataDir, logger);
+      return forgetByEmailOrId({ store, personalData, pool }, emailOrId);
+    });
+    process.stdout.write(
+      result.changed
+        ? `user ${result.userId} is forgotten: their data key is destroyed\n`
+        : `user ${result.userId} was already forgotten; their data key is destroyed\n`,
+    );
+    return;
+  }
+  throw new UsageError(USERS_USAGE);
 }
 
 async function projectionsCommand(config: Config, logger: Logger, args: string[]): Promise<number> {

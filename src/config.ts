@@ -1,4 +1,5 @@
 import { AnchorKeys, type RetiredAnchorKey } from './audit/anchors.js';
+import { parseMasterKey } from './infra/secrets/personalData.js';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -80,6 +81,13 @@ export interface Config {
     retiredPublicKeys: RetiredAnchorKey[];
     anchorIntervalSeconds: number;
   };
+  personalData: {
+    /**
+     * The master key that wraps every person's data key and keys the email hash (hex or base64, >= 32 bytes). null:
+     * none configured, so the deployment generates one and keeps it beside its data (refused in production).
+     */
+    dataKey: string | null;
+  };
   jwt: {
     /** null: none configured, so the deployment generates its own and keeps it (see deploymentSecret.ts). */
     secret: string | null;
@@ -132,6 +140,7 @@ export const configSchema: JSONSchemaType<Config> = {
     'workers',
     'handlers',
     'audit',
+    'personalData',
     'jwt',
   ],
   properties: {
@@ -348,6 +357,12 @@ export const configSchema: JSONSchemaType<Config> = {
         anchorIntervalSeconds: positiveInt,
       },
     },
+    personalData: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['dataKey'],
+      properties: { dataKey: orNull({ type: 'string' }) },
+    },
     jwt: {
       type: 'object',
       additionalProperties: false,
@@ -411,6 +426,8 @@ const ENV_OVERRIDES: Record<string, (config: RawConfig, value: string) => void> 
       .split(',')
       .map((entry) => entry.trim())
       .filter(Boolean)),
+  DATA_KEY: (c, v) => (c.personalData.dataKey = emptyToNull(v)),
+  DATA_KEY_FILE: (c, v) => (c.personalData.dataKey = v ? readFileSync(v, 'utf8').trim() : null),
   JWT_SECRET: (c, v) => (c.jwt.secret = emptyToNull(v)),
   JWT_SECRET_FILE: (c, v) => (c.jwt.secret = v ? readFileSync(v, 'utf8').trim() : null),
   DATA_DIR: (c, v) => (c.embedded.dataDir = v),
@@ -486,6 +503,20 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   ) {
     throw new ConfigError(
       `jwt.secret: refusing to start in production without a secret of at least ${MIN_PRODUCTION_SECRET_LENGTH} characters (set JWT_SECRET or JWT_SECRET_FILE)`,
+    );
+  }
+  if (typed.personalData.dataKey !== null && typed.personalData.dataKey.trim() === '')
+    typed.personalData.dataKey = null;
+  if (typed.personalData.dataKey !== null) {
+    try {
+      parseMasterKey(typed.personalData.dataKey);
+    } catch (error) {
+      throw new ConfigError(`personalData.dataKey: ${(error as Error).message}`);
+    }
+  } else if (typed.nodeEnv === 'production') {
+    // A generated key would sit in the same database as the keys it wraps: no protection from a stolen copy.
+    throw new ConfigError(
+      'personalData.dataKey: refusing to start in production without a data key (set DATA_KEY or DATA_KEY_FILE: 32 random bytes, hex or base64)',
     );
   }
   if (typed.audit.retiredPublicKeys.length > 0) {

@@ -36,6 +36,7 @@ import { registerAuditRoutes } from './queries/audit/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
 import { registerGoServiceRoutes } from './compat/goService/routes.js';
 import { resolveDeploymentSecret } from './infra/secrets/deploymentSecret.js';
+import { parseMasterKey, PostgresPersonalData, type PersonalData } from './infra/secrets/personalData.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -53,6 +54,8 @@ export interface Infrastructure {
   cache: Cache;
   rateLimiter: RateLimiter;
   checkpoints: LogCheckpoints;
+  /** Seals personal data with a key per person; the keyed email hash accounts are found by. */
+  personalData: PersonalData;
   metrics: Registry;
   /** Kafka mode only: the relay that publishes the log. */
   makeRelay: (() => KafkaRelay) | null;
@@ -91,6 +94,25 @@ export async function createEventStore(
   });
 }
 
+/**
+ * Personal data's keys: the master key is DATA_KEY (or DATA_KEY_FILE) when set; otherwise (never in production,
+ * which config refuses) one generated on first start and kept like the generated JWT secret.
+ */
+export async function createPersonalData(
+  config: Config,
+  pool: Pool,
+  embeddedDataDir: string | null,
+  logger: Logger,
+): Promise<PersonalData> {
+  const masterKey = await resolveDeploymentSecret({
+    name: 'data-key',
+    configured: config.personalData.dataKey,
+    home: embeddedDataDir ? { kind: 'dataDir', dataDir: embeddedDataDir } : { kind: 'database', pool },
+    logger,
+  });
+  return new PostgresPersonalData(pool, parseMasterKey(masterKey.value));
+}
+
 export async function buildInfrastructure(
   config: Config,
   logger: Logger,
@@ -115,6 +137,8 @@ export async function buildInfrastructure(
     await migrate(pool, logger);
     const metrics = createMetrics();
     const checkpoints = new LogCheckpoints(pool);
+    const embeddedDataDir = embedded ? config.embedded.dataDir : null;
+    const personalData = await createPersonalData(config, pool, embeddedDataDir, logger);
 
     const store = await createEventStore(config, pool, databaseUrl, logger);
     closers.push(() => store.close());
@@ -179,13 +203,14 @@ export async function buildInfrastructure(
       config,
       logger,
       databaseUrl,
-      embeddedDataDir: embedded ? config.embedded.dataDir : null,
+      embeddedDataDir,
       pool,
       store,
       bus,
       cache,
       rateLimiter,
       checkpoints,
+      personalData,
       metrics,
       makeRelay,
       close,
@@ -232,6 +257,8 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
   const api = new Api({ authenticate: bearerAuthenticator(accessTokenVerifier(tokens, clock)) });
   const identity = registerIdentityRoutes(api, {
     store: infra.store,
+    personalData: infra.personalData,
+    pool: infra.pool,
     tokens,
     auth: config.auth,
     rateLimiter: infra.rateLimiter,

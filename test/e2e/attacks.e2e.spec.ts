@@ -68,6 +68,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
     after(async () => service?.stop());
 
+    const accountOf = (email: string) =>
+      accountStreamId(service.service.infrastructure.personalData.emailHash(email));
     const register = (email: string, password = PASSWORD) =>
       call(base, 'POST', '/register', { body: { email, password } });
     const login = (email: string, password = PASSWORD) =>
@@ -323,7 +325,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         expect(refused.status).to.equal(403);
         expect(refused.headers.get('content-type')).to.include('application/problem+json');
         expect(refused.body).not.to.have.property('items');
-        await grantRoleByEmail(service.service.infrastructure.store, user.email, 'auditor');
+        await grantRoleByEmail(service.service.infrastructure, user.email, 'auditor');
         const auditor = (await login(user.email)).body.access_token as string;
         expect(
           (await call(base, 'GET', '/audit/events', { token: auditor })).status,
@@ -335,7 +337,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     describe('passwords', () => {
       it('stores a bcrypt hash at the configured cost, never the password', async () => {
         const { email } = await account();
-        const [registered] = await service.service.infrastructure.store.readStream(accountStreamId(email));
+        const [registered] = await service.service.infrastructure.store.readStream(accountOf(email));
         expect(registered!.type).to.equal('UserRegistered');
         expect(registered!.data.passwordHash).to.match(
           new RegExp(`^\\$2b\\$${String(BCRYPT_COST).padStart(2, '0')}\\$`),
@@ -358,16 +360,16 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         responses.push(await refresh(pair.refresh_token));
         responses.push(await call(base, 'GET', '/me', { token: pair.access_token }));
         const user = await account();
-        await grantRoleByEmail(service.service.infrastructure.store, user.email, 'auditor');
+        await grantRoleByEmail(service.service.infrastructure, user.email, 'auditor');
         const auditor = (await login(user.email)).body.access_token as string;
         responses.push(
-          await call(base, 'GET', `/audit/events?stream=${encodeURIComponent(accountStreamId(email))}`, {
+          await call(base, 'GET', `/audit/events?stream=${encodeURIComponent(accountOf(email))}`, {
             token: auditor,
           }),
         );
         responses.push(await logout(pair.refresh_token));
 
-        const [registered] = await service.service.infrastructure.store.readStream(accountStreamId(email));
+        const [registered] = await service.service.infrastructure.store.readStream(accountOf(email));
         const hash = registered!.data.passwordHash as string;
         expect(
           responses.at(-2)!.body.items,
@@ -523,12 +525,33 @@ describe('secrets', function () {
     }
   });
 
-  it('accepts a long secret in production (config passes, so only the unknown command fails)', async () => {
+  it('refuses to start in production without a data key, or with a weak one, naming personalData.dataKey', async () => {
+    const jwt = randomBytes(32).toString('hex');
+    for (const [what, env] of [
+      ['no data key', { NODE_ENV: 'production', JWT_SECRET: jwt }],
+      [
+        'a 16-byte key',
+        { NODE_ENV: 'production', JWT_SECRET: jwt, DATA_KEY: randomBytes(16).toString('base64') },
+      ],
+    ] as const) {
+      const result = await start(env);
+      expect(result.signal, `${what}: it exited by itself, not killed after the timeout`).to.equal(null);
+      expect(result.code, what).to.be.a('number').and.not.equal(0);
+      expect(result.stderr, what).to.include('personalData.dataKey');
+    }
+  });
+
+  it('accepts a long secret and a data key in production (config passes, so only the unknown command fails)', async () => {
     const result = await start(
-      { NODE_ENV: 'production', JWT_SECRET: randomBytes(32).toString('hex') },
+      {
+        NODE_ENV: 'production',
+        JWT_SECRET: randomBytes(32).toString('hex'),
+        DATA_KEY: randomBytes(32).toString('base64'),
+      },
       'no-such-command',
     );
     expect(result.stderr).not.to.include('jwt.secret');
+    expect(result.stderr).not.to.include('personalData.dataKey');
     expect(result.stderr).to.include('unknown command');
   });
 });

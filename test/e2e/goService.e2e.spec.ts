@@ -271,7 +271,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         expect(then.body).to.include({ status: 'done', archived_at: null });
       }
 
-      await grantRoleByEmail(service.service.infrastructure.store, user.email, 'auditor');
+      await grantRoleByEmail(service.service.infrastructure, user.email, 'auditor');
       const auditor = await call(base, 'POST', '/auth/login', {
         body: { email: user.email, password: PASSWORD },
       });

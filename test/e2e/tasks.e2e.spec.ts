@@ -330,7 +330,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     it('lets auditors read any task and its history', async () => {
       const { token: auditorToken } = await registerAndLogin(base, {
         label: 'tasks',
-        role: { name: 'auditor', store: service.service.infrastructure.store },
+        role: { name: 'auditor', infrastructure: service.service.infrastructure },
       });
       const submitted = await submit({ title: 'audited' });
       expect(
@@ -349,7 +349,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       this.timeout(180000);
       const { token: admin } = await registerAndLogin(base, {
         label: 'tasks',
-        role: { name: 'admin', store: service.service.infrastructure.store },
+        role: { name: 'admin', infrastructure: service.service.infrastructure },
       });
       expect((await call(base, 'POST', '/admin/workers/pause', { token: admin })).body.paused).to.equal(true);
       try {

@@ -90,7 +90,7 @@ async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
       await registerAndLogin(base, {
         label: `fuzz-${role}`,
         password: PASSWORD,
-        role: role === 'user' ? undefined : { name: role, store: service.service.infrastructure.store },
+        role: role === 'user' ? undefined : { name: role, infrastructure: service.service.infrastructure },
       })
     ).token;
   const tokens = {

@@ -20,8 +20,14 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A fresh, migrated database of its own, so suites never see each other's rows. */
-export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
+/**
+ * A fresh, migrated database of its own, so suites never see each other's rows. `migrationsDir`: migrate from another
+ * directory (an upgrade test's copy of the migrations of an older version).
+ */
+export async function createTestDatabase(
+  label = 't',
+  options: { migrationsDir?: string } = {},
+): Promise<TestDatabase> {
   const name = `tm_${label}_${randomBytes(5).toString('hex')}`;
   const admin = new pg.Client({ connectionString: adminDatabaseUrl() });
   await admin.connect();
@@ -36,7 +42,7 @@ export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
     { connectionString: url.toString(), max: 20, statementTimeoutMs: 30000 },
     silentLogger(),
   );
-  await migrate(pool, silentLogger());
+  await migrate(pool, silentLogger(), options.migrationsDir);
   return {
     url: url.toString(),
     name,

@@ -4,12 +4,11 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createLogger } from '../../src/infra/logger.js';
-import { startService, ROLES, type RunningService, type Role } from '../../src/main.js';
+import { startService, ROLES, type Infrastructure, type RunningService, type Role } from '../../src/main.js';
 import { createTestDatabase, type TestDatabase } from './postgres.js';
 import { kafkaBrokers, testKafkaSettings } from './kafka.js';
 import { newEmail } from './fixtures.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
-import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
 
 export type StackMode = 'embedded' | 'full';
 
@@ -130,7 +129,7 @@ export interface Account {
 
 /**
  * A new account, logged in: POST /register (201), then POST /login (200). The address is `email`, or a fresh one
- * labelled `label`. With `role`, the role is granted (in `store`, as `task-manager users grant` does) between the
+ * labelled `label`. With `role`, the role is granted (through `infrastructure`, as `task-manager users grant` does) between the
  * two, so the token carries it. Fails with the answer when either request does not succeed.
  */
 export async function registerAndLogin(
@@ -139,7 +138,7 @@ export async function registerAndLogin(
     label?: string;
     email?: string;
     password?: string;
-    role?: { name: 'auditor' | 'admin'; store: EventStore };
+    role?: { name: 'auditor' | 'admin'; infrastructure: Pick<Infrastructure, 'store' | 'personalData'> };
   } = {},
 ): Promise<Account> {
   const email = options.email ?? newEmail(options.label ?? 'user');
@@ -147,7 +146,7 @@ export async function registerAndLogin(
   const registered = await call(url, 'POST', '/register', { body: { email, password } });
   if (registered.status !== 201)
     throw new Error(`register ${email}: ${registered.status} ${JSON.stringify(registered.body)}`);
-  if (options.role) await grantRoleByEmail(options.role.store, email, options.role.name);
+  if (options.role) await grantRoleByEmail(options.role.infrastructure, email, options.role.name);
   const login = await call(url, 'POST', '/login', { body: { email, password } });
   if (login.status !== 200) throw new Error(`login ${email}: ${login.status} ${JSON.stringify(login.body)}`);
   return {

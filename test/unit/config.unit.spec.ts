@@ -131,6 +131,18 @@ describe('config', () => {
     expectConfigError({ NODE_ENV: 'production' }, 'jwt.secret');
     expectConfigError({ NODE_ENV: 'production', JWT_SECRET: LEGACY_DEFAULT_JWT_SECRET }, 'jwt.secret');
     expectConfigError({ NODE_ENV: 'production', JWT_SECRET: 'short' }, 'jwt.secret');
-    expect(loadWith({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32) }).nodeEnv).to.equal('production');
+    expect(
+      loadWith({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32), DATA_KEY: 'ab'.repeat(32) }).nodeEnv,
+    ).to.equal('production');
+  });
+
+  it('takes a data key of 32 bytes or more as hex or base64, refuses a short or malformed one, and needs one in production', () => {
+    expect(loadWith({ DATA_KEY: 'ab'.repeat(32) }).personalData.dataKey).to.equal('ab'.repeat(32));
+    const base64 = Buffer.alloc(32, 7).toString('base64');
+    expect(loadWith({ DATA_KEY: base64 }).personalData.dataKey).to.equal(base64);
+    expect(loadWith({ DATA_KEY: '' }).personalData.dataKey).to.equal(null);
+    expectConfigError({ DATA_KEY: 'ab'.repeat(31) }, 'personalData.dataKey');
+    expectConfigError({ DATA_KEY: 'not a key!' }, 'personalData.dataKey');
+    expectConfigError({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32) }, 'personalData.dataKey');
   });
 });

@@ -1,15 +1,19 @@
 import { expect } from 'chai';
 import { ConflictError, NotFoundError, UnauthorizedError } from '../../src/errors.js';
+import { createHash } from 'node:crypto';
 import {
   account,
   accountStreamId,
+  forgetUser,
   grantRole,
+  legacyAccountStreamId,
   normaliseEmail,
   registerUser,
 } from '../../src/domain/identity/account.js';
 import { endSession, rotateRefreshToken, session, startSession } from '../../src/domain/identity/session.js';
 import type { AccountEvent, SessionEvent } from '../../src/domain/identity/events.js';
 import { given } from '../support/decider.js';
+import { foldEvents } from '../../src/domain/decider.js';
 
 const now = new Date('2026-03-01T10:00:00.000Z');
 const later = new Date('2026-03-01T10:05:00.000Z');
@@ -19,32 +23,77 @@ const registered: AccountEvent = {
   type: 'UserRegistered',
   data: {
     userId: 'u1',
-    email: 'ann@example.com',
+    email: 'pd1.sealed-for-u1',
     passwordHash: '$2b$hash',
     role: 'user',
     registeredAt: now.toISOString(),
   },
 };
+const forgotten: AccountEvent = {
+  type: 'UserForgotten',
+  data: { userId: 'u1', forgottenAt: later.toISOString(), forgottenBy: 'u1' },
+};
 
 describe('account decider', () => {
-  it('registers a new email with the user role and a normalised address', () => {
+  it('registers a new user with the user role and their sealed email', () => {
     given(account, [])
       .when((s) =>
-        registerUser({ userId: 'u1', email: '  Ann@Example.COM ', passwordHash: '$2b$hash', now }, s),
+        registerUser({ userId: 'u1', sealedEmail: 'pd1.sealed-for-u1', passwordHash: '$2b$hash', now }, s),
       )
       .then([registered]);
   });
 
   it('refuses an email that is already registered', () => {
     given(account, [registered])
-      .when((s) => registerUser({ userId: 'u2', email: 'ann@example.com', passwordHash: 'x', now }, s))
+      .when((s) => registerUser({ userId: 'u2', sealedEmail: 'pd1.x', passwordHash: 'x', now }, s))
       .thenThrows(ConflictError);
   });
 
-  it('keys the account stream by the normalised email, never the email itself', () => {
-    expect(accountStreamId(' ANN@example.com')).to.equal(accountStreamId('ann@example.com'));
-    expect(accountStreamId('ann@example.com')).to.match(/^account-[0-9a-f]{64}$/);
+  it('keys the account stream by the keyed email hash it is given; the legacy stream by a plain hash of the normalised email', () => {
+    expect(accountStreamId('ab12')).to.equal('account-ab12');
+    const sha = createHash('sha256').update('ann@example.com').digest('hex');
+    expect(legacyAccountStreamId(' ANN@example.com')).to.equal(`account-${sha}`);
     expect(normaliseEmail(' A@B.C ')).to.equal('a@b.c');
+  });
+
+  it('forgets the live user of the stream once; forgetting them again changes nothing', () => {
+    given(account, [registered])
+      .when((s) => forgetUser({ userId: 'u1', by: 'u1', now: later }, s))
+      .then([forgotten]);
+    given(account, [registered, forgotten])
+      .when((s) => forgetUser({ userId: 'u1', by: 'u1', now: later }, s))
+      .then([]);
+  });
+
+  it('cannot forget a user the stream does not hold', () => {
+    given(account, [registered])
+      .when((s) => forgetUser({ userId: 'u2', by: null, now }, s))
+      .thenThrows(NotFoundError);
+    given(account, [])
+      .when((s) => forgetUser({ userId: 'u1', by: null, now }, s))
+      .thenThrows(NotFoundError);
+  });
+
+  it('lets the email register again, as a new user, once its user is forgotten', () => {
+    given(account, [registered, forgotten])
+      .when((s) =>
+        registerUser({ userId: 'u2', sealedEmail: 'pd1.sealed-for-u2', passwordHash: 'y', now }, s),
+      )
+      .then([
+        {
+          type: 'UserRegistered',
+          data: {
+            userId: 'u2',
+            email: 'pd1.sealed-for-u2',
+            passwordHash: 'y',
+            role: 'user',
+            registeredAt: now.toISOString(),
+          },
+        },
+      ]);
+    given(account, [registered, forgotten])
+      .when((s) => grantRole({ role: 'admin', now }, s))
+      .thenThrows(NotFoundError);
   });
 
   it('grants a role once; granting it again changes nothing', () => {
@@ -73,7 +122,7 @@ describe('session decider', () => {
     data: {
       sessionId: 's1',
       userId: 'u1',
-      email: 'ann@example.com',
+      accountStreamId: 'account-ab12',
       refreshTokenHash: 'h1',
       expiresAt: weekLater.toISOString(),
       startedAt: now.toISOString(),
@@ -97,7 +146,7 @@ describe('session decider', () => {
           {
             sessionId: 's1',
             userId: 'u1',
-            email: 'ann@example.com',
+            accountStreamId: 'account-ab12',
             refreshTokenHash: 'h1',
             expiresAt: weekLater,
             now,
@@ -106,6 +155,22 @@ describe('session decider', () => {
         ),
       )
       .then([started]);
+  });
+
+  it("names the account's stream; a session started before emails were sealed names it by the email in clear", () => {
+    expect(foldEvents(session, [started]).accountStreamId).to.equal('account-ab12');
+    const legacy: SessionEvent = {
+      type: 'SessionStarted',
+      data: {
+        sessionId: 's1',
+        userId: 'u1',
+        email: 'ann@example.com',
+        refreshTokenHash: 'h1',
+        expiresAt: weekLater.toISOString(),
+        startedAt: now.toISOString(),
+      },
+    };
+    expect(foldEvents(session, [legacy]).accountStreamId).to.equal(legacyAccountStreamId('ann@example.com'));
   });
 
   it('rotates the current refresh token, spending it', () => {

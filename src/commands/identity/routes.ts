@@ -22,6 +22,11 @@ import {
   normaliseEmail,
   registerUser,
 } from '../../domain/identity/account.js';
+import { isSealed, type PersonalData } from '../../infra/secrets/personalData.js';
+import type { Pool } from '../../infra/db/pool.js';
+import { claimsOf } from '../../infra/http/auth.js';
+import { NotFoundError } from '../../errors.js';
+import { accountStreamOfUser, findAccount, forgetAccount } from './accounts.js';
 import {
   detectsReuse,
   endSession,
@@ -41,6 +46,10 @@ import type { LoginFailed, UserRole } from '../../domain/identity/events.js';
 
 export interface IdentityDeps {
   store: EventStore;
+  /** Seals emails per person and gives the keyed email hash accounts are found by. */
+  personalData: PersonalData;
+  /** The users read model, for a user's account stream (GET and DELETE /users/{id}). */
+  pool: Pool;
   tokens: TokenSettings;
   auth: {
     bcryptCost: number;
@@ -142,7 +151,7 @@ export interface IdentityRoutes {
 }
 
 export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRoutes {
-  const { store, tokens, rateLimiter, clock, newId, logger } = deps;
+  const { store, personalData, tokens, rateLimiter, clock, newId, logger } = deps;
   const credentials = api.addSchema('Credentials', credentialsSchema);
   const refreshBody = api.addSchema('RefreshTokenBody', refreshTokenBodySchema);
   const tokenPair = api.addSchema('TokenPair', tokenPairSchema);
@@ -206,17 +215,23 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         throw new ValidationError([
           { path: '/body/password', message: `must be at most ${MAX_PASSWORD_BYTES} bytes` },
         ]);
+      // An account registered before emails were sealed lives in the legacy stream: it takes the email too.
+      const existing = await findAccount(store, personalData, email);
+      if (existing.state.exists) throw new ConflictError('an account with this email already exists');
       const passwordHash = await bcrypt.hash(req.body.password, deps.auth.bcryptCost);
       const userId = newId();
+      const sealedEmail = await personalData.seal(userId, email);
       const result = await handleCommand(
         store,
-        accountStreamId(email),
+        existing.streamId,
         account,
-        (state) => registerUser({ userId, email, passwordHash, now: clock() }, state),
+        (state) => registerUser({ userId, sealedEmail, passwordHash, now: clock() }, state),
         context(req, userId),
         // A conflict here means someone else registered this email at the same moment: that is the answer.
         { maxAttempts: 2 },
-      ).catch((error) => {
+      ).catch(async (error) => {
+        // The key of a user that never came to be: nothing was sealed with it that anyone keeps.
+        await personalData.destroyKey(userId).catch(() => undefined);
         if (error instanceof ConflictError)
           throw new ConflictError('an account with this email already exists');
         throw error;
@@ -245,7 +260,8 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
       const email = normaliseEmail(req.body.email);
       const clientAddress = req.ip ?? 'unknown';
       const { auth } = deps;
-      const emailKey = `login-failures:email:${accountStreamId(email)}`;
+      const emailHash = personalData.emailHash(email);
+      const emailKey = `login-failures:email:${accountStreamId(emailHash)}`;
       const addressKey = `login-failures:address:${clientAddress}`;
       // Each attempt is counted BEFORE the password is checked, and given back if it succeeds: checking first and
       // counting after would let a burst of parallel guesses all pass the check.
@@ -260,13 +276,13 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         );
 
       // Read from the log, not a read model: a login right after register must not depend on projection lag.
-      const state = foldEvents(account, await store.readStream(accountStreamId(email)));
+      const { streamId: accountStream, state } = await findAccount(store, personalData, email);
       const passwordMatches = await bcrypt.compare(req.body.password, state.passwordHash ?? dummyHash);
       if (!state.exists || !passwordMatches) {
         const failed: LoginFailed = {
           type: 'LoginFailed',
+          // No email: the stream's id (a keyed hash) says whose attempts these are.
           data: {
-            email,
             reason: state.exists ? 'wrong_password' : 'unknown_email',
             clientAddress,
             failedAt: clock().toISOString(),
@@ -275,7 +291,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         const ctx = context(req, state.userId);
         await store
           .append(
-            loginAttemptsStreamId(email),
+            loginAttemptsStreamId(emailHash),
             [
               {
                 eventId: newId(),
@@ -307,7 +323,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
             {
               sessionId,
               userId: state.userId!,
-              email,
+              accountStreamId: accountStream,
               refreshTokenHash: refresh.hash,
               expiresAt: new Date(clock().getTime() + deps.tokens.refreshTtlSeconds * 1000),
               now: clock(),
@@ -364,7 +380,10 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         logger.warn({ sessionId }, 'refresh token reuse detected; session revoked');
         throw new UnauthorizedError('this refresh token was already used; the session has been revoked');
       }
-      const holder = foldEvents(account, await store.readStream(accountStreamId(result.state.email!)));
+      const holder = foldEvents(account, await store.readStream(result.state.accountStreamId!));
+      // The user was forgotten since the login: the session ends with them.
+      if (!holder.exists || holder.userId !== result.state.userId)
+        throw new UnauthorizedError('the account of this session no longer exists');
       issueTokens(res, { userId: result.state.userId!, role: holder.role, sessionId }, next.token);
     },
   );
@@ -452,6 +471,107 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         session_id: claims.sessionId,
         expires_at: claims.expiresAt.toISOString(),
       });
+    },
+  );
+
+  const userIdParams: JSONSchema = {
+    type: 'object',
+    required: ['id'],
+    properties: { id: { type: 'string', format: 'uuid' } },
+  };
+
+  /**
+   * A user's account stream and its state, for the user themself or an admin; 404 for anyone else, as for an unknown
+   * id. The user's own session names their stream, so a user reads themself without waiting for the read model;
+   * an admin finds others through it.
+   */
+  const userAccount = async (req: Request, userId: string) => {
+    const claims = claimsOf(req);
+    const self = claims.userId === userId;
+    if (!self && claims.role !== 'admin') throw new NotFoundError('no such user');
+    const streamId = self
+      ? foldEvents(session, await store.readStream(sessionStreamId(claims.sessionId))).accountStreamId
+      : await accountStreamOfUser(deps.pool, userId);
+    if (!streamId) throw new NotFoundError('no such user');
+    const state = foldEvents(account, await store.readStream(streamId));
+    return { streamId, state, live: state.exists && state.userId === userId };
+  };
+
+  api.route(
+    {
+      method: 'get',
+      path: '/users/:id',
+      operationId: 'getUser',
+      summary: 'A user, with their email: for the user themself or an admin',
+      description:
+        "The email is opened from the account's stream, where it is sealed with the user's own key; a forgotten user is 404.",
+      tags: ['identity'],
+      auth: 'bearer',
+      params: userIdParams,
+      responses: {
+        200: {
+          description: 'The user',
+          schema: {
+            type: 'object',
+            required: ['id', 'email', 'role', 'created_at'],
+            properties: {
+              id: { type: 'string', format: 'uuid' },
+              email: { type: 'string' },
+              role: { enum: ['user', 'auditor', 'admin'] },
+              created_at: { type: 'string', format: 'date-time' },
+            },
+          },
+        },
+        401: problem('Missing or bad access token'),
+        404: problem('No such user, a forgotten one, or not yours to see'),
+      },
+    },
+    async (req, res) => {
+      const userId = String(req.params.id);
+      const { state, live } = await userAccount(req, userId);
+      const stored = live ? state.storedEmail : null;
+      // Accounts registered before emails were sealed hold theirs in clear.
+      const email = stored && (isSealed(stored) ? await personalData.open(userId, stored) : stored);
+      if (!email) throw new NotFoundError('no such user');
+      res.set('Cache-Control', 'no-store');
+      res.json({ id: userId, email, role: state.role, created_at: state.registeredAt! });
+    },
+  );
+
+  api.route(
+    {
+      method: 'delete',
+      path: '/users/:id',
+      operationId: 'forgetUser',
+      summary: 'Forget a user: their personal data becomes unreadable everywhere, their history stays',
+      description:
+        "Appends UserForgotten and destroys the user's data key, so the email sealed in the log, on the bus and in exports can never be opened again; the hash chain still verifies. Their tasks stay, owned by the tombstoned id. Access tokens already issued keep working until they expire (at most 5 minutes); refresh fails at once. For the user themself or an admin; doing it again is a no-op.",
+      tags: ['identity'],
+      auth: 'bearer',
+      params: userIdParams,
+      responses: {
+        204: {
+          description: 'Forgotten (or already so)',
+          headers: {
+            'X-Position': { description: 'Log position of UserForgotten', schema: { type: 'string' } },
+          },
+        },
+        401: problem('Missing or bad access token'),
+        404: problem('No such user, or not yours to forget'),
+      },
+    },
+    async (req, res) => {
+      const userId = String(req.params.id);
+      const { streamId, state } = await userAccount(req, userId);
+      const result = await forgetAccount(
+        { store, personalData },
+        { streamId, state },
+        userId,
+        context(req, req.auth!.userId),
+      );
+      logger.info({ userId, changed: result.changed }, 'user forgotten');
+      res.set('X-Position', result.position ?? '');
+      res.status(204).end();
     },
   );
 

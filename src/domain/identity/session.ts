@@ -1,13 +1,15 @@
 import { ConflictError, UnauthorizedError } from '../../errors.js';
 import type { Decider } from '../decider.js';
 import type { SessionEvent } from './events.js';
+import { legacyAccountStreamId } from './account.js';
 
 /** One login's token family. Only the SHA-256 of refresh tokens is ever kept. */
 export interface Session {
   exists: boolean;
   sessionId: string | null;
   userId: string | null;
-  email: string | null;
+  /** The account's stream: where refresh finds the user's role, and whether they still exist. */
+  accountStreamId: string | null;
   currentTokenHash: string | null;
   spentTokenHashes: string[];
   expiresAt: string | null;
@@ -21,7 +23,7 @@ export const session: Decider<Session, SessionEvent> = {
     exists: false,
     sessionId: null,
     userId: null,
-    email: null,
+    accountStreamId: null,
     currentTokenHash: null,
     spentTokenHashes: [],
     expiresAt: null,
@@ -35,7 +37,9 @@ export const session: Decider<Session, SessionEvent> = {
           exists: true,
           sessionId: event.data.sessionId,
           userId: event.data.userId,
-          email: event.data.email,
+          accountStreamId:
+            event.data.accountStreamId ??
+            (event.data.email !== undefined ? legacyAccountStreamId(event.data.email) : null),
           currentTokenHash: event.data.refreshTokenHash,
           expiresAt: event.data.expiresAt,
         };
@@ -57,7 +61,7 @@ export const session: Decider<Session, SessionEvent> = {
 export interface StartSession {
   sessionId: string;
   userId: string;
-  email: string;
+  accountStreamId: string;
   refreshTokenHash: string;
   expiresAt: Date;
   now: Date;
@@ -71,7 +75,7 @@ export const startSession = (command: StartSession, state: Session): SessionEven
       data: {
         sessionId: command.sessionId,
         userId: command.userId,
-        email: command.email,
+        accountStreamId: command.accountStreamId,
         refreshTokenHash: command.refreshTokenHash,
         expiresAt: command.expiresAt.toISOString(),
         startedAt: command.now.toISOString(),

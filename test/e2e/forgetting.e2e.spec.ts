@@ -1,0 +1,220 @@
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Kafka, logLevel } from 'kafkajs';
+import { randomUUID } from 'node:crypto';
+import { skipSuiteUnless } from '../support/skips.js';
+import { readWholeLog } from '../support/log.js';
+import {
+  call,
+  registerAndLogin,
+  startTestService,
+  unavailableReason,
+  type StackMode,
+  type TestService,
+} from '../support/service.js';
+import { waitFor } from '../support/wait.js';
+import { accountStreamId } from '../../src/domain/identity/account.js';
+import { isSealed } from '../../src/infra/secrets/personalData.js';
+
+const run = promisify(execFile);
+const PASSWORD = 'password for forgetting';
+
+/** Every message value of the topic, read by a plain consumer of a group of its own, as an outsider would. */
+async function topicValues(brokers: string[], topic: string, expected: number): Promise<string[]> {
+  const kafka = new Kafka({ clientId: 'an-outsider', brokers, logLevel: logLevel.NOTHING });
+  const consumer = kafka.consumer({ groupId: `outsider-${randomUUID()}` });
+  const values: string[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ message }) => {
+        values.push(`${message.key?.toString() ?? ''} ${message.value?.toString() ?? ''}`);
+      },
+    });
+    await waitFor(`${expected} messages on the topic`, () => values.length >= expected || undefined, {
+      timeoutMs: 30000,
+    });
+  } finally {
+    await consumer.disconnect();
+  }
+  return values;
+}
+
+for (const mode of ['embedded', 'full'] as StackMode[]) {
+  describe(`forgetting a person (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+    this.timeout(120000);
+    let service: TestService;
+    let base: string;
+
+    before(async function () {
+      const missing = unavailableReason(mode);
+      skipSuiteUnless(this, missing === null, missing ?? '');
+      service = await startTestService(mode);
+      base = service.url;
+    });
+    after(async () => service?.stop());
+
+    const cli = (args: string[]) =>
+      run('node', ['bin/task-manager.mjs', ...args], {
+        env: {
+          PATH: process.env.PATH,
+          HOME: process.env.HOME,
+          LOG_LEVEL: 'silent',
+          ...(mode === 'embedded'
+            ? { DATA_DIR: service.config.embedded.dataDir }
+            : { DATABASE_URL: service.config.databaseUrl! }),
+        },
+        maxBuffer: 64 * 1024 * 1024,
+      });
+    const accountOf = (email: string) =>
+      accountStreamId(service.service.infrastructure.personalData.emailHash(email));
+
+    it('seals the email in the log with the user’s own key, and shows it only to the user and admins', async () => {
+      const ann = await registerAndLogin(base, { label: 'sealed', password: PASSWORD });
+      const [registered] = await service.service.infrastructure.store.readStream(accountOf(ann.email));
+      expect(registered!.type).to.equal('UserRegistered');
+      expect(registered!.rawData).not.to.include(ann.email);
+      const sealed = registered!.data.email as string;
+      expect(isSealed(sealed)).to.equal(true);
+      expect(await service.service.infrastructure.personalData.open(ann.userId, sealed)).to.equal(ann.email);
+      // Bound to its person: the same bytes do not open as someone else's.
+      const other = await registerAndLogin(base, { label: 'sealed', password: PASSWORD });
+      const stolen = await service.service.infrastructure.personalData
+        .open(other.userId, sealed)
+        .catch(() => 'refused');
+      expect(stolen).to.equal('refused');
+
+      const own = await call(base, 'GET', `/users/${ann.userId}`, { token: ann.token });
+      expect(own.status).to.equal(200);
+      expect(own.body).to.include({ id: ann.userId, email: ann.email, role: 'user' });
+      expect((await call(base, 'GET', `/users/${ann.userId}`, { token: other.token })).status).to.equal(404);
+      expect((await call(base, 'DELETE', `/users/${ann.userId}`, { token: other.token })).status).to.equal(
+        404,
+      );
+    });
+
+    it('forgets a user: the email is unreadable everywhere, the history verifies, the read models equal a rebuild, the email registers anew', async () => {
+      const ann = await registerAndLogin(base, { label: 'forget-me', password: PASSWORD });
+      const task = await call(base, 'POST', '/tasks', {
+        body: { title: 'outlives its owner' },
+        token: ann.token,
+      });
+      expect(task.status).to.equal(202);
+
+      const forgotten = await call(base, 'DELETE', `/users/${ann.userId}`, { token: ann.token });
+      expect(forgotten.status).to.equal(204);
+      // Again: a no-op, still 204 (the key is destroyed all the same).
+      expect((await call(base, 'DELETE', `/users/${ann.userId}`, { token: ann.token })).status).to.equal(204);
+
+      const { store, pool, personalData } = service.service.infrastructure;
+      const types = (await store.readStream(accountOf(ann.email))).map((event) => event.type);
+      expect(types).to.deep.equal(['UserRegistered', 'UserForgotten']);
+      const [registered] = await store.readStream(accountOf(ann.email));
+      expect(await personalData.open(ann.userId, registered!.data.email as string)).to.equal(null);
+
+      // Nothing answers with the email, or lets the user back in.
+      expect((await call(base, 'GET', `/users/${ann.userId}`, { token: ann.token })).status).to.equal(404);
+      expect(
+        (await call(base, 'POST', '/refresh', { body: { refresh_token: `Bearer ${ann.refreshToken}` } }))
+          .status,
+      ).to.equal(401);
+      expect(
+        (await call(base, 'POST', '/login', { body: { email: ann.email, password: PASSWORD } })).status,
+      ).to.equal(401);
+
+      // The email appears nowhere in the events table, in clear.
+      const { rows: inClear } = await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM events WHERE data::text ILIKE '%' || $1 || '%' OR metadata::text ILIKE '%' || $1 || '%'`,
+        [ann.email],
+      );
+      expect(inClear[0]!.n).to.equal(0);
+      // Nor in the NDJSON export.
+      const exported = await cli(['audit', 'export']);
+      expect(exported.stdout).to.include(registered!.streamId);
+      expect(exported.stdout).not.to.include(ann.email);
+      if (mode === 'full') {
+        const log = await readWholeLog(store);
+        const values = await topicValues(
+          service.config.kafka.brokers,
+          service.config.kafka.topic,
+          log.length,
+        );
+        expect(values.some((value) => value.includes('UserForgotten'))).to.equal(true);
+        for (const value of values) expect(value).not.to.include(ann.email);
+      }
+
+      // The user's task stays, owned by the tombstoned id; the users row says they were forgotten.
+      const tombstone = await waitFor('the users read model to show the user forgotten', async () => {
+        const { rows } = await pool.query<{ forgotten_at: Date | null; owner: string | null }>(
+          `SELECT u.forgotten_at, (SELECT owner_id::text FROM tasks WHERE id = $2) AS owner
+             FROM users u WHERE u.id = $1`,
+          [ann.userId, task.body.id],
+        );
+        return rows[0]?.forgotten_at && rows[0].owner ? rows[0] : undefined;
+      });
+      expect(tombstone.owner).to.equal(ann.userId);
+
+      // The history still verifies, and every read model equals a rebuild from the log.
+      const verified = await cli(['audit', 'verify']);
+      expect(verified.stdout).to.match(/^ok: \d+ events/);
+      const rebuilt = await cli(['projections', 'rebuild', '--verify', '--no-swap']);
+      expect(rebuilt.stdout).to.include('the rebuilt read models equal the live ones');
+
+      // The same email registers again, as a new person.
+      const again = await registerAndLogin(base, { email: ann.email, password: PASSWORD });
+      expect(again.userId).not.to.equal(ann.userId);
+      const shown = await call(base, 'GET', `/users/${again.userId}`, { token: again.token });
+      expect(shown.body.email).to.equal(ann.email);
+    });
+
+    it('lets an admin forget a user by id, and the command line by email', async () => {
+      const admin = await registerAndLogin(base, {
+        label: 'forget-admin',
+        password: PASSWORD,
+        role: { name: 'admin', infrastructure: service.service.infrastructure },
+      });
+      const bob = await registerAndLogin(base, { label: 'forget-bob', password: PASSWORD });
+      const cat = await registerAndLogin(base, { label: 'forget-cat', password: PASSWORD });
+      // An admin finds others through the users read model, which may lag the registration a moment.
+      const seen = await waitFor('bob in the users read model', async () => {
+        const shown = await call(base, 'GET', `/users/${bob.userId}`, { token: admin.token });
+        return shown.status === 200 ? shown.body : undefined;
+      });
+      expect(seen.email).to.equal(bob.email);
+      expect((await call(base, 'DELETE', `/users/${bob.userId}`, { token: admin.token })).status).to.equal(
+        204,
+      );
+      expect((await call(base, 'GET', `/users/${bob.userId}`, { token: admin.token })).status).to.equal(404);
+
+      const { stdout } = await cli(['users', 'forget', cat.email]);
+      expect(stdout).to.include(`user ${cat.userId} is forgotten`);
+      const [catRegistered] = await service.service.infrastructure.store.readStream(accountOf(cat.email));
+      expect(
+        await service.service.infrastructure.personalData.open(
+          cat.userId,
+          catRegistered!.data.email as string,
+        ),
+      ).to.equal(null);
+      // By email there is no account any more; by id, forgetting again is a no-op.
+      const byEmail = await cli(['users', 'forget', cat.email]).catch(
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(byEmail).to.include({ code: 1 });
+      expect((byEmail as { stderr: string }).stderr).to.include('no account with this email');
+      await waitFor('cat in the users read model', async () => {
+        const { rows } = await service.service.infrastructure.pool.query(
+          'SELECT 1 FROM users WHERE id = $1',
+          [cat.userId],
+        );
+        return rows.length > 0 || undefined;
+      });
+      const byId = await cli(['users', 'forget', cat.userId]);
+      expect(byId.stdout).to.include(`user ${cat.userId} was already forgotten`);
+      expect(
+        (await call(base, 'POST', '/login', { body: { email: cat.email, password: PASSWORD } })).status,
+      ).to.equal(401);
+    });
+  });
+}
