@@ -180,8 +180,12 @@ export class TaskWorker {
     });
     // Appends in this process (and, through NOTIFY, in others) wake the dispatcher before the bus can: the
     // schedule it claims from is written with the events, so there is something to claim at once.
+    // Only appends that may make a task startable: this process's own TaskStarted and outcomes, say, do not.
     if (this.usesSchedule)
-      this.stopWatchingAppends = this.options.store.onAppended?.(() => this.wake()) ?? null;
+      this.stopWatchingAppends =
+        this.options.store.onAppended?.((types) => {
+          if (types === null || [...types].some((type) => WAKING_EVENTS.has(type))) this.wake();
+        }) ?? null;
     this.loops = [this.dispatchLoop(), this.reapLoop()];
     if (this.usesSchedule) this.loops.push(this.cancelWatchLoop());
   }
@@ -252,7 +256,7 @@ export class TaskWorker {
 
   private async dispatchLoop(): Promise<void> {
     const { settings, logger } = this.options;
-    // After a wake-up that found nothing (the read model may lag the bus by a moment), look again soon.
+    // After a wake-up that found nothing in the read model (which may lag the bus by a moment), look again soon.
     let quickRetries = 0;
     while (!this.stopping.signal.aborted) {
       // Read before clearing: a wake-up that ended the last wait counts for this look.
@@ -273,7 +277,8 @@ export class TaskWorker {
         quickRetries = 0;
         continue;
       }
-      if (woken || this.wokenSinceLastLook) quickRetries = 4;
+      // The read model may lag the bus by a moment; the schedule is written with the events, so it never lags.
+      if (!this.usesSchedule && (woken || this.wokenSinceLastLook)) quickRetries = 4;
       let waitMs = settings.pollIntervalMs;
       if (quickRetries > 0) waitMs = Math.min(waitMs, 25 * 2 ** (4 - quickRetries--));
       if (nextDueMs !== null) waitMs = Math.min(waitMs, Math.max(1, nextDueMs));

@@ -4,6 +4,7 @@ import pg from 'pg';
 import { eventStoreContract } from '../contract/eventStore.contract.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import { waitFor } from '../support/wait.js';
 
 let database: TestDatabase;
 let store: PostgresEventStore;
@@ -95,5 +96,64 @@ describe('the PostgreSQL log horizon', function () {
     const slowResult = await slow;
     const after = await horizonStore.readAll({ after: before, limit: 1000 });
     expect(after.map((e) => e.position)).to.include.members([slowResult.position, fast.position]);
+  });
+});
+
+describe('append wake-ups (onAppended)', function () {
+  this.timeout(30_000);
+  let db: TestDatabase;
+  let here: PostgresEventStore;
+  let there: PostgresEventStore;
+  before(async () => {
+    db = await createTestDatabase('wakeups');
+    here = testEventStore(db);
+    there = testEventStore(db); // another process's store: it hears of appends only through NOTIFY
+  });
+  after(async () => {
+    await here?.close();
+    await there?.close();
+    await db?.drop();
+  });
+
+  it("tells this process's listeners the appended types at once, other processes through NOTIFY, and not itself twice", async () => {
+    const heardHere: Array<ReadonlySet<string> | null> = [];
+    const heardThere: Array<ReadonlySet<string> | null> = [];
+    const stopHere = here.onAppended((types) => heardHere.push(types));
+    const stopThere = there.onAppended((types) => heardThere.push(types));
+    try {
+      // Both LISTEN connections open before the append, so a missed NOTIFY cannot pass for an ignored one.
+      await waitFor('both stores listening', async () => {
+        const { rows } = await db.pool.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'`,
+        );
+        return rows[0]!.n >= 2 || undefined;
+      });
+      await here.append(
+        `wake-${randomUUID()}`,
+        [
+          {
+            eventId: randomUUID(),
+            type: 'TaskQueued',
+            data: {},
+            metadata: {
+              correlationId: randomUUID(),
+              causationId: null,
+              userId: null,
+              timestamp: new Date().toISOString(),
+            },
+          },
+        ],
+        { expectedRevision: 'no_stream' },
+      );
+      expect(heardHere.map((types) => (types ? [...types] : null))).to.deep.equal([['TaskQueued']]);
+      await waitFor('the other store to hear the NOTIFY', () => heardThere.length > 0 || undefined);
+      expect(heardThere).to.deep.equal([null]);
+      // Its own NOTIFY came back to this store too; it must not count as another append.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(heardHere).to.have.length(1);
+    } finally {
+      stopHere();
+      stopThere();
+    }
   });
 });

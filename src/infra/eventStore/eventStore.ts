@@ -137,10 +137,11 @@ export interface EventStore {
   subscribeToAll(options: SubscribeOptions): AsyncIterable<RecordedEvent>;
   /**
    * Calls `listener` soon after events are appended (by this process at once; by others when the adapter can
-   * tell), as a hint to look again: it carries nothing and may fire for appends the listener does not care
-   * about. Returns the function that removes the listener. Optional: the bus stays the way events are delivered.
+   * tell), as a hint to look again: with the types of the events this process appended, or null for another
+   * process's appends, whose types it does not know. Returns the function that removes the listener. Optional:
+   * the bus stays the way events are delivered.
    */
-  onAppended?(listener: () => void): () => void;
+  onAppended?(listener: (types: ReadonlySet<string> | null) => void): () => void;
   /** The position of the newest event in the log, or null for an empty log. */
   headPosition(): Promise<Position | null>;
   /** Cheap check for /ready. */

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
 import type { Pool } from '../../db/pool.js';
 import { isUniqueViolation } from '../../db/pool.js';
 import type { Logger } from '../../logger.js';
@@ -89,6 +90,8 @@ export class PostgresEventStore implements EventStore {
   private closed = false;
   private notifyPending = false;
   private notifyTimer: NodeJS.Timeout | undefined;
+  /** Sent as the NOTIFY payload, so this store's listener can tell its own notifications from other processes'. */
+  private readonly instanceId = randomUUID();
   private readonly groupCommit: GroupCommitAppender;
 
   constructor(private readonly options: PostgresEventStoreOptions) {
@@ -114,7 +117,7 @@ export class PostgresEventStore implements EventStore {
         previousHash: expectedRevision === 'no_stream' ? GENESIS_HASH : previousHash!,
       });
       if (outcome.kind === 'appended') {
-        this.announce();
+        this.announce(events);
         return outcome.result;
       }
       if (outcome.kind === 'conflict')
@@ -206,7 +209,7 @@ export class PostgresEventStore implements EventStore {
       );
       if (options.beforeCommit) await options.beforeCommit();
       await client.query('COMMIT');
-      this.announce();
+      this.announce(events);
       const last = inserted.rows.reduce((a, b) => (a.sequence > b.sequence ? a : b));
       return {
         nextRevision: firstRevision + events.length - 1,
@@ -225,9 +228,9 @@ export class PostgresEventStore implements EventStore {
    * Wakes this process's subscribers at once, and other processes' through one NOTIFY sent outside any append,
    * at most every few milliseconds. A lost notification costs a reader at most its poll interval.
    */
-  private announce(): void {
+  private announce(events: readonly NewEvent[]): void {
     this.wakeupCount++;
-    this.wakeups.emit('wake');
+    this.wakeups.emit('wake', new Set(events.map((event) => event.type)));
     if (this.notifyPending || this.closed) return;
     this.notifyPending = true;
     this.notifyTimer = setTimeout(() => void this.notifyOthers(), NOTIFY_COALESCE_MS);
@@ -239,7 +242,7 @@ export class PostgresEventStore implements EventStore {
     if (!this.notifyPending) return;
     this.notifyPending = false;
     await this.options.pool
-      .query(prepared('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, '']))
+      .query(prepared('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, this.instanceId]))
       .catch((error) => {
         this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
       });
@@ -365,9 +368,12 @@ export class PostgresEventStore implements EventStore {
         connectionString: this.options.connectionString,
         application_name: 'task-manager-listen',
       });
-      client.on('notification', () => {
+      client.on('notification', (message) => {
+        // Our own NOTIFY coming back: this process's readers were woken at the append already. Waking them again
+        // costs each an empty read (and the relay's quick re-polls after it) for every append.
+        if (message.payload === this.instanceId) return;
         this.wakeupCount++;
-        this.wakeups.emit('wake');
+        this.wakeups.emit('wake', null);
       });
       client.on('error', (error) => {
         this.options.logger.warn(
@@ -390,7 +396,7 @@ export class PostgresEventStore implements EventStore {
     await this.listenerStarting;
   }
 
-  onAppended(listener: () => void): () => void {
+  onAppended(listener: (types: ReadonlySet<string> | null) => void): () => void {
     this.wakeups.on('wake', listener);
     void this.ensureListening().catch(() => undefined);
     return () => this.wakeups.off('wake', listener);
@@ -416,6 +422,6 @@ export class PostgresEventStore implements EventStore {
     const listener = this.listener;
     this.listener = null;
     await listener?.end().catch(() => undefined);
-    this.wakeups.emit('wake');
+    this.wakeups.emit('wake', null);
   }
 }
