@@ -9,7 +9,7 @@ import { PostgresEventStore } from './infra/eventStore/postgres/postgresEventSto
 import type { EventBus } from './infra/bus/bus.js';
 import { DirectBus } from './infra/bus/direct/directBus.js';
 import { KafkaBus } from './infra/bus/kafka/kafkaBus.js';
-import { KafkaRelay } from './infra/bus/kafka/relay.js';
+import { KafkaRelay, relayMetrics } from './infra/bus/kafka/relay.js';
 import { createKafka } from './infra/bus/kafka/kafkaClient.js';
 import { LogCheckpoints } from './infra/bus/checkpoints.js';
 import { cacheMetrics, type Cache } from './infra/cache/cache.js';
@@ -159,6 +159,7 @@ export async function buildInfrastructure(
           batchSize: config.relay.batchSize,
           lockRetryMs: config.relay.lockRetryMs,
           publicData: withoutCredentials,
+          metrics: relayMetrics(metrics),
         });
     } else {
       bus = new DirectBus({ store, checkpoints, logger });

@@ -536,12 +536,13 @@ export async function kafkaReport(
   };
 }
 
-/** Sum of every sample of a Prometheus metric in /metrics. */
-export async function metricTotal(url: string, name: string): Promise<number> {
+/** Sum of every sample of a Prometheus metric in /metrics; with `label`, of the samples that carry it. */
+export async function metricTotal(url: string, name: string, label?: string): Promise<number> {
   const response = await fetch(`${url}/metrics`);
   const text = await response.text();
   let total = 0;
   for (const line of text.split('\n'))
-    if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) total += Number(line.split(' ').pop());
+    if ((line.startsWith(`${name}{`) || line.startsWith(`${name} `)) && (!label || line.includes(label)))
+      total += Number(line.split(' ').pop());
   return total;
 }

@@ -5,6 +5,7 @@ import type { Pool } from '../../db/pool.js';
 import type { Logger } from '../../logger.js';
 import type { LogCheckpoints } from '../checkpoints.js';
 import { asyncBatches } from '../../asyncBatches.js';
+import { Counter, type Registry } from 'prom-client';
 import { prepared } from '../../db/prepared.js';
 import { backoffMs, sleep } from '../../abort.js';
 import {
@@ -27,12 +28,40 @@ const RELAY_LOCK_KEY = 7_426_002;
  */
 const SEND_TIMEOUT_MS = 30_000;
 
+/** A Kafka call the relay gave up waiting for (see SEND_TIMEOUT_MS). */
+export class KafkaCallTimeoutError extends Error {
+  override name = 'KafkaCallTimeoutError';
+}
+
 function withinTime<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new KafkaCallTimeoutError(`${what} did not settle within ${ms} ms`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** What operators watch of the relay: how often it started again, and why. */
+export interface RelayMetrics {
+  restarts: Counter<'reason'>;
+}
+
+const relayMetricsByRegistry = new WeakMap<Registry, RelayMetrics>();
+
+export function relayMetrics(registry: Registry): RelayMetrics {
+  let metrics = relayMetricsByRegistry.get(registry);
+  if (!metrics) {
+    metrics = {
+      restarts: new Counter({
+        name: 'relay_restarts_total',
+        help: 'Times the relay started again from its checkpoint: reason send_timeout (a Kafka call that never settled, the watchdog) or error',
+        labelNames: ['reason'],
+        registers: [registry],
+      }),
+    };
+    relayMetricsByRegistry.set(registry, metrics);
+  }
+  return metrics;
 }
 export const RELAY_CHECKPOINT = 'relay:kafka';
 
@@ -76,6 +105,7 @@ export interface RelayOptions {
    * the header `redacted: 1`, since its `rawData` is then not the bytes the hash chain covers.
    */
   publicData: (type: string, data: JsonObject) => JsonObject | null;
+  metrics?: RelayMetrics;
   /** Fault injection: called after Kafka acknowledged a batch and before the checkpoint is stored. */
   afterProduce?: (batch: RecordedEvent[]) => Promise<void>;
 }
@@ -128,7 +158,12 @@ export class KafkaRelay {
         failures = 0;
       } catch (error) {
         failures++;
-        logger.warn({ err: error, failures }, 'relay interrupted; starting again from its checkpoint');
+        const reason = error instanceof KafkaCallTimeoutError ? 'send_timeout' : 'error';
+        this.options.metrics?.restarts.inc({ reason });
+        logger.warn(
+          { err: error, failures, reason },
+          'relay interrupted; starting again from its checkpoint',
+        );
         await sleep(backoffMs(failures, 250, 5000), signal);
       }
     }
