@@ -226,16 +226,19 @@ export function busContract(
       });
       await appendSteps(harness.store, prefix, 3, 4);
       const deadline = Date.now() + 30000;
-      while (new Set(ours.map((o) => o.event.metadata.eventId)).size < 12 && Date.now() < deadline)
-        await sleep(50);
+      await waitFor(
+        'our 12 events',
+        () => new Set(ours.map((o) => o.event.metadata.eventId)).size >= 12 || undefined,
+        { timeoutMs: 30000 },
+      );
       const last = ours.reduce((max, o) => (o.event.position > max ? o.event.position : max), '');
 
       // The relay records what it published after the broker's acks, so shortly after a consumer has it.
-      let targets: ReadonlyMap<number, string> | null = null;
-      while (!targets && Date.now() < deadline) {
-        targets = await harness.bus.partitionTargets(last);
-        if (!targets) await sleep(50);
-      }
+      const targets: ReadonlyMap<number, string> | null = await waitFor(
+        'targets once the bus carried the position',
+        async () => (await harness.bus.partitionTargets(last)) ?? undefined,
+        { timeoutMs: Math.max(0, deadline - Date.now()) },
+      );
       expect(targets, 'targets once the bus carried the position').to.not.equal(null);
       // A reader at these targets includes each of our events, in the partition it came through.
       for (const { event, partition } of ours)

@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { randomBytes } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import { call, unavailableReason } from '../support/service.js';
 import {
@@ -15,6 +14,7 @@ import {
   type FaultStack,
 } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
+import { newEmail } from '../support/fixtures.js';
 import { OwnRedis } from './support/processes.js';
 
 const MAX_FAILED_LOGINS = 3;
@@ -53,7 +53,7 @@ describe('fault: Redis stopped', function () {
       expect(second.body.id).to.equal(id);
     };
     const loginsUntilLimited = async () => {
-      const email = `limited-${randomBytes(4).toString('hex')}@example.com`;
+      const email = newEmail('limited');
       const statuses: number[] = [];
       for (let attempt = 0; attempt <= MAX_FAILED_LOGINS; attempt++)
         statuses.push(
