@@ -28,6 +28,7 @@ import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import { usersProjection } from '../../src/projections/users/projection.js';
 import { taskStreamId } from '../../src/domain/tasks/events.js';
 import { waitFor } from '../support/wait.js';
+import { taskSpec } from '../support/fixtures.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-07-01T10:00:00.000Z');
@@ -53,17 +54,7 @@ async function snapshot(pool: Pool): Promise<Record<string, unknown>> {
 
 type Step = [streamId: string, type: string, data: JsonObject];
 
-const spec = (title: string) => ({
-  title,
-  description: null,
-  type: 'echo',
-  payload: { title },
-  priority: 5,
-  queue: 'default',
-  runAt: null,
-  maxAttempts: 3,
-  timeoutMs: 30000,
-});
+const spec = (title: string) => taskSpec({ title, payload: { title }, timeoutMs: 30000 });
 
 /** The lives of a few tasks, users and sessions, interleaved in the log as concurrent work would be. */
 function history(): Step[] {

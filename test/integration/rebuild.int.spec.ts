@@ -39,6 +39,7 @@ import {
   type RebuildReport,
 } from '../../src/projections/rebuild.js';
 import { waitFor } from '../support/wait.js';
+import { taskSpec } from '../support/fixtures.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-06-01T08:00:00.000Z');
@@ -162,18 +163,7 @@ class World {
         {
           taskId,
           ownerId,
-          spec: {
-            title,
-            description: null,
-            type: 'echo',
-            payload: { title },
-            priority: 5,
-            queue: 'default',
-            runAt: null,
-            maxAttempts: 3,
-            timeoutMs: 30000,
-            ...spec,
-          },
+          spec: taskSpec({ title, payload: { title }, timeoutMs: 30000, ...spec }),
           idempotencyKey: null,
           now: this.now(),
         },
