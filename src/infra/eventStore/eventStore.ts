@@ -86,6 +86,14 @@ export interface RecordedEvent {
 /** Expected stream state for optimistic concurrency. */
 export type ExpectedRevision = 'any' | 'no_stream' | 'stream_exists' | number;
 
+/** Whether a stream whose head is at `current` (null: no stream) is as `expected`: the check every adapter makes. */
+export function revisionSatisfies(expected: ExpectedRevision, current: number | null): boolean {
+  if (expected === 'any') return true;
+  if (expected === 'no_stream') return current === null;
+  if (expected === 'stream_exists') return current !== null;
+  return current === expected;
+}
+
 export interface AppendOptions {
   expectedRevision: ExpectedRevision;
   /**
