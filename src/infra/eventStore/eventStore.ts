@@ -1,6 +1,7 @@
 /**
- * The event store port. Two adapters implement it (PostgreSQL and EventStoreDB) and pass one contract suite
- * (eventStore.contract.ts). Everything else in the system is derived from what is appended here.
+ * src/infra/eventStore: the event store port (this file) and its two adapters, PostgreSQL and EventStoreDB,
+ * which pass one contract suite (eventStore.contract.ts). Everything else in the system is derived from what is
+ * appended here.
  */
 
 /** JSON as it is stored: the hash chain covers these exact bytes, so data is kept as serialized text. */

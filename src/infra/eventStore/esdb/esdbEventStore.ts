@@ -1,3 +1,6 @@
+/**
+ * src/infra/eventStore/esdb: the EventStoreDB adapter of the event store.
+ */
 import {
   BACKWARDS,
   END,

@@ -1,3 +1,7 @@
+/**
+ * src/infra/eventStore/postgres: the PostgreSQL adapter of the event store (this file: append, read, the log
+ * below the safe horizon) and the group commit that appends many commands in one statement (groupCommit.ts).
+ */
 import pg from 'pg';
 import { EventEmitter } from 'node:events';
 import type { Pool } from '../../db/pool.js';
