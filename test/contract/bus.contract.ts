@@ -128,6 +128,31 @@ export function busContract(
       return consumer;
     };
 
+    /**
+     * A new group's consumer (started by `start`) takes 20 events and stops cleanly; 20 more are appended and the
+     * group starts again: together they saw all 40, and the second saw none of the first's again.
+     */
+    const expectResumedAfterCleanStop = async (
+      start: (group: string, collector: Collector) => Promise<RunningConsumer>,
+    ) => {
+      const prefix = uniqueName('bus');
+      const group = uniqueName('g');
+      const before = new Collector(prefix);
+      const consumer = await start(group, before);
+      await appendSteps(harness.store, prefix, 2, 10);
+      await before.waitFor((c) => c.uniqueIds.size === 20);
+      await consumer.stop();
+      consumers.splice(consumers.indexOf(consumer), 1);
+
+      await appendSteps(harness.store, prefix, 2, 10, 10);
+      const after = new Collector(prefix);
+      await start(group, after);
+      await after.waitFor((c) => c.uniqueIds.size >= 20);
+      expect(new Set([...before.uniqueIds, ...after.uniqueIds]).size).to.equal(40);
+      const repeated = [...after.uniqueIds].filter((id) => before.uniqueIds.has(id));
+      expect(repeated, 'events redelivered after a clean stop').to.deep.equal([]);
+    };
+
     it('delivers every event in batches of at most the maximum, what is ready together, each stream in order', async () => {
       const prefix = uniqueName('bus');
       await appendSteps(harness.store, prefix, 5, 8);
@@ -187,22 +212,7 @@ export function busContract(
     });
 
     it('resumes a restarted batch consumer where it left off, nothing repeated after a clean stop', async () => {
-      const prefix = uniqueName('bus');
-      const group = uniqueName('g');
-      const before = new Collector(prefix);
-      const consumer = await consumeBatches(group, before.handleBatch);
-      await appendSteps(harness.store, prefix, 2, 10);
-      await before.waitFor((c) => c.uniqueIds.size === 20);
-      await consumer.stop();
-      consumers.splice(consumers.indexOf(consumer), 1);
-
-      await appendSteps(harness.store, prefix, 2, 10, 10);
-      const after = new Collector(prefix);
-      await consumeBatches(group, after.handleBatch);
-      await after.waitFor((c) => c.uniqueIds.size >= 20);
-      expect(new Set([...before.uniqueIds, ...after.uniqueIds]).size).to.equal(40);
-      const repeated = [...after.uniqueIds].filter((id) => before.uniqueIds.has(id));
-      expect(repeated, 'events redelivered after a clean stop').to.deep.equal([]);
+      await expectResumedAfterCleanStop((group, collector) => consumeBatches(group, collector.handleBatch));
     });
 
     it('delivers every event to a consumer group, each stream in order', async () => {
@@ -226,16 +236,19 @@ export function busContract(
       });
       await appendSteps(harness.store, prefix, 3, 4);
       const deadline = Date.now() + 30000;
-      while (new Set(ours.map((o) => o.event.metadata.eventId)).size < 12 && Date.now() < deadline)
-        await sleep(50);
+      await waitFor(
+        'our 12 events',
+        () => new Set(ours.map((o) => o.event.metadata.eventId)).size >= 12 || undefined,
+        { timeoutMs: 30000 },
+      );
       const last = ours.reduce((max, o) => (o.event.position > max ? o.event.position : max), '');
 
       // The relay records what it published after the broker's acks, so shortly after a consumer has it.
-      let targets: ReadonlyMap<number, string> | null = null;
-      while (!targets && Date.now() < deadline) {
-        targets = await harness.bus.partitionTargets(last);
-        if (!targets) await sleep(50);
-      }
+      const targets: ReadonlyMap<number, string> | null = await waitFor(
+        'targets once the bus carried the position',
+        async () => (await harness.bus.partitionTargets(last)) ?? undefined,
+        { timeoutMs: Math.max(0, deadline - Date.now()) },
+      );
       expect(targets, 'targets once the bus carried the position').to.not.equal(null);
       // A reader at these targets includes each of our events, in the partition it came through.
       for (const { event, partition } of ours)
@@ -263,25 +276,7 @@ export function busContract(
     });
 
     it('resumes a restarted consumer where it left off: nothing missed, nothing repeated after a clean stop', async () => {
-      const prefix = uniqueName('bus');
-      const group = uniqueName('g');
-      const before = new Collector(prefix);
-      const consumer = await consume(group, before.handle);
-      await appendSteps(harness.store, prefix, 2, 10);
-      await before.waitFor((c) => c.uniqueIds.size === 20);
-      await consumer.stop();
-      consumers.splice(consumers.indexOf(consumer), 1);
-
-      await appendSteps(harness.store, prefix, 2, 10, 10);
-      const after = new Collector(prefix);
-      await consume(group, after.handle);
-      await after.waitFor(
-        (c) => c.uniqueIds.size >= 20 && [...before.uniqueIds, ...c.uniqueIds].length >= 40,
-      );
-      const all = new Set([...before.uniqueIds, ...after.uniqueIds]);
-      expect(all.size).to.equal(40);
-      const repeated = [...after.uniqueIds].filter((id) => before.uniqueIds.has(id));
-      expect(repeated, 'events redelivered after a clean stop').to.deep.equal([]);
+      await expectResumedAfterCleanStop((group, collector) => consume(group, collector.handle));
     });
 
     it('redelivers an event whose handler failed, so a passing outage loses nothing', async () => {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startCli, type StartedCli } from '../support/processes.js';
 import { call, registerAndLogin } from '../support/service.js';
-import { sleep } from '../support/wait.js';
+import { waitFor } from '../support/wait.js';
 
 /** The API processes the primary forked: its children running the CLI (the embedded PostgreSQL's are not). */
 const apiProcessesOf = (pid: number): number[] =>
@@ -51,18 +51,20 @@ describe('the API in several processes (start --processes 2, embedded default)',
     }
     // Done within seconds, as every process shows it: a cache no projection invalidates would say pending for a
     // minute.
-    const deadline = Date.now() + 20_000;
     let statuses: string[] = [];
-    while (Date.now() < deadline) {
-      statuses = await Promise.all(
-        Array.from(
-          { length: 6 },
-          async () => (await call(service!.url, 'GET', `/tasks/${id}`, { token })).body.status,
-        ),
-      );
-      if (statuses.every((status) => status === 'done')) break;
-      await sleep(200);
-    }
+    await waitFor(
+      'every process to show the task done',
+      async () => {
+        statuses = await Promise.all(
+          Array.from(
+            { length: 6 },
+            async () => (await call(service!.url, 'GET', `/tasks/${id}`, { token })).body.status,
+          ),
+        );
+        return statuses.every((status) => status === 'done') || undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 200, describe: () => `Statuses seen: ${statuses.join(', ')}.` },
+    );
     expect(statuses).to.deep.equal(Array(6).fill('done'));
 
     expect(await service.stop(), 'a graceful stop exits 0').to.equal(0);

@@ -10,6 +10,7 @@ import {
   type TestService,
 } from '../support/service.js';
 import { readWholeLog } from '../support/log.js';
+import { waitFor } from '../support/wait.js';
 
 interface BatchResult {
   index: number;
@@ -175,17 +176,19 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       );
       items.forEach((item, index) => expect(titles.get(item.task!.id)).to.equal(`bulk ${index}`));
 
-      const deadline = Date.now() + 60000;
-      for (;;) {
-        const { rows } = await service.service.infrastructure.pool.query<{ done: number }>(
-          `SELECT count(*)::int AS done FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'done'`,
-          [[...ids]],
-        );
-        if (rows[0]!.done === 1000) break;
-        if (Date.now() > deadline)
-          throw new Error(`only ${rows[0]!.done} of 1000 bulk tasks done after 60 s`);
-        await new Promise((resolve) => setTimeout(resolve, 200));
-      }
+      let done = 0;
+      await waitFor(
+        'the 1000 bulk tasks to be done',
+        async () => {
+          const { rows } = await service.service.infrastructure.pool.query<{ done: number }>(
+            `SELECT count(*)::int AS done FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'done'`,
+            [[...ids]],
+          );
+          done = rows[0]!.done;
+          return done === 1000 || undefined;
+        },
+        { timeoutMs: 60000, intervalMs: 200, describe: () => `Only ${done} of 1000 were done.` },
+      );
     });
 
     it('documents the operation and its item schema in the OpenAPI document', async () => {

@@ -3,14 +3,10 @@ import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
   LOAD_FACTOR,
-  checkHistories,
-  kafkaReport,
-  readLog,
+  expectNothingLost,
   metricTotal,
-  readModelDifferences,
   startFaultStack,
   startLoad,
-  waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
@@ -70,14 +66,10 @@ describe('fault: the Kafka broker stopped for 10 seconds', function () {
     // The API never needed Kafka: commands only append to the log.
     expect(acceptedWhileDown, 'tasks accepted while the broker was down').to.be.greaterThan(50 * LOAD_FACTOR);
 
-    await load.done;
-    expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(s.db, load.ids, 120000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
-    const events = await readLog(s);
-    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
-    expect(await readModelDifferences(s, events)).to.deep.equal([]);
-    const report = await kafkaReport(s, events);
-    expect(report.missing, 'log events missing from Kafka').to.deep.equal([]);
+    const { events, kafka: report } = await expectNothingLost(s, load, {
+      done: 300 * LOAD_FACTOR,
+      timeoutMs: 120000,
+    });
     const watchdog = await metricTotal(s.url, 'relay_restarts_total', 'reason="send_timeout"');
     const errors = await metricTotal(s.url, 'relay_restarts_total', 'reason="error"');
     console.log(

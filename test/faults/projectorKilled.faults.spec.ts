@@ -3,13 +3,10 @@ import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
   LOAD_FACTOR,
-  checkHistories,
-  kafkaReport,
+  expectNothingLost,
   readLog,
-  readModelDifferences,
   startFaultStack,
   startLoad,
-  waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
@@ -68,15 +65,10 @@ describe('fault: a projector process killed mid-batch', function () {
 
     await sleep(1000);
     await stack.roleProcess(['projector']);
-    await load.done;
-    expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(stack.db, load.ids, 120000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
-
-    const events = await readLog(stack);
-    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
-    expect(await readModelDifferences(stack, events)).to.deep.equal([]);
-    const kafka = await kafkaReport(stack, events);
-    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+    const { events, kafka } = await expectNothingLost(stack, load, {
+      done: 300 * LOAD_FACTOR,
+      timeoutMs: 120000,
+    });
     console.log(`      [projector kill] ${events.length} events, ${kafka.messages} Kafka messages`);
   });
 });

@@ -1,20 +1,16 @@
 import { expect } from 'chai';
-import { randomBytes } from 'node:crypto';
 import { skipSuiteUnless } from '../support/skips.js';
 import { call, unavailableReason } from '../support/service.js';
 import {
   LOAD_FACTOR,
-  checkHistories,
-  kafkaReport,
+  expectNothingLost,
   metricTotal,
-  readLog,
-  readModelDifferences,
   startFaultStack,
   startLoad,
-  waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
+import { newEmail } from '../support/fixtures.js';
 import { OwnRedis } from './support/processes.js';
 
 const MAX_FAILED_LOGINS = 3;
@@ -53,7 +49,7 @@ describe('fault: Redis stopped', function () {
       expect(second.body.id).to.equal(id);
     };
     const loginsUntilLimited = async () => {
-      const email = `limited-${randomBytes(4).toString('hex')}@example.com`;
+      const email = newEmail('limited');
       const statuses: number[] = [];
       for (let attempt = 0; attempt <= MAX_FAILED_LOGINS; attempt++)
         statuses.push(
@@ -108,14 +104,7 @@ describe('fault: Redis stopped', function () {
     await readTwice(load.ids[2]!);
     expect(await bypassed(), 'no more bypasses once Redis is back').to.equal(bypassedAfter);
 
-    await load.done;
-    expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(s.db, load.ids, 90000)).to.deep.equal({ done: 240 * LOAD_FACTOR });
-    const events = await readLog(s);
-    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
-    expect(await readModelDifferences(s, events)).to.deep.equal([]);
-    const kafka = await kafkaReport(s, events);
-    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+    const { events, kafka } = await expectNothingLost(s, load, { done: 240 * LOAD_FACTOR, timeoutMs: 90000 });
     console.log(
       `      [redis stopped] ${(await bypassed()) - bypassedAtStop} cache operations bypassed; ${events.length} events, ${kafka.messages} Kafka messages`,
     );

@@ -3,13 +3,9 @@ import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
   LOAD_FACTOR,
-  checkHistories,
-  kafkaReport,
-  readLog,
-  readModelDifferences,
+  expectNothingLost,
   startFaultStack,
   startLoad,
-  waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
@@ -61,15 +57,10 @@ describe('fault: the relay killed with SIGKILL between produce and checkpoint', 
     await sleep(1000);
     await startRoleProcess(relayConfig, ['relay'], ROLE_START_TIMEOUT_MS);
 
-    await load.done;
-    expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    expect(await waitUntilAllTerminal(stack.db, load.ids, 90000)).to.deep.equal({ done: 300 * LOAD_FACTOR });
-
-    const events = await readLog(stack);
-    expect(checkHistories(events, load.ids).problems).to.deep.equal([]);
-    expect(await readModelDifferences(stack, events)).to.deep.equal([]);
-    const kafka = await kafkaReport(stack, events);
-    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+    const { events, kafka } = await expectNothingLost(stack, load, {
+      done: 300 * LOAD_FACTOR,
+      timeoutMs: 90000,
+    });
     // The batches the dead relays had produced were published again by their successors: the crash really fell
     // between produce and checkpoint, and the duplicates changed nothing above.
     for (const batch of faulted)

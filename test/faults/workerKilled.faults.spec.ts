@@ -3,13 +3,9 @@ import { skipSuiteUnless } from '../support/skips.js';
 import { unavailableReason } from '../support/service.js';
 import {
   LOAD_FACTOR,
-  checkHistories,
-  kafkaReport,
-  readLog,
-  readModelDifferences,
+  expectNothingLost,
   startFaultStack,
   startLoad,
-  waitUntilAllTerminal,
   type FaultStack,
 } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
@@ -75,22 +71,14 @@ describe('fault: a worker process killed with SIGKILL mid-load', function () {
     await victim.kill('SIGKILL');
     console.log(`      [worker kill] SIGKILL worker pid ${victim.pid} with ${inFlight} tasks in progress`);
 
-    await load.done;
-    expect(load.failures, 'every submission accepted').to.deep.equal([]);
-    const statuses = await waitUntilAllTerminal(stack.db, load.ids, 90000);
-    expect(statuses).to.deep.equal({ done: 300 * LOAD_FACTOR });
-
-    const events = await readLog(stack);
-    const histories = checkHistories(events, load.ids);
-    expect(histories.problems).to.deep.equal([]);
+    const { events, histories, kafka } = await expectNothingLost(stack, load, {
+      done: 300 * LOAD_FACTOR,
+      timeoutMs: 90000,
+    });
     const reaped = histories.leaseExpired.filter((entry) => entry.workerId?.includes(`-${victim.pid}-`));
     // Those it was running when killed (it may have claimed more, or finished one, since the count was taken).
     expect(reaped.length, 'attempts of the killed worker failed by the reaper').to.be.at.least(1);
     expect(histories.leaseExpired.length, 'only the killed worker lost leases').to.equal(reaped.length);
-
-    expect(await readModelDifferences(stack, events)).to.deep.equal([]);
-    const kafka = await kafkaReport(stack, events);
-    expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
     console.log(
       `      [worker kill] ${events.length} events; ${reaped.length} attempts reaped and retried; ${kafka.messages} Kafka messages`,
     );

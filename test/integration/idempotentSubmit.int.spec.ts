@@ -6,18 +6,9 @@ import type { TaskSpec } from '../../src/domain/tasks/events.js';
 import { submitIdempotently, type SubmitDeps } from '../../src/commands/tasks/submitIdempotently.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
+import { taskSpec } from '../support/fixtures.js';
 
-const spec = (title: string): TaskSpec => ({
-  title,
-  description: null,
-  type: 'echo',
-  payload: { say: title },
-  priority: 5,
-  queue: 'default',
-  runAt: null,
-  maxAttempts: 3,
-  timeoutMs: 30000,
-});
+const spec = (title: string): TaskSpec => taskSpec({ title, payload: { say: title }, timeoutMs: 30000 });
 
 describe('submitting with an Idempotency-Key', () => {
   let db: TestDatabase;

@@ -27,7 +27,8 @@ import { PROJECTIONS } from '../../src/projections/index.js';
 import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import { usersProjection } from '../../src/projections/users/projection.js';
 import { taskStreamId } from '../../src/domain/tasks/events.js';
-import { sleep } from '../support/wait.js';
+import { waitFor } from '../support/wait.js';
+import { taskSpec } from '../support/fixtures.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-07-01T10:00:00.000Z');
@@ -53,17 +54,7 @@ async function snapshot(pool: Pool): Promise<Record<string, unknown>> {
 
 type Step = [streamId: string, type: string, data: JsonObject];
 
-const spec = (title: string) => ({
-  title,
-  description: null,
-  type: 'echo',
-  payload: { title },
-  priority: 5,
-  queue: 'default',
-  runAt: null,
-  maxAttempts: 3,
-  timeoutMs: 30000,
-});
+const spec = (title: string) => taskSpec({ title, payload: { title }, timeoutMs: 30000 });
 
 /** The lives of a few tasks, users and sessions, interleaved in the log as concurrent work would be. */
 function history(): Step[] {
@@ -236,11 +227,15 @@ describe('projections in batches', function () {
         ],
         { expectedRevision: 'any' },
       );
-    for (;;) {
-      const events = await store.readAll({ after, limit: 10_000 });
-      if (events.length === steps.length) return events;
-      await sleep(10); // another suite's open transaction holds them back
-    }
+    return waitFor(
+      `the ${steps.length} events appended`,
+      async () => {
+        const events = await store.readAll({ after, limit: 10_000 });
+        return events.length === steps.length ? events : undefined;
+      },
+      // As long as the suite's own timeout allows: another suite's open transaction may hold them back.
+      { timeoutMs: 60000, intervalMs: 10 },
+    );
   }
 
   /**
@@ -433,13 +428,13 @@ describe('projections in batches', function () {
       maxBatchSize: 1000,
     });
     try {
-      const deadline = Date.now() + 20000;
-      while (
-        (await registry.getSingleMetric('projection_events_applied_total')!.get()).values[0]?.value !== 30
-      ) {
-        if (Date.now() > deadline) throw new Error('the projector did not apply the 30 task events');
-        await sleep(50);
-      }
+      await waitFor(
+        'the projector to apply the 30 task events',
+        async () =>
+          (await registry.getSingleMetric('projection_events_applied_total')!.get()).values[0]?.value ===
+            30 || undefined,
+        { timeoutMs: 20000 },
+      );
     } finally {
       await running.stop();
     }
@@ -482,13 +477,13 @@ describe('projections in batches', function () {
       (await registry.getSingleMetric(name)!.get()).values.map((v) => ({ labels: v.labels, value: v.value }));
     const userEvents = events.filter((e) => usersProjection.eventTypes.has(e.type)).length;
     try {
-      const deadline = Date.now() + 20000;
-      while (
-        !(await valuesOf('projection_events_applied_total')).some((v) => v.labels.projection === 'tasks')
-      ) {
-        if (Date.now() > deadline) throw new Error('the projector did not apply the task events');
-        await sleep(50);
-      }
+      await waitFor(
+        'the projector to apply the task events',
+        async () =>
+          (await valuesOf('projection_events_applied_total')).some((v) => v.labels.projection === 'tasks') ||
+          undefined,
+        { timeoutMs: 20000 },
+      );
     } finally {
       await running.stop();
     }

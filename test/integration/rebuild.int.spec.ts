@@ -45,7 +45,8 @@ import {
   type RebuildOptions,
   type RebuildReport,
 } from '../../src/projections/rebuild.js';
-import { sleep } from '../support/wait.js';
+import { waitFor } from '../support/wait.js';
+import { taskSpec } from '../support/fixtures.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-06-01T08:00:00.000Z');
@@ -179,18 +180,7 @@ class World {
         {
           taskId,
           ownerId,
-          spec: {
-            title,
-            description: null,
-            type: 'echo',
-            payload: { title },
-            priority: 5,
-            queue: 'default',
-            runAt: null,
-            maxAttempts: 3,
-            timeoutMs: 30000,
-            ...spec,
-          },
+          spec: taskSpec({ title, payload: { title }, timeoutMs: 30000, ...spec }),
           idempotencyKey: null,
           now: this.now(),
         },
@@ -240,14 +230,18 @@ class World {
    * server, so another suite's open transaction can hold back what readAll may return for a moment.
    */
   async untilReadable(): Promise<void> {
-    for (;;) {
-      const { rows } = await this.db.pool.query<{ readable: boolean }>(
-        `SELECT transaction_id < pg_snapshot_xmin(pg_current_snapshot()) AS readable
-           FROM events ORDER BY transaction_id DESC, sequence DESC LIMIT 1`,
-      );
-      if (rows[0]?.readable !== false) return;
-      await sleep(10);
-    }
+    await waitFor(
+      'the last event to be readable',
+      async () => {
+        const { rows } = await this.db.pool.query<{ readable: boolean }>(
+          `SELECT transaction_id < pg_snapshot_xmin(pg_current_snapshot()) AS readable
+             FROM events ORDER BY transaction_id DESC, sequence DESC LIMIT 1`,
+        );
+        return rows[0]?.readable !== false || undefined;
+      },
+      // As long as the suite's own timeout allows: another suite's open transaction may hold the log back.
+      { timeoutMs: 60000, intervalMs: 10 },
+    );
   }
 
   /** What the live projector does with every event it is given. */

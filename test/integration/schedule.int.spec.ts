@@ -1,16 +1,13 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { Registry } from 'prom-client';
 import { handleCommand, type CommandContext } from '../../src/commands/commandHandler.js';
 import { taskStreamId, type TaskSpec } from '../../src/domain/tasks/events.js';
 import { task } from '../../src/domain/tasks/state.js';
 import { cancelTask, updateTask } from '../../src/domain/tasks/ownerCommands.js';
-import { loadConfig } from '../../src/config.js';
 import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { silentLogger } from '../../src/infra/logger.js';
-import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
 import {
   claimDueTasks,
   msUntilNextDue,
@@ -20,9 +17,9 @@ import {
   verifySchedule,
   type ClaimRequest,
 } from '../../src/workers/schedule.js';
-import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
+import { startTestWorker } from '../support/worker.js';
 import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
 
 const spec = taskSpec;
@@ -164,25 +161,8 @@ describe('the task schedule (inline projection) and batched claims', function ()
     });
     expect(claim?.state.id).to.equal(taskId);
     // The claiming worker is gone (it never ran the handler); a live one reaps the lease and runs the task.
-    const config = loadConfig({ env: {} });
     const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(db.pool), logger: silentLogger() });
-    const worker = new TaskWorker({
-      store,
-      pool: db.pool,
-      bus,
-      handlers: createHandlerRegistry(config.handlers),
-      settings: {
-        ...config.workers,
-        onlyQueues: [queue],
-        pollIntervalMs: 50,
-        backoff: { baseMs: 10, maxMs: 10, jitter: 0 },
-      },
-      tasks: config.tasks,
-      metrics: new Registry(),
-      logger: silentLogger(),
-      newId: randomUUID,
-    });
-    await worker.start();
+    const worker = await startTestWorker({ store, pool: db.pool, bus }, queue);
     try {
       const types = await waitFor(
         'the task to be reaped and run again',

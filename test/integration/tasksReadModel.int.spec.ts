@@ -31,7 +31,7 @@ import {
   type TaskStarted,
 } from '../../src/domain/tasks/events.js';
 import type { UserRole } from '../../src/domain/identity/events.js';
-import { rejection } from '../support/fixtures.js';
+import { rejection, taskSpec } from '../support/fixtures.js';
 
 const logger = silentLogger();
 const T0 = Date.parse('2025-03-01T09:00:00.000Z');
@@ -43,18 +43,13 @@ function queued(taskId: string, ownerId: string, spec: Partial<TaskSpec> = {}, q
     data: {
       taskId,
       ownerId,
-      spec: {
+      spec: taskSpec({
         title: 'resize images',
         description: 'the March uploads',
-        type: 'echo',
         payload: { images: 12 },
-        priority: 5,
-        queue: 'default',
-        runAt: null,
-        maxAttempts: 3,
         timeoutMs: 30000,
         ...spec,
-      },
+      }),
       queuedAt,
       idempotencyKey: null,
     },

@@ -2,7 +2,6 @@ import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
 import { handleCommand, type CommandContext } from '../../src/commands/commandHandler.js';
-import { loadConfig } from '../../src/config.js';
 import { taskStreamId, type TaskSpec } from '../../src/domain/tasks/events.js';
 import { cancelTask } from '../../src/domain/tasks/ownerCommands.js';
 import { task } from '../../src/domain/tasks/state.js';
@@ -23,10 +22,9 @@ import {
   selectExpiredLeaseTaskIds,
   selectTaskRow,
 } from '../../src/projections/tasks/table.js';
-import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
-import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
+import { startTestWorker } from '../support/worker.js';
 import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
 
 const spec = taskSpec;
@@ -99,30 +97,12 @@ describe('the worker on the tasks read model (the EventStoreDB path)', function 
     });
   const typesOf = async (taskId: string) => (await store.readStream(taskStreamId(taskId))).map((e) => e.type);
 
-  const startWorker = async () => {
-    const config = loadConfig({ env: {} });
-    const worker = new TaskWorker({
-      store: withoutSchedule(store),
-      pool: db.pool,
-      bus,
-      handlers: createHandlerRegistry(config.handlers),
-      settings: {
-        ...config.workers,
-        onlyQueues: [queue],
-        pollIntervalMs: 50,
-        cancelCheckIntervalMs: 50,
-        progressIntervalMs: 100,
-        shutdownGraceMs: 1000,
-        backoff: { baseMs: 10, maxMs: 10, jitter: 0 },
-      },
-      tasks: config.tasks,
-      metrics: new Registry(),
-      logger: silentLogger(),
-      newId: randomUUID,
+  const startWorker = () =>
+    startTestWorker({ store: withoutSchedule(store), pool: db.pool, bus }, queue, {
+      cancelCheckIntervalMs: 50,
+      progressIntervalMs: 100,
+      shutdownGraceMs: 1000,
     });
-    await worker.start();
-    return worker;
-  };
 
   describe('the reads the worker makes of the table', () => {
     it('lists due pending tasks by priority, leaving out full queues, running tasks and other queues', async () => {

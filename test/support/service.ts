@@ -1,3 +1,9 @@
+/**
+ * test/support: the fixtures and helpers every tier shares: the service started by main.ts's own wiring and
+ * calls to it (this file), test databases and event stores (postgres.ts), Kafka settings (kafka.ts), role
+ * processes (processes.ts), a worker on a queue of its own (worker.ts), waiting (wait.ts), fixture factories
+ * (fixtures.ts), given/when/then for deciders (decider.ts).
+ */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';

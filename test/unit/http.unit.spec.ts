@@ -1,7 +1,13 @@
 import { expect } from 'chai';
 import { pino } from 'pino';
 import { Api, type JSONSchema } from '../../src/infra/http/api.js';
-import { createHttpApp, createMetrics, listen, type RunningServer } from '../../src/infra/http/app.js';
+import {
+  createHttpApp,
+  createMetrics,
+  listen,
+  type HttpAppDeps,
+  type RunningServer,
+} from '../../src/infra/http/app.js';
 import { ServiceUnavailableError, UnauthorizedError } from '../../src/errors.js';
 import { sleep } from '../support/wait.js';
 
@@ -138,6 +144,22 @@ async function start(options: { corsOrigins?: string[]; ready?: () => boolean } 
   const running = await listen(app, 0, '127.0.0.1');
   return { running, url: running.url, logs, api };
 }
+
+/** An app around `api` alone (silent, no readiness checks unless given), listening on a free port. */
+const listenQuietly = (api: Api, deps: Partial<HttpAppDeps> = {}): Promise<RunningServer> =>
+  listen(
+    createHttpApp({
+      logger: pino({ level: 'silent' }),
+      bodyLimit: '1kb',
+      api,
+      readiness: [],
+      metrics: createMetrics(),
+      info,
+      ...deps,
+    }),
+    0,
+    '127.0.0.1',
+  );
 
 async function problemOf(response: Response): Promise<Record<string, unknown>> {
   expect(response.headers.get('content-type')).to.match(/^application\/problem\+json/);
@@ -402,16 +424,10 @@ describe('HTTP shell', () => {
 
     it('reports a check that hangs as down after its timeout', async () => {
       const api = new Api();
-      const app = createHttpApp({
-        logger: pino({ level: 'silent' }),
-        bodyLimit: '1kb',
-        api,
+      const running = await listenQuietly(api, {
         readiness: [{ name: 'stuck', check: () => new Promise<void>(() => {}) }],
         readinessTimeoutMs: 100,
-        metrics: createMetrics(),
-        info,
       });
-      const running = await listen(app, 0, '127.0.0.1');
       try {
         const started = Date.now();
         const response = await fetch(`${running.url}/ready`);
@@ -532,15 +548,7 @@ describe('HTTP shell', () => {
           res.json({ finished: true });
         },
       );
-      const app = createHttpApp({
-        logger: pino({ level: 'silent' }),
-        bodyLimit: '1kb',
-        api,
-        readiness: [],
-        metrics: createMetrics(),
-        info,
-      });
-      const running = await listen(app, 0, '127.0.0.1');
+      const running = await listenQuietly(api);
       const inFlight = fetch(`${running.url}/slow`);
       await sleep(50);
       const closed = running.close(5000);
@@ -566,15 +574,7 @@ describe('HTTP shell', () => {
         },
         () => new Promise<void>(() => {}),
       );
-      const app = createHttpApp({
-        logger: pino({ level: 'silent' }),
-        bodyLimit: '1kb',
-        api,
-        readiness: [],
-        metrics: createMetrics(),
-        info,
-      });
-      const running = await listen(app, 0, '127.0.0.1');
+      const running = await listenQuietly(api);
       const inFlight = fetch(`${running.url}/hang`).then(
         () => 'answered',
         () => 'cut',
@@ -631,15 +631,7 @@ describe('HTTP shell', () => {
           res.json(req.body);
         },
       );
-      const app = createHttpApp({
-        logger: pino({ level: 'silent' }),
-        bodyLimit: '1kb',
-        api,
-        readiness: [],
-        metrics: createMetrics(),
-        info,
-      });
-      const running = await listen(app, 0, '127.0.0.1');
+      const running = await listenQuietly(api);
       try {
         const bad = await postJson(`${running.url}/people`, JSON.stringify({ email: 'not-an-email' }));
         expect(bad.status).to.equal(400);

@@ -20,22 +20,13 @@ import {
 } from '../../src/domain/tasks/workerCommands.js';
 import { foldEvents } from '../../src/domain/decider.js';
 import { given } from '../support/decider.js';
+import { taskSpec } from '../support/fixtures.js';
 
 const t0 = new Date('2026-05-01T12:00:00.000Z');
 const at = (seconds: number) => new Date(t0.getTime() + seconds * 1000);
 const iso = (seconds: number) => at(seconds).toISOString();
 
-const spec: TaskSpec = {
-  title: 'send report',
-  description: null,
-  type: 'echo',
-  payload: { n: 1 },
-  priority: 5,
-  queue: 'default',
-  runAt: null,
-  maxAttempts: 2,
-  timeoutMs: 1000,
-};
+const spec: TaskSpec = taskSpec({ title: 'send report', maxAttempts: 2, timeoutMs: 1000 });
 const queued: TaskEvent = {
   type: 'TaskQueued',
   data: { taskId: 't1', ownerId: 'ann', spec, queuedAt: iso(0), idempotencyKey: null },

@@ -1,3 +1,8 @@
+/**
+ * src/commands/tasks: the task commands over HTTP (this file: submit, batch submit, edit, cancel, retry, archive,
+ * the admin's pause and resume), the idempotent submit as an application service (submitIdempotently.ts) and the
+ * mapping of payload errors to request paths (payloadErrors.ts). The deciders are in src/domain/tasks.
+ */
 import type { Request, Response } from 'express';
 import { PayloadTooLargeError, ValidationError } from '../../errors.js';
 import { toFieldErrors } from '../../infra/jsonSchema.js';

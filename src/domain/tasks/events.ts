@@ -1,3 +1,8 @@
+/**
+ * src/domain/tasks: the task aggregate: its events (this file), state and evolve (state.ts), the pure deciders
+ * (submitTask, ownerCommands, workerCommands, workerControl, idempotency), the catalogue of task types
+ * (taskTypes.ts) and the task as the API shows it (representation.ts).
+ */
 import type { DomainEvent } from '../decider.js';
 import type { JsonObject, JsonValue } from '../../infra/eventStore/eventStore.js';
 

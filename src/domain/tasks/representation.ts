@@ -4,7 +4,7 @@
  * Command routes and query routes both take the schemas from here, in whatever order they are registered.
  */
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
-import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
+import type { JSONSchema } from '../../infra/jsonSchema.js';
 import type { TaskStatus } from './events.js';
 import type { Task } from './state.js';
 
@@ -147,17 +147,18 @@ export const taskSchema: JSONSchema = {
   examples: [taskExample],
 };
 
-export const taskListSchema: JSONSchema = {
+/** A page of tasks; `task` is the reference to the Task schema where it was registered. */
+export const taskListSchema = (task: JSONSchema): JSONSchema => ({
   type: 'object',
   required: ['items', 'next_cursor'],
   properties: {
-    items: { type: 'array', items: schemaRef('Task') },
+    items: { type: 'array', items: task },
     next_cursor: {
       type: ['string', 'null'],
       description: 'Pass as `cursor` for the next page; null on the last page',
     },
   },
-};
+});
 
 /** An example task event, shown in the OpenAPI document. */
 export const taskEventExample = {
@@ -210,11 +211,12 @@ export const taskEventSchema: JSONSchema = {
   examples: [taskEventExample],
 };
 
-export const taskEventListSchema: JSONSchema = {
+/** A task's events; `taskEvent` is the reference to the TaskEvent schema where it was registered. */
+export const taskEventListSchema = (taskEvent: JSONSchema): JSONSchema => ({
   type: 'object',
   required: ['items'],
-  properties: { items: { type: 'array', items: schemaRef('TaskEvent') } },
-};
+  properties: { items: { type: 'array', items: taskEvent } },
+});
 
 /** The detail of a read that waited for a position the read model has not reached. */
 export const PENDING_DETAIL = 'the read model has not reached that position yet';
@@ -226,6 +228,7 @@ export const readModelPendingSchema: JSONSchema = {
   examples: [{ status: 'pending', detail: PENDING_DETAIL }],
 };
 
+/** References to the task schemas, as the registry handed them out. */
 export interface TaskSchemaRefs {
   task: JSONSchema;
   taskList: JSONSchema;
@@ -234,26 +237,31 @@ export interface TaskSchemaRefs {
   readModelPending: JSONSchema;
 }
 
-const withTaskSchemas = new WeakSet<Api>();
+/**
+ * Where named schemas are registered and referred to: the HTTP layer's Api (its OpenAPI components). Only
+ * this much of it, so the domain names no HTTP module.
+ */
+export interface SchemaRegistry {
+  /** Registers `schema` under `name` and returns a reference to it; a second registration of a name throws. */
+  addSchema(name: string, schema: JSONSchema): JSONSchema;
+}
+
+const refsByRegistry = new WeakMap<SchemaRegistry, TaskSchemaRefs>();
 
 /**
- * Adds the task schemas to `api` the first time, and returns their refs every time: the command routes for
- * tasks share them with these queries, in whatever order the two are registered.
+ * Adds the task schemas to `registry` the first time, and returns their refs every time: the command routes
+ * for tasks share them with the query routes, in whatever order the two are registered.
  */
-export function ensureTaskSchemas(api: Api): TaskSchemaRefs {
-  if (!withTaskSchemas.has(api)) {
-    api.addSchema('Task', taskSchema);
-    api.addSchema('TaskList', taskListSchema);
-    api.addSchema('TaskEvent', taskEventSchema);
-    api.addSchema('TaskEventList', taskEventListSchema);
-    api.addSchema('ReadModelPending', readModelPendingSchema);
-    withTaskSchemas.add(api);
+export function ensureTaskSchemas(registry: SchemaRegistry): TaskSchemaRefs {
+  let refs = refsByRegistry.get(registry);
+  if (!refs) {
+    const task = registry.addSchema('Task', taskSchema);
+    const taskList = registry.addSchema('TaskList', taskListSchema(task));
+    const taskEvent = registry.addSchema('TaskEvent', taskEventSchema);
+    const taskEventList = registry.addSchema('TaskEventList', taskEventListSchema(taskEvent));
+    const readModelPending = registry.addSchema('ReadModelPending', readModelPendingSchema);
+    refs = { task, taskList, taskEvent, taskEventList, readModelPending };
+    refsByRegistry.set(registry, refs);
   }
-  return {
-    task: schemaRef('Task'),
-    taskList: schemaRef('TaskList'),
-    taskEvent: schemaRef('TaskEvent'),
-    taskEventList: schemaRef('TaskEventList'),
-    readModelPending: schemaRef('ReadModelPending'),
-  };
+  return refs;
 }

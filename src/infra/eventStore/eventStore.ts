@@ -1,6 +1,7 @@
 /**
- * The event store port. Two adapters implement it (PostgreSQL and EventStoreDB) and pass one contract suite
- * (eventStore.contract.ts). Everything else in the system is derived from what is appended here.
+ * src/infra/eventStore: the event store port (this file) and its two adapters, PostgreSQL and EventStoreDB,
+ * which pass one contract suite (eventStore.contract.ts). Everything else in the system is derived from what is
+ * appended here.
  */
 
 /** JSON as it is stored: the hash chain covers these exact bytes, so data is kept as serialized text. */
@@ -85,6 +86,14 @@ export interface RecordedEvent {
 
 /** Expected stream state for optimistic concurrency. */
 export type ExpectedRevision = 'any' | 'no_stream' | 'stream_exists' | number;
+
+/** Whether a stream whose head is at `current` (null: no stream) is as `expected`: the check every adapter makes. */
+export function revisionSatisfies(expected: ExpectedRevision, current: number | null): boolean {
+  if (expected === 'any') return true;
+  if (expected === 'no_stream') return current === null;
+  if (expected === 'stream_exists') return current !== null;
+  return current === expected;
+}
 
 export interface AppendOptions {
   expectedRevision: ExpectedRevision;

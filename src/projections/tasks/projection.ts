@@ -1,3 +1,7 @@
+/**
+ * src/projections/tasks: the tasks read model: its projection (this file, the table's only writer) and the
+ * module that owns the table (table.ts: columns, row, mapping, cache key, reads).
+ */
 import { checkColumn, defineProjection, type ColumnType } from '../readModel.js';
 import type { PoolClient } from '../../infra/db/pool.js';
 import { TASK_EVENT_TYPES, taskStreamId, type TaskEvent } from '../../domain/tasks/events.js';

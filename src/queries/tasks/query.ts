@@ -7,7 +7,7 @@ import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import { isPosition, type EventStore, type Position } from '../../infra/eventStore/eventStore.js';
 import { sleep } from '../../infra/abort.js';
-import { taskStreamId, type TaskStatus } from '../../domain/tasks/events.js';
+import { taskStreamId } from '../../domain/tasks/events.js';
 import { foldEvents } from '../../domain/decider.js';
 import { task as taskDecider } from '../../domain/tasks/state.js';
 import { taskResource, type TaskResource } from '../../domain/tasks/representation.js';
@@ -16,6 +16,7 @@ import {
   selectListedTaskRows,
   selectTaskRow,
   taskCacheKey,
+  type ListedTaskFilter,
   type TaskRow,
 } from '../../projections/tasks/table.js';
 
@@ -33,16 +34,8 @@ export interface TaskPage {
   next_cursor: string | null;
 }
 
-export interface TaskListFilter {
-  /** null = every owner's tasks (auditors, admins). */
-  ownerId: string | null;
-  status?: TaskStatus;
-  type?: string;
-  queue?: string;
-  createdAfter?: string;
-  createdBefore?: string;
-  /** Words every listed title must have (a word of the title beginning with each). */
-  titleWords?: string[];
+/** The table's filter (owner, status, type, queue, time range, title words), paged by a cursor and a limit. */
+export interface TaskListFilter extends Omit<ListedTaskFilter, 'after'> {
   /** 1 to 100; 20 when absent. */
   limit?: number;
   cursor?: string | null;

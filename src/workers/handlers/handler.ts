@@ -13,7 +13,7 @@ export interface TaskHandlerContext {
   logger: Logger;
 }
 
-/** A task type's catalogue entry (src/domain/taskTypes.ts) with the code that runs it. */
+/** A task type's catalogue entry (src/domain/tasks/taskTypes.ts) with the code that runs it. */
 export interface TaskHandler<Payload = unknown> extends TaskType {
   /**
    * Resolves with the task's result. Rejecting with UnrecoverableError fails the task at once; any other

@@ -1,5 +1,5 @@
 /**
- * src/workers/handlers: the code behind each task type of the catalogue (src/domain/taskTypes.ts), one file each.
+ * src/workers/handlers: the code behind each task type of the catalogue (src/domain/tasks/taskTypes.ts), one file each.
  */
 import type { Config } from '../../config.js';
 import { TASK_TYPES } from '../../domain/tasks/taskTypes.js';
@@ -13,7 +13,7 @@ export { HandlerRegistry, UnrecoverableError, isAbortError, isUnrecoverableError
 export type { TaskHandler, TaskHandlerContext } from './handler.js';
 
 /**
- * A handler for every task type of the catalogue. A new type is an entry in src/domain/taskTypes.ts (which
+ * A handler for every task type of the catalogue. A new type is an entry in src/domain/tasks/taskTypes.ts (which
  * the write side validates submissions against and lists in the OpenAPI document) and a handler here.
  */
 export function createHandlerRegistry(settings: Config['handlers']): HandlerRegistry {

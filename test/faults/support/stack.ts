@@ -1,3 +1,8 @@
+/**
+ * test/faults/support: what only the fault cases need: the stack of role processes under load (this file), the
+ * processes they stop and start (processes.ts), and the relay that kills itself mid-batch (selfKillingRelay.ts).
+ */
+import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { Kafka, logLevel } from 'kafkajs';
@@ -534,6 +539,37 @@ export async function kafkaReport(
     duplicated: [...contents.copies.values()].filter((n) => n > 1).length,
     copies: contents.copies,
   };
+}
+
+/** What `expectNothingLost` read, for a case's own checks after it. */
+export interface FaultVerdict {
+  events: RecordedEvent[];
+  histories: HistoryReport;
+  kafka: KafkaReport;
+}
+
+/**
+ * What every fault case asserts once its load has ended: each submission accepted, `done` tasks done as the read
+ * model shows them (within `timeoutMs`), (a) and (b) from the log, (c) the read models equal a fold of the log,
+ * (d) every log event in Kafka.
+ */
+export async function expectNothingLost(
+  stack: FaultStack,
+  load: Load,
+  options: { done: number; timeoutMs: number },
+): Promise<FaultVerdict> {
+  await load.done;
+  expect(load.failures, 'every submission accepted').to.deep.equal([]);
+  expect(await waitUntilAllTerminal(stack.db, load.ids, options.timeoutMs)).to.deep.equal({
+    done: options.done,
+  });
+  const events = await readLog(stack);
+  const histories = checkHistories(events, load.ids);
+  expect(histories.problems).to.deep.equal([]);
+  expect(await readModelDifferences(stack, events)).to.deep.equal([]);
+  const kafka = await kafkaReport(stack, events);
+  expect(kafka.missing, 'log events missing from Kafka').to.deep.equal([]);
+  return { events, histories, kafka };
 }
 
 /** Sum of every sample of a Prometheus metric in /metrics; with `label`, of the samples that carry it. */

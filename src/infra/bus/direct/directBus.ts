@@ -1,3 +1,7 @@
+/**
+ * src/infra/bus/direct: the bus without a broker, for one process: each consumer group reads the event store's
+ * log itself, from its own checkpoint.
+ */
 import type { EventStore, Position, RecordedEvent } from '../../eventStore/eventStore.js';
 import type { Logger } from '../../logger.js';
 import { asyncBatches } from '../../asyncBatches.js';

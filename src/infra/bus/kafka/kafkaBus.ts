@@ -1,3 +1,7 @@
+/**
+ * src/infra/bus/kafka: the Kafka adapter of the bus: consumer groups (this file), the relay that publishes the
+ * event store's log (relay.ts), and the client and topic set-up (kafkaClient.ts).
+ */
 import type { Consumer, Kafka, KafkaMessage } from 'kafkajs';
 import type { Position, RecordedEvent } from '../../eventStore/eventStore.js';
 import type { Pool } from '../../db/pool.js';

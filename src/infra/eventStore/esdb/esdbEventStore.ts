@@ -1,3 +1,6 @@
+/**
+ * src/infra/eventStore/esdb: the EventStoreDB adapter of the event store.
+ */
 import {
   BACKWARDS,
   END,
@@ -21,6 +24,7 @@ import {
   comparePositions,
   decodePosition,
   encodePosition,
+  revisionSatisfies,
   WrongExpectedRevisionError,
   type AppendOptions,
   type AppendResult,
@@ -125,13 +129,6 @@ function toRecordedEvent(event: StoredEvent): RecordedEvent {
   };
 }
 
-function satisfies(expected: ExpectedRevision, current: number | null): boolean {
-  if (expected === 'any') return true;
-  if (expected === 'no_stream') return current === null;
-  if (expected === 'stream_exists') return current !== null;
-  return current === expected;
-}
-
 const sameId = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCase();
 
 export interface EsdbEventStoreOptions {
@@ -167,7 +164,11 @@ export class EsdbEventStore implements EventStore {
       const existing = await this.findExisting(streamId, events, expected, head, tail);
       if (existing) return existing;
       // Only "any" tolerates another writer getting in first; like PostgreSQL, "stream_exists" does not.
-      if (!satisfies(expected, head) || (lostRace && expected !== 'any') || attempt > MAX_APPEND_ATTEMPTS)
+      if (
+        !revisionSatisfies(expected, head) ||
+        (lostRace && expected !== 'any') ||
+        attempt > MAX_APPEND_ATTEMPTS
+      )
         throw new WrongExpectedRevisionError(streamId, expected, head);
 
       const firstRevision = head === null ? 0 : head + 1;

@@ -1,3 +1,7 @@
+/**
+ * src/infra/eventStore/postgres: the PostgreSQL adapter of the event store (this file: append, read, the log
+ * below the safe horizon) and the group commit that appends many commands in one statement (groupCommit.ts).
+ */
 import pg from 'pg';
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
@@ -11,12 +15,12 @@ import {
   assertStreamId,
   decodePosition,
   encodePosition,
+  revisionSatisfies,
   WrongExpectedRevisionError,
   type AppendOptions,
   type AppendResult,
   type EventMetadata,
   type EventStore,
-  type ExpectedRevision,
   type NewEvent,
   type Position,
   type ReadAllOptions,
@@ -41,6 +45,14 @@ interface EventRow {
   recorded_at: Date;
 }
 
+/** An already stored event an append names again, as the append's first query finds it. */
+type StoredEventRef = Pick<
+  EventRow,
+  'stream_id' | 'revision' | 'transaction_id' | 'sequence' | 'event_id'
+> & {
+  hash: string;
+};
+
 const EVENT_COLUMNS =
   'sequence, transaction_id::text AS transaction_id, stream_id, revision, event_id, type, data, metadata, recorded_at';
 
@@ -55,13 +67,6 @@ function toRecordedEvent(row: EventRow): RecordedEvent {
     metadata: { ...row.metadata, eventId: row.event_id },
     recordedAt: row.recorded_at.toISOString(),
   };
-}
-
-function satisfies(expected: ExpectedRevision, current: number | null): boolean {
-  if (expected === 'any') return true;
-  if (expected === 'no_stream') return current === null;
-  if (expected === 'stream_exists') return current !== null;
-  return current === expected;
 }
 
 export interface PostgresEventStoreOptions {
@@ -156,14 +161,7 @@ export class PostgresEventStore implements EventStore {
     try {
       await client.query('BEGIN');
       const { rows } = await client.query<{
-        existing: Array<{
-          stream_id: string;
-          revision: number;
-          transaction_id: string;
-          sequence: number;
-          event_id: string;
-          hash: string;
-        }> | null;
+        existing: StoredEventRef[] | null;
         head_revision: number | null;
         head_hash: string | null;
       }>(
@@ -183,7 +181,7 @@ export class PostgresEventStore implements EventStore {
         await client.query('ROLLBACK');
         return this.idempotentResult(streamId, events, existing);
       }
-      if (!satisfies(options.expectedRevision, headRevision)) {
+      if (!revisionSatisfies(options.expectedRevision, headRevision)) {
         await client.query('ROLLBACK');
         throw new WrongExpectedRevisionError(streamId, options.expectedRevision, headRevision);
       }
@@ -249,18 +247,7 @@ export class PostgresEventStore implements EventStore {
   }
 
   /** The same events appended again (a retried request): answer as the first append did, write nothing. */
-  private idempotentResult(
-    streamId: string,
-    events: NewEvent[],
-    existing: Array<{
-      stream_id: string;
-      revision: number;
-      transaction_id: string;
-      sequence: number;
-      event_id: string;
-      hash: string;
-    }>,
-  ): AppendResult {
+  private idempotentResult(streamId: string, events: NewEvent[], existing: StoredEventRef[]): AppendResult {
     const sameAppend =
       existing.length === events.length &&
       existing.every((row, index) => row.stream_id === streamId && row.event_id === events[index]!.eventId);
