@@ -1,6 +1,4 @@
 import { expect } from 'chai';
-import { Kafka, logLevel } from 'kafkajs';
-import { randomUUID } from 'node:crypto';
 import { REDACTED } from '../../src/domain/identity/credentials.js';
 import { skipSuiteUnless } from '../support/skips.js';
 import { readWholeLog } from '../support/log.js';
@@ -11,41 +9,7 @@ import {
   unavailableReason,
   type TestService,
 } from '../support/service.js';
-import { waitFor } from '../support/wait.js';
-
-interface TopicMessage {
-  key: string;
-  headers: Record<string, string>;
-  value: string;
-}
-
-/** Every message of the topic, read as any team with the topic's ACL would: a plain consumer of a group of its own. */
-async function readTopic(brokers: string[], topic: string, expected: number): Promise<TopicMessage[]> {
-  const kafka = new Kafka({ clientId: 'an-outsider', brokers, logLevel: logLevel.NOTHING });
-  const consumer = kafka.consumer({ groupId: `outsider-${randomUUID()}` });
-  const messages: TopicMessage[] = [];
-  await consumer.connect();
-  try {
-    await consumer.subscribe({ topic, fromBeginning: true });
-    await consumer.run({
-      eachMessage: async ({ message }) => {
-        messages.push({
-          key: message.key?.toString() ?? '',
-          headers: Object.fromEntries(
-            Object.entries(message.headers ?? {}).map(([name, value]) => [name, String(value)]),
-          ),
-          value: message.value?.toString() ?? '',
-        });
-      },
-    });
-    await waitFor(`${expected} messages on the topic`, () => messages.length >= expected || undefined, {
-      timeoutMs: 30000,
-    });
-  } finally {
-    await consumer.disconnect();
-  }
-  return messages;
-}
+import { readTopicAsOutsider } from '../support/kafka.js';
 
 describe('no credential material leaves the event store (full stack: PostgreSQL, Kafka, Redis)', function () {
   this.timeout(90000);
@@ -103,7 +67,11 @@ describe('no credential material leaves the event store (full stack: PostgreSQL,
     );
     expect(secrets.length).to.be.at.least(6);
 
-    const messages = await readTopic(service.config.kafka.brokers, service.config.kafka.topic, log.length);
+    const messages = await readTopicAsOutsider(
+      service.config.kafka.brokers,
+      service.config.kafka.topic,
+      log.length,
+    );
     // Every event of the log is there, keyed by its stream; only the credential fields differ.
     expect(messages.map((m) => m.headers.position).sort()).to.deep.equal(
       log.map((event) => event.position).sort(),

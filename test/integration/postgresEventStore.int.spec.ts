@@ -24,6 +24,19 @@ eventStoreContract(
   },
 );
 
+/** An event of the given type with empty data and plain metadata. */
+const event = (type: string) => ({
+  eventId: randomUUID(),
+  type,
+  data: {},
+  metadata: {
+    correlationId: randomUUID(),
+    causationId: null,
+    userId: null,
+    timestamp: new Date().toISOString(),
+  },
+});
+
 describe('the PostgreSQL log horizon', function () {
   this.timeout(30_000);
   let db: TestDatabase;
@@ -35,18 +48,6 @@ describe('the PostgreSQL log horizon', function () {
   after(async () => {
     await horizonStore?.close();
     await db?.drop();
-  });
-
-  const event = (type: string) => ({
-    eventId: randomUUID(),
-    type,
-    data: {},
-    metadata: {
-      correlationId: randomUUID(),
-      causationId: null,
-      userId: null,
-      timestamp: new Date().toISOString(),
-    },
   });
 
   it('is not held back by an open transaction that does not write events (a projection, say)', async () => {
@@ -128,23 +129,7 @@ describe('append wake-ups (onAppended)', function () {
         );
         return rows[0]!.n >= 2 || undefined;
       });
-      await here.append(
-        `wake-${randomUUID()}`,
-        [
-          {
-            eventId: randomUUID(),
-            type: 'TaskQueued',
-            data: {},
-            metadata: {
-              correlationId: randomUUID(),
-              causationId: null,
-              userId: null,
-              timestamp: new Date().toISOString(),
-            },
-          },
-        ],
-        { expectedRevision: 'no_stream' },
-      );
+      await here.append(`wake-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
       expect(heardHere.map((types) => (types ? [...types] : null))).to.deep.equal([['TaskQueued']]);
       await waitFor('the other store to hear the NOTIFY', () => heardThere.length > 0 || undefined);
       expect(heardThere).to.deep.equal([null]);
