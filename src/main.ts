@@ -36,6 +36,7 @@ import { registerAuditRoutes } from './queries/audit/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
 import { registerGoServiceRoutes } from './compat/goService/routes.js';
 import { resolveDeploymentSecret } from './infra/secrets/deploymentSecret.js';
+import { sleep } from './infra/abort.js';
 import { parseMasterKey, PostgresPersonalData, type PersonalData } from './infra/secrets/personalData.js';
 
 export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
@@ -222,6 +223,26 @@ export async function buildInfrastructure(
   }
 }
 
+const FORGOTTEN_KEYS_SWEEP_MS = 60_000;
+
+/**
+ * Every minute (and at start), destroys the data keys of users the read model shows forgotten that still have one.
+ * A forget whose process died between its UserForgotten and the key's destruction is finished here, within about a
+ * minute of the projector applying the event.
+ */
+async function sweepForgottenKeys(infra: Infrastructure, signal: AbortSignal): Promise<void> {
+  while (!signal.aborted) {
+    try {
+      const destroyed = await infra.personalData.destroyKeysOfForgottenUsers();
+      if (destroyed > 0)
+        infra.logger.warn({ destroyed }, 'destroyed the data keys of users forgotten before their keys were');
+    } catch (error) {
+      infra.logger.warn({ err: error }, 'sweep of forgotten users’ keys failed; trying again later');
+    }
+    await sleep(FORGOTTEN_KEYS_SWEEP_MS, signal);
+  }
+}
+
 /** A role running in this process: stopping it ends its work and lets go of what it holds. */
 interface StartedRole {
   name: string;
@@ -351,6 +372,17 @@ export async function startService(
         const metrics = projectionMetrics(infrastructure.metrics);
         const consumer = await runProjections({ ...infrastructure, projections: PROJECTIONS, metrics });
         return () => consumer.stop();
+      });
+    }
+    // Forgetting is an event, then the key's destruction: a process that died in between left a key to destroy.
+    if (roles.includes('projector')) {
+      await startRole('forgotten-keys sweep', async () => {
+        const sweeping = new AbortController();
+        const sweep = sweepForgottenKeys(infrastructure, sweeping.signal);
+        return async () => {
+          sweeping.abort();
+          await sweep;
+        };
       });
     }
     // Signed anchors of the log, on a schedule. Several processes doing it is harmless (expected revisions).

@@ -533,6 +533,7 @@ describe('secrets', function () {
         'a 16-byte key',
         { NODE_ENV: 'production', JWT_SECRET: jwt, DATA_KEY: randomBytes(16).toString('base64') },
       ],
+      ['a typed key', { NODE_ENV: 'production', JWT_SECRET: jwt, DATA_KEY: 'ab'.repeat(32) }],
     ] as const) {
       const result = await start(env);
       expect(result.signal, `${what}: it exited by itself, not killed after the timeout`).to.equal(null);

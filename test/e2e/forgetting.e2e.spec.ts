@@ -133,17 +133,29 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
       expect(tombstone.owner).to.equal(ann.userId);
 
-      // The history still verifies, and every read model equals a rebuild from the log.
-      const verified = await cli(['audit', 'verify']);
-      expect(verified.stdout).to.match(/^ok: \d+ events/);
-      const rebuilt = await cli(['projections', 'rebuild', '--verify', '--no-swap']);
-      expect(rebuilt.stdout).to.include('the rebuilt read models equal the live ones');
+      // The key itself is gone from its table, not only unusable.
+      const { rows: key } = await pool.query(
+        'SELECT wrapped_key, destroyed_at IS NOT NULL AS destroyed FROM person_keys WHERE person_id = $1',
+        [ann.userId],
+      );
+      expect(key).to.deep.equal([{ wrapped_key: null, destroyed: true }]);
 
       // The same email registers again, as a new person.
       const again = await registerAndLogin(base, { email: ann.email, password: PASSWORD });
       expect(again.userId).not.to.equal(ann.userId);
       const shown = await call(base, 'GET', `/users/${again.userId}`, { token: again.token });
       expect(shown.body.email).to.equal(ann.email);
+
+      // The history still verifies, and every read model equals a rebuild from the log, the stream that now holds a
+      // forgotten user and a live one included.
+      await waitFor('the users read model to hold the new registration', async () => {
+        const { rows } = await pool.query('SELECT 1 FROM users WHERE id = $1', [again.userId]);
+        return rows.length > 0 || undefined;
+      });
+      const verified = await cli(['audit', 'verify']);
+      expect(verified.stdout).to.match(/^ok: \d+ events/);
+      const rebuilt = await cli(['projections', 'rebuild', '--verify', '--no-swap']);
+      expect(rebuilt.stdout).to.include('the rebuilt read models equal the live ones');
     });
 
     it('lets an admin forget a user by id, and the command line by email', async () => {
@@ -164,6 +176,10 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         204,
       );
       expect((await call(base, 'GET', `/users/${bob.userId}`, { token: admin.token })).status).to.equal(404);
+      // Nor does the audit API (admins read it) show the forgotten email anywhere.
+      const log = await call(base, 'GET', '/audit/events?limit=1000', { token: admin.token });
+      expect(log.status).to.equal(200);
+      expect(JSON.stringify(log.body)).to.include(bob.userId).and.not.include(bob.email);
 
       const { stdout } = await cli(['users', 'forget', cat.email]);
       expect(stdout).to.include(`user ${cat.userId} is forgotten`);

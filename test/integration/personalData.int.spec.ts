@@ -84,6 +84,23 @@ describe('personal data sealed per person (PostgreSQL person_keys)', () => {
     expect(parseMasterKey(key.toString('base64url'))).to.deep.equal(key);
     expect(() => parseMasterKey(randomBytes(31).toString('base64'))).to.throw(/at least 32 bytes/);
     expect(() => parseMasterKey('correct horse battery staple')).to.throw(/hex or base64/);
+    expect(() => parseMasterKey('ab'.repeat(32))).to.throw(/looks typed/);
+  });
+
+  it('destroys, in a sweep, the keys of users the read model shows forgotten (a forget that died half way)', async () => {
+    const data = new PostgresPersonalData(db.pool, masterKey());
+    const [forgotten, live] = [randomUUID(), randomUUID()];
+    const sealed = await data.seal(forgotten, 'gone@example.com');
+    await data.seal(live, 'here@example.com');
+    await db.pool.query(
+      `INSERT INTO users (id, account_stream, role, created_at, forgotten_at)
+       VALUES ($1, $3, 'user', now(), now()), ($2, $4, 'user', now(), NULL)`,
+      [forgotten, live, `account-${randomUUID()}`, `account-${randomUUID()}`],
+    );
+    expect(await data.destroyKeysOfForgottenUsers()).to.equal(1);
+    expect(await data.destroyKeysOfForgottenUsers()).to.equal(0);
+    expect(await data.open(forgotten, sealed)).to.equal(null);
+    expect(await data.seal(live, 'here@example.com')).to.match(/^pd1\./);
   });
 });
 

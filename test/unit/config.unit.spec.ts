@@ -4,6 +4,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { generateAuditKeyPair } from '../../src/audit/anchors.js';
 import { ConfigError, LEGACY_DEFAULT_JWT_SECRET, loadConfig } from '../../src/config.js';
+import { randomBytes } from 'node:crypto';
+
+const randomHexKey = randomBytes(32).toString('hex');
 
 /** An empty working directory, so no stray .env from the checkout leaks into these tests. */
 const emptyDir = () => mkdtempSync(path.join(tmpdir(), 'tm-config-'));
@@ -132,16 +135,18 @@ describe('config', () => {
     expectConfigError({ NODE_ENV: 'production', JWT_SECRET: LEGACY_DEFAULT_JWT_SECRET }, 'jwt.secret');
     expectConfigError({ NODE_ENV: 'production', JWT_SECRET: 'short' }, 'jwt.secret');
     expect(
-      loadWith({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32), DATA_KEY: 'ab'.repeat(32) }).nodeEnv,
+      loadWith({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32), DATA_KEY: randomHexKey }).nodeEnv,
     ).to.equal('production');
   });
 
-  it('takes a data key of 32 bytes or more as hex or base64, refuses a short or malformed one, and needs one in production', () => {
-    expect(loadWith({ DATA_KEY: 'ab'.repeat(32) }).personalData.dataKey).to.equal('ab'.repeat(32));
-    const base64 = Buffer.alloc(32, 7).toString('base64');
+  it('takes a random data key of 32 bytes or more as hex or base64, refuses a short, typed or malformed one, and needs one in production', () => {
+    expect(loadWith({ DATA_KEY: randomHexKey }).personalData.dataKey).to.equal(randomHexKey);
+    expectConfigError({ DATA_KEY: 'ab'.repeat(32) }, 'looks typed');
+    expectConfigError({ DATA_KEY: '0123456789abcdef'.repeat(4) }, 'looks typed');
+    const base64 = randomBytes(32).toString('base64');
     expect(loadWith({ DATA_KEY: base64 }).personalData.dataKey).to.equal(base64);
     expect(loadWith({ DATA_KEY: '' }).personalData.dataKey).to.equal(null);
-    expectConfigError({ DATA_KEY: 'ab'.repeat(31) }, 'personalData.dataKey');
+    expectConfigError({ DATA_KEY: randomHexKey.slice(0, 62) }, 'personalData.dataKey');
     expectConfigError({ DATA_KEY: 'not a key!' }, 'personalData.dataKey');
     expectConfigError({ NODE_ENV: 'production', JWT_SECRET: 'a'.repeat(32) }, 'personalData.dataKey');
   });

@@ -230,10 +230,12 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         // A conflict here means someone else registered this email at the same moment: that is the answer.
         { maxAttempts: 2 },
       ).catch(async (error) => {
-        // The key of a user that never came to be: nothing was sealed with it that anyone keeps.
-        await personalData.destroyKey(userId).catch(() => undefined);
-        if (error instanceof ConflictError)
+        if (error instanceof ConflictError) {
+          // Someone else's registration won, so this user never came to be: their fresh key sealed nothing kept.
+          // Only then: after any other failure the append may have committed, and the key is the user's.
+          await personalData.destroyKey(userId).catch(() => undefined);
           throw new ConflictError('an account with this email already exists');
+        }
         throw error;
       });
       res.set('X-Position', result.position ?? '');
@@ -332,6 +334,10 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
           ),
         context(req, state.userId),
       );
+      // A forget that landed while the password was being checked: no tokens for a user who is gone.
+      const holder = foldEvents(account, await store.readStream(accountStream));
+      if (!holder.exists || holder.userId !== state.userId)
+        throw new UnauthorizedError('wrong email or password');
       issueTokens(res, { userId: state.userId!, role: state.role, sessionId }, refresh.token);
     },
   );

@@ -19,6 +19,8 @@ const IV_BYTES = 12;
 const TAG_BYTES = 16;
 /** A master key must carry at least this much: the strength of the AES-256 keys derived from it. */
 export const MIN_MASTER_KEY_BYTES = 32;
+/** Fewer distinct byte values than this in the key: a pattern, not random bytes (which almost never come close). */
+const MIN_DISTINCT_KEY_BYTES = 16;
 
 export const isSealed = (value: string): boolean => value.startsWith(SEALED_PREFIX);
 
@@ -38,6 +40,11 @@ export function parseMasterKey(text: string): Buffer {
   if (bytes.length < MIN_MASTER_KEY_BYTES)
     throw new Error(
       `the data key must hold at least ${MIN_MASTER_KEY_BYTES} bytes; it holds ${bytes.length}`,
+    );
+  // 32 random bytes hold about 31 distinct values; a typed pattern (`abab…`, a repeated word) holds a handful.
+  if (new Set(bytes).size < MIN_DISTINCT_KEY_BYTES)
+    throw new Error(
+      'the data key looks typed, not random (too few distinct bytes): make one with `openssl rand -base64 32`',
     );
   return bytes;
 }
@@ -71,6 +78,11 @@ export interface PersonalData {
   open(personId: string, sealed: string): Promise<string | null>;
   /** Destroys the person's key, for good; doing it again changes nothing. */
   destroyKey(personId: string): Promise<void>;
+  /**
+   * Destroys the keys of users the read model shows forgotten that still have one: a forget whose process died
+   * between its UserForgotten and the key's destruction is finished here. Returns how many it destroyed.
+   */
+  destroyKeysOfForgottenUsers(): Promise<number>;
 }
 
 export class ForgottenPersonError extends Error {
@@ -123,6 +135,14 @@ export class PostgresPersonalData implements PersonalData {
        ON CONFLICT (person_id) DO UPDATE SET wrapped_key = NULL, destroyed_at = coalesce(person_keys.destroyed_at, now())`,
       [personId],
     );
+  }
+
+  async destroyKeysOfForgottenUsers(): Promise<number> {
+    const { rowCount } = await this.pool.query(
+      `UPDATE person_keys k SET wrapped_key = NULL, destroyed_at = now()
+         FROM users u WHERE u.id = k.person_id AND u.forgotten_at IS NOT NULL AND k.wrapped_key IS NOT NULL`,
+    );
+    return rowCount ?? 0;
   }
 
   /** The person's key unwrapped; null once destroyed (or, without `create`, when there never was one). */

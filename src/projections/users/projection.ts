@@ -80,6 +80,8 @@ export const usersProjection = defineProjection<UserRow>({
     }
   },
   async write(client, changed) {
+    // In the order the batch first touched them: a forgotten user's row is written before the live one that
+    // re-registered in the same stream, as the unique index on live account streams needs.
     const rows = changed.flatMap(({ row }) => (row ? [row] : []));
     await client.query(
       `INSERT INTO users (id, account_stream, role, created_at, forgotten_at)
