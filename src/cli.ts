@@ -21,6 +21,7 @@ import { createAnchor, generateAuditKeyPair } from './audit/anchors.js';
 import { createProgressReporter } from './audit/progress.js';
 import { describeDifference, rebuildReadModels } from './projections/rebuild.js';
 import { rebuildSchedule, verifySchedule } from './workers/schedule.js';
+import { rebuildQueueSettings, verifyQueueSettings } from './projections/queues/table.js';
 import { isApiProcess, onPrimaryStop, startApiCluster } from './apiProcesses.js';
 import { PROJECTIONS } from './projections/index.js';
 import type { Pool } from './infra/db/pool.js';
@@ -264,9 +265,23 @@ async function scheduleRebuild(pool: Pool, verify: boolean, replace: boolean): P
         `  task ${difference.taskId}: expected ${JSON.stringify(difference.expected)}, found ${JSON.stringify(difference.actual)}\n`,
       );
   }
+  if (verify) {
+    const differences = await verifyQueueSettings(pool);
+    process.stdout.write(
+      differences.length === 0
+        ? 'verify: queue_settings equals a fold of the log\n'
+        : `verify: queue_settings: ${differences.length} queues differ from a fold of the log\n`,
+    );
+    for (const difference of differences.slice(0, 10))
+      process.stdout.write(
+        `  queue ${difference.queue}: expected ${JSON.stringify(difference.expected)}, found ${JSON.stringify(difference.actual)}\n`,
+      );
+  }
   if (replace) {
     const events = await rebuildSchedule(pool);
     process.stdout.write(`task_schedule rebuilt from ${events} task events\n`);
+    const queueEvents = await rebuildQueueSettings(pool);
+    process.stdout.write(`queue_settings rebuilt from ${queueEvents} queue events\n`);
   }
 }
 

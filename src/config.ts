@@ -1,5 +1,6 @@
 import { AnchorKeys, type RetiredAnchorKey } from './audit/anchors.js';
 import { parseMasterKey } from './infra/secrets/personalData.js';
+import type { QueueLimits, RateLimit } from './domain/queues/queueSettings.js';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -58,6 +59,11 @@ export interface Config {
     concurrency: number;
     queues: Record<string, number>;
     defaultQueueConcurrency: number;
+    /**
+     * Limits across every worker process for queues nobody has configured with PUT /queues/{name} (whose settings,
+     * once given, take precedence). A queue not named here and never configured has no limits.
+     */
+    queueLimits: Record<string, QueueLimits>;
     onlyQueues: string[];
     pollIntervalMs: number;
     leaseGraceMs: number;
@@ -111,7 +117,7 @@ const positiveInt = { type: 'integer', minimum: 1 } as const;
  * required `| null` ones, so such settings are an anyOf, which it does type; describeError reports the string
  * branch's complaint only.
  */
-const orNull = (schema: JSONSchemaType<string>) => ({
+const orNull = <T>(schema: JSONSchemaType<T>) => ({
   anyOf: [schema, { type: 'null' as const, nullable: true as const }],
 });
 
@@ -281,6 +287,7 @@ export const configSchema: JSONSchemaType<Config> = {
         'concurrency',
         'queues',
         'defaultQueueConcurrency',
+        'queueLimits',
         'onlyQueues',
         'pollIntervalMs',
         'leaseGraceMs',
@@ -298,6 +305,27 @@ export const configSchema: JSONSchemaType<Config> = {
           additionalProperties: positiveInt,
         },
         defaultQueueConcurrency: positiveInt,
+        queueLimits: {
+          type: 'object',
+          required: [],
+          propertyNames: { pattern: '^[a-z0-9][a-z0-9_.-]{0,63}$' },
+          additionalProperties: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['concurrency', 'rate', 'groupConcurrency', 'paused'],
+            properties: {
+              concurrency: orNull<number>(positiveInt),
+              rate: orNull<RateLimit>({
+                type: 'object',
+                additionalProperties: false,
+                required: ['limit', 'intervalMs'],
+                properties: { limit: positiveInt, intervalMs: positiveInt },
+              }),
+              groupConcurrency: orNull<number>(positiveInt),
+              paused: { type: 'boolean' },
+            },
+          },
+        },
         onlyQueues: { type: 'array', items: { type: 'string', pattern: '^[a-z0-9][a-z0-9_.-]{0,63}$' } },
         pollIntervalMs: positiveInt,
         leaseGraceMs: positiveInt,

@@ -33,6 +33,8 @@ import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
 import { registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
+import { registerQueueCommandRoutes } from './commands/queues/routes.js';
+import { registerQueueQueryRoutes } from './queries/queues/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
 import { registerGoServiceRoutes } from './compat/goService/routes.js';
 import { resolveDeploymentSecret } from './infra/secrets/deploymentSecret.js';
@@ -304,6 +306,8 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
     minPositionWaitMs: config.tasks.minPositionWaitMs,
     clock,
   });
+  registerQueueCommandRoutes(api, { store: infra.store, clock, newId: randomUUID });
+  registerQueueQueryRoutes(api, { pool: infra.pool, queueLimits: config.workers.queueLimits });
   registerAuditRoutes(api, { store: infra.store });
   // The replaced Go service's paths, served by the same commands and queries.
   registerGoServiceRoutes(api, {

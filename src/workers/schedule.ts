@@ -11,6 +11,7 @@ import { foldEvents } from '../domain/decider.js';
 import { TASK_STREAM_PREFIX, taskStreamId, type TaskEvent } from '../domain/tasks/events.js';
 import { task, type Task } from '../domain/tasks/state.js';
 import { startTask } from '../domain/tasks/workerCommands.js';
+import { isManaged, type QueueLimits } from '../domain/queues/queueSettings.js';
 
 /**
  * The `task_schedule` table (migrations/0010): an inline projection of the task streams, written by a trigger in
@@ -25,6 +26,8 @@ export type ScheduleStatus = 'pending' | 'claimed' | 'running' | 'failed' | 'can
 export interface ScheduleRow {
   taskId: string;
   queue: string;
+  /** '' when the task has none. */
+  groupKey: string;
   priority: number;
   status: Exclude<ScheduleStatus, 'claimed'>;
   runAt: string;
@@ -41,6 +44,7 @@ export function scheduleRowOf(state: Task): ScheduleRow | null {
   return {
     taskId: state.id!,
     queue: state.spec!.queue,
+    groupKey: state.spec!.groupKey ?? '',
     priority: state.spec!.priority,
     status: running ? 'running' : (state.status as 'pending' | 'failed' | 'canceled'),
     runAt: new Date(state.runAt!).toISOString(),
@@ -74,6 +78,8 @@ export interface ClaimRequest {
   leaseMs: (state: Task) => number;
   metadata: EventContext;
   newId: () => string;
+  /** config.yml's limits for queues nobody has configured (PUT /queues/{name} settings take precedence). */
+  queueDefaults?: Readonly<Record<string, QueueLimits>>;
 }
 
 interface StreamEventRow {
@@ -84,33 +90,72 @@ interface StreamEventRow {
   hash: string;
 }
 
+/** A managed queue that had due work this round and gave none: held by a limit, and when to look again. */
+export interface HeldQueue {
+  queue: string;
+  /** `rate`: the window is full until `retryAt`; `limit`: concurrency or group caps, until a task of it ends. */
+  heldBy: 'rate' | 'limit';
+  retryAt: Date | null;
+}
+
+/** What one claim round did: the attempts it started, and the managed queues whose limits held work back. */
+export interface ClaimRound {
+  claimed: ClaimedTask[];
+  held: HeldQueue[];
+}
+
 /**
- * The claim, in two steps. First one statement takes the most urgent due rows this worker has room for (highest
- * priority, then the earliest due; FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows), marks them
- * `claimed` and returns their streams. Then their TaskStarted events are appended at the revisions just read,
- * through the store's group commit with everything else being appended. An append that conflicts (a cancel or an
- * edit came in between) gives that row back; a worker that dies between the steps leaves rows `claimed` until
- * their lease_until passes, when `releaseAbandonedClaims` puts them back. Two workers never run one attempt: the
- * row lock keeps them apart, and the expected revision would anyway.
+ * The claim, in two steps. First one statement takes the most urgent due rows this worker has room for, marks
+ * them `claimed` and returns their streams: queues without limits by one SELECT (highest priority, then the
+ * earliest due; FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows), managed queues (any limit, see
+ * src/domain/queues) through task_schedule_claim_limited (migrations/0016), which counts and claims under a lock of
+ * each queue so its limits hold across every worker process, and serves group keys round robin. Then their
+ * TaskStarted events are appended at the revisions just read, through the store's group commit with everything
+ * else being appended. An append that conflicts (a cancel or an edit came in between) gives that row back; a
+ * worker that dies between the steps leaves rows `claimed` until their lease_until passes, when
+ * `releaseAbandonedClaims` puts them back. Two workers never run one attempt: the row lock keeps them apart, and
+ * the expected revision would anyway.
  */
 export async function claimDueTasks(
   pool: Pool,
   store: Pick<EventStore, 'append'>,
   request: ClaimRequest,
 ): Promise<ClaimedTask[]> {
+  return (await claimRound(pool, store, request)).claimed;
+}
+
+/** As `claimDueTasks`, and also which managed queues held work back (the worker's cue for when to look again). */
+export async function claimRound(
+  pool: Pool,
+  store: Pick<EventStore, 'append'>,
+  request: ClaimRequest,
+): Promise<ClaimRound> {
   const fullQueues = [...request.roomByQueue].filter(([, room]) => room <= 0).map(([queue]) => queue);
-  if (request.limit <= 0) return [];
+  if (request.limit <= 0) return { claimed: [], held: [] };
   const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
   const queues = queueScope(request.onlyQueues, '$3');
+  const defaults = request.queueDefaults ?? {};
+  const managedByConfig = Object.entries(defaults)
+    .filter(([, limits]) => isManaged(limits))
+    .map(([queue]) => queue);
   // Not prepared: with LIMIT a parameter, a generic plan could sort every pending row instead of walking the index.
   // A worker of some queues only names them plainly, so the index by queue (migrations/0012) reads only theirs.
-  const { rows } = await pool.query<StreamEventRow & { task_id: string; queue: string }>(
-    `WITH due AS (
+  // Managed queues first (the function takes its share of the limit); the plain SELECT leaves them alone: those
+  // with settings that limit anything, and those the config limits that have no settings of their own.
+  const { rows } = await pool.query<
+    StreamEventRow & { task_id: string | null; queue: string; held_by: string | null; retry_at: Date | null }
+  >(
+    `WITH limited AS MATERIALIZED (
+       SELECT * FROM task_schedule_claim_limited($1, $5, $6, $4, $7::text[], $8::jsonb, $9, $10::jsonb)
+     ), due AS (
        SELECT task_id FROM task_schedule
         WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[]))
           AND ${queues.condition}
+          AND NOT EXISTS (SELECT 1 FROM queue_settings q WHERE q.queue = task_schedule.queue AND q.managed)
+          AND NOT (queue = ANY($11::text[])
+                   AND NOT EXISTS (SELECT 1 FROM queue_settings q WHERE q.queue = task_schedule.queue))
         ORDER BY priority DESC, run_at, created_at
-        LIMIT $4
+        LIMIT greatest(0, $4 - (SELECT count(DISTINCT task_id) FROM limited))
         FOR UPDATE SKIP LOCKED
      ), claimed AS (
        UPDATE task_schedule s SET status = 'claimed', worker_id = $5, lease_until = $6
@@ -118,11 +163,44 @@ export async function claimDueTasks(
        RETURNING s.task_id, s.queue
      )
      SELECT c.task_id, c.queue, e.stream_id, e.revision::text AS revision, e.type, e.data,
-            e.metadata->>'hash' AS hash
+            e.metadata->>'hash' AS hash, NULL::text AS held_by, NULL::timestamptz AS retry_at
        FROM claimed c JOIN events e ON e.stream_id = 'task-' || c.task_id::text
-      ORDER BY e.stream_id, e.revision`,
-    [request.now, fullQueues, queues.value, request.limit, request.workerId, claimLeaseUntil],
+     UNION ALL
+     SELECT task_id, queue, stream_id, revision::text, type, data, hash, held_by, retry_at FROM limited
+      ORDER BY stream_id, revision`,
+    [
+      request.now,
+      fullQueues,
+      queues.value,
+      request.limit,
+      request.workerId,
+      claimLeaseUntil,
+      request.onlyQueues,
+      JSON.stringify(Object.fromEntries(request.roomByQueue)),
+      request.defaultRoom,
+      JSON.stringify(defaults),
+      managedByConfig,
+    ],
   );
+  const held: HeldQueue[] = rows
+    .filter((row) => row.task_id === null)
+    .map((row) => ({ queue: row.queue, heldBy: row.held_by as HeldQueue['heldBy'], retryAt: row.retry_at }));
+  const claimed = await startClaimed(
+    pool,
+    store,
+    request,
+    rows.filter((row) => row.task_id !== null),
+  );
+  return { claimed, held };
+}
+
+/** Step two: the TaskStarted of each claimed row, at the revision read; rows that do not start go back. */
+async function startClaimed(
+  pool: Pool,
+  store: Pick<EventStore, 'append'>,
+  request: ClaimRequest,
+  rows: readonly StreamEventRow[],
+): Promise<ClaimedTask[]> {
   const streams = foldStreams(rows);
   // Room per queue: rows of a queue beyond what this worker may run go straight back.
   const room = new Map(request.roomByQueue);
@@ -329,6 +407,7 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
     const { rows: actualRows } = await client.query<{
       task_id: string;
       queue: string;
+      group_key: string;
       priority: number;
       status: ScheduleStatus;
       run_at: Date;
@@ -346,6 +425,7 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
       const actual: ScheduleRow = {
         taskId: row.task_id,
         queue: row.queue,
+        groupKey: row.group_key,
         priority: row.priority,
         status: claimed ? 'pending' : (row.status as ScheduleRow['status']),
         runAt: row.run_at.toISOString(),

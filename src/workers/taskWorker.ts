@@ -40,7 +40,7 @@ import { startAttemptTimers } from './attemptTimers.js';
 import { ProgressCoalescer } from './progressCoalescer.js';
 import {
   attemptsNoLongerOurs,
-  claimDueTasks as claimFromSchedule,
+  claimRound,
   expiredLeases,
   msUntilNextDue,
   releaseAbandonedClaims,
@@ -87,10 +87,23 @@ const WAKING_EVENTS = new Set([
   'TaskReleased',
   'TaskUpdated',
   'WorkersResumed',
+  'QueueConfigured',
+]);
+
+/**
+ * Events that free a slot of a queue's global limit: they wake the dispatcher only while a managed queue's limit
+ * held due work back (otherwise this process's own outcomes would wake it for nothing).
+ */
+const CAPACITY_EVENTS = new Set([
+  'TaskSucceeded',
+  'TaskFailed',
+  'TaskAttemptFailed',
+  'TaskCanceled',
+  'TaskReleased',
 ]);
 
 /** What the worker reads from the bus: the waking events and the pause switch. */
-const BUS_EVENTS: ReadonlySet<string> = new Set([...WAKING_EVENTS, 'WorkersPaused']);
+const BUS_EVENTS: ReadonlySet<string> = new Set([...WAKING_EVENTS, ...CAPACITY_EVENTS, 'WorkersPaused']);
 
 interface WorkerMetrics {
   started: Counter;
@@ -147,6 +160,8 @@ export class TaskWorker {
   private consumer: RunningConsumer | null = null;
   private stopWatchingAppends: (() => void) | null = null;
   private pausedCache: { paused: boolean; readAt: number } = { paused: false, readAt: 0 };
+  /** The last claim found due work that a queue's concurrency or group cap held back. */
+  private waitingForCapacity = false;
   /** Claims come from the inline schedule table: only when the log itself is in PostgreSQL. */
   private readonly usesSchedule: boolean;
 
@@ -175,7 +190,7 @@ export class TaskWorker {
         // The switch is cached for a second; its events make every worker look again at once.
         if (events.some((event) => event.type === 'WorkersPaused' || event.type === 'WorkersResumed'))
           this.pausedCache.readAt = 0;
-        if (events.some((event) => WAKING_EVENTS.has(event.type))) this.wake();
+        if (events.some((event) => this.wakes(event.type))) this.wake();
       },
     });
     // Appends in this process (and, through NOTIFY, in others) wake the dispatcher before the bus can: the
@@ -184,7 +199,7 @@ export class TaskWorker {
     if (this.usesSchedule)
       this.stopWatchingAppends =
         this.options.store.onAppended?.((types) => {
-          if (types === null || [...types].some((type) => WAKING_EVENTS.has(type))) this.wake();
+          if (types === null || [...types].some((type) => this.wakes(type))) this.wake();
         }) ?? null;
     this.loops = [this.dispatchLoop(), this.reapLoop()];
     if (this.usesSchedule) this.loops.push(this.cancelWatchLoop());
@@ -210,6 +225,10 @@ export class TaskWorker {
         runningAttempt.controller.abort('release' satisfies AbortReason);
       await allDone;
     }
+  }
+
+  private wakes(type: string): boolean {
+    return WAKING_EVENTS.has(type) || (this.waitingForCapacity && CAPACITY_EVENTS.has(type));
   }
 
   private wake(): void {
@@ -298,7 +317,7 @@ export class TaskWorker {
     for (const { queue } of this.running.values())
       roomByQueue.set(queue, (roomByQueue.get(queue) ?? this.queueLimit(queue)) - 1);
     const now = this.clock();
-    const claimed = await claimFromSchedule(pool, this.options.store, {
+    const { claimed, held } = await claimRound(pool, this.options.store, {
       limit: settings.concurrency - this.running.size,
       now,
       roomByQueue,
@@ -313,9 +332,17 @@ export class TaskWorker {
         timestamp: now.toISOString(),
       },
       newId: this.options.newId,
+      queueDefaults: settings.queueLimits,
     });
     for (const claim of claimed) this.startAttempt(claim);
-    const nextDueMs = claimed.length === 0 ? await msUntilNextDue(pool, now, settings.onlyQueues) : null;
+    this.waitingForCapacity = held.some((queue) => queue.heldBy === 'limit');
+    let nextDueMs = claimed.length === 0 ? await msUntilNextDue(pool, now, settings.onlyQueues) : null;
+    // A rate limit's window frees a start at a known time: look again then.
+    for (const queue of held)
+      if (queue.retryAt) {
+        const ms = Math.max(1, queue.retryAt.getTime() - now.getTime());
+        nextDueMs = nextDueMs === null ? ms : Math.min(nextDueMs, ms);
+      }
     return { claimed: claimed.length, nextDueMs };
   }
 

@@ -26,6 +26,7 @@ export const taskSpec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
   payload: { n: 1 },
   priority: 5,
   queue: 'default',
+  groupKey: null,
   runAt: null,
   maxAttempts: 3,
   timeoutMs: 60000,

@@ -26,6 +26,7 @@ import {
 } from '../../domain/tasks/ownerCommands.js';
 import { ensureTaskSchemas, taskResource, type TaskResource } from '../../domain/tasks/representation.js';
 import { submitIdempotently, type QueuedTask } from './submitIdempotently.js';
+import { QUEUE_NAME_PATTERN } from '../../domain/queues/queueSettings.js';
 import {
   workerControl,
   workerControlStreamId,
@@ -62,8 +63,6 @@ const priority: JSONSchema = {
 const toPriority = (value: number | string | undefined): number | undefined =>
   typeof value === 'string' ? PRIORITY_NAMES[value] : value;
 
-const QUEUE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
-
 /** Printable ASCII, as HTTP header values are; the same rule for the header and a batch item's field. */
 const idempotencyKeySchema: JSONSchema = {
   type: 'string',
@@ -79,6 +78,7 @@ export interface SubmitBody {
   payload?: JsonValue;
   priority?: number | string;
   queue?: string;
+  group_key?: string;
   run_at?: string;
   max_attempts?: number;
   timeout_ms?: number;
@@ -130,7 +130,15 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     type: { enum: taskTypes.types(), description: 'The handler that runs the task (default echo).' },
     payload: { description: "The handler's input, any JSON; each type checks its own shape." },
     priority,
-    queue: { type: 'string', pattern: QUEUE_PATTERN, description: 'Named queue (default "default").' },
+    queue: { type: 'string', pattern: QUEUE_NAME_PATTERN, description: 'Named queue (default "default").' },
+    group_key: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 200,
+      pattern: '^[\\x21-\\x7e]+$',
+      description:
+        "Who the task is for (a tenant, a customer, an API account): a queue's group_concurrency caps how many of one key run at once, and a queue with limits serves its keys round robin.",
+    },
     run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
     max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
     timeout_ms: { type: 'integer', minimum: 1, maximum: settings.maxTimeoutMs },
@@ -213,6 +221,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       payload,
       priority: toPriority(body.priority) ?? 5,
       queue: body.queue ?? 'default',
+      groupKey: body.group_key ?? null,
       runAt: body.run_at ? storableInstant(body.run_at, `${at}/run_at`) : null,
       maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
       timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,

@@ -24,6 +24,12 @@ export interface TaskSpec extends JsonObject {
   runAt: string | null;
   maxAttempts: number;
   timeoutMs: number;
+  /**
+   * Who the task is for (a tenant, a customer): a queue's group_concurrency caps how many of one key run at once,
+   * and its claims go round robin between keys. Null when none was given; tasks queued before keys existed have
+   * no such field, which evolve reads as null.
+   */
+  groupKey: string | null;
 }
 
 export interface TaskError extends JsonObject {

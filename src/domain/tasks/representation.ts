@@ -18,6 +18,8 @@ export interface TaskResource {
   payload: JsonValue;
   priority: number;
   queue: string;
+  /** Who the task is for, as the submitter gave it; null when none. */
+  group_key: string | null;
   status: Task['status'];
   attempt: number;
   max_attempts: number;
@@ -44,6 +46,7 @@ export function taskResource(state: Task, revision: number): TaskResource {
     payload: spec.payload,
     priority: spec.priority,
     queue: spec.queue,
+    group_key: spec.groupKey,
     status: state.status,
     attempt: state.attempt - state.attemptsBefore,
     max_attempts: spec.maxAttempts,
@@ -76,6 +79,7 @@ export const taskExample = {
   payload: { images: 12 },
   priority: 5,
   queue: 'default',
+  group_key: null,
   status: 'in_progress',
   attempt: 1,
   max_attempts: 3,
@@ -102,6 +106,11 @@ export const taskSchema: JSONSchema = {
     payload: { ...anyJson, description: "Any JSON: the handler's input" },
     priority: { type: 'integer', minimum: 0, maximum: 10, description: '0 (lowest) to 10 (highest)' },
     queue: { type: 'string' },
+    group_key: {
+      type: ['string', 'null'],
+      description:
+        "Who the task is for (a tenant, a customer): the queue's group_concurrency and fairness count by it",
+    },
     status: { enum: [...TASK_STATUSES] },
     attempt: {
       type: 'integer',

@@ -54,7 +54,8 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
         exists: true,
         id: event.data.taskId,
         ownerId: event.data.ownerId,
-        spec: event.data.spec,
+        // Tasks queued before group keys existed have no such field.
+        spec: { ...event.data.spec, groupKey: event.data.spec.groupKey ?? null },
         runAt: event.data.spec.runAt ?? event.data.queuedAt,
         createdAt: event.data.queuedAt,
         updatedAt: event.data.queuedAt,

@@ -38,12 +38,13 @@ export interface TaskRow {
   revision: number;
   last_position: string;
   archived_at: Date | null;
+  group_key: string | null;
 }
 
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
   'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before, archived_at';
+  'attempts_before, archived_at, group_key';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
@@ -66,6 +67,7 @@ export function rowToTask(row: TaskRow): Task {
       runAt: null,
       maxAttempts: row.max_attempts,
       timeoutMs: row.timeout_ms,
+      groupKey: row.group_key,
     },
     status: row.status,
     attempt: row.attempt,
@@ -97,6 +99,7 @@ export interface ListedTaskFilter {
   status?: TaskStatus;
   type?: string;
   queue?: string;
+  groupKey?: string;
   /** Submitted at or after / before these instants (RFC 3339). */
   createdAfter?: string;
   createdBefore?: string;
@@ -131,6 +134,7 @@ export async function selectListedTaskRows(
   if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
   if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
   if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
+  if (filter.groupKey !== undefined) add((p) => `group_key = ${p}`, filter.groupKey);
   if (filter.createdAfter !== undefined) add((p) => `created_at >= ${p}::timestamptz`, filter.createdAfter);
   if (filter.createdBefore !== undefined) add((p) => `created_at < ${p}::timestamptz`, filter.createdBefore);
   if (filter.titleWords !== undefined) add(titleMatches, titleQuery(filter.titleWords));
@@ -201,4 +205,23 @@ export async function selectExpiredLeaseTaskIds(pool: Pool, now: Date): Promise<
     [now],
   );
   return rows.map((row) => row.id);
+}
+
+/** Tasks counted by queue and status (archived ones included: they are still the queue's history), one queue or all. */
+export async function countTasksByQueue(
+  pool: Pool,
+  queue?: string,
+): Promise<Map<string, Partial<Record<TaskStatus, number>>>> {
+  const { rows } = await pool.query<{ queue: string; status: TaskStatus; count: string }>(
+    `SELECT queue, status, count(*)::text AS count FROM tasks
+      WHERE $1::text IS NULL OR queue = $1 GROUP BY queue, status`,
+    [queue ?? null],
+  );
+  const counts = new Map<string, Partial<Record<TaskStatus, number>>>();
+  for (const row of rows) {
+    const byStatus = counts.get(row.queue) ?? {};
+    byStatus[row.status] = Number(row.count);
+    counts.set(row.queue, byStatus);
+  }
+  return counts;
 }

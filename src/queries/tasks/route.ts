@@ -98,6 +98,7 @@ interface ListQuery {
   status?: TaskStatus;
   type?: string;
   queue?: string;
+  group_key?: string;
   owner_id?: string;
   created_after?: string;
   created_before?: string;
@@ -207,6 +208,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
           status: { enum: [...TASK_STATUSES] },
           type: { type: 'string', minLength: 1, maxLength: 100 },
           queue: { type: 'string', minLength: 1, maxLength: 100 },
+          group_key: { type: 'string', minLength: 1, maxLength: 200, description: 'Tasks of this group key' },
           owner_id: { ...uuid, description: 'Auditors and admins only: the tasks of this owner' },
           created_after: {
             type: 'string',
@@ -255,6 +257,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
         createdBefore:
           req.query.created_before && storableInstant(req.query.created_before, '/query/created_before'),
         titleWords: req.query.q === undefined ? undefined : searchWords(req.query.q),
+        groupKey: req.query.group_key,
       };
       let ownerId: string | null = claims.userId;
       if (seesAllTasks(claims)) ownerId = req.query.owner_id ?? null;
