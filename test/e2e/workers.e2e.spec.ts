@@ -69,7 +69,18 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       await waitFor(
         'all shared tasks done',
         async () => ((await Promise.all(ids.map(statusOf))).every((s) => s === 'done') ? true : undefined),
-        { timeoutMs: 60000 },
+        {
+          timeoutMs: 60000,
+          // Once seen in CI (2026-12-03, a machine under load): tell a stalled read model from stalled workers.
+          describe: async () => {
+            const statuses = await Promise.all(ids.map(statusOf));
+            const { rows } = await service.service.infrastructure.pool.query<{ type: string; count: string }>(
+              `SELECT type, count(*)::text AS count FROM events WHERE stream_id = ANY($1::text[]) GROUP BY type`,
+              [ids.map((id) => `task-${id}`)],
+            );
+            return `read model statuses ${JSON.stringify(statuses)}; the log's events of these tasks ${JSON.stringify(rows)}`;
+          },
+        },
       );
       const starts = (await Promise.all(ids.map(history))).flatMap((events) =>
         events.filter((e) => e.type === 'TaskStarted'),
