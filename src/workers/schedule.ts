@@ -8,7 +8,7 @@ import {
 } from '../infra/eventStore/eventStore.js';
 import { IllegalStateError } from '../errors.js';
 import { foldEvents } from '../domain/decider.js';
-import { TASK_STREAM_PREFIX, taskStreamId, type TaskEvent } from '../domain/tasks/events.js';
+import { TASK_STREAM_PREFIX, taskStreamId, type TaskEvent, type TaskStatus } from '../domain/tasks/events.js';
 import { task, type Task } from '../domain/tasks/state.js';
 import { startTask } from '../domain/tasks/workerCommands.js';
 import { isManaged, type QueueLimits } from '../domain/queues/queueSettings.js';
@@ -19,8 +19,13 @@ import { isManaged, type QueueLimits } from '../domain/queues/queueSettings.js';
  * statement on it. PostgreSQL event store only: with EventStoreDB the worker claims from the tasks read model.
  */
 
-/** A row's status: the task's, or `claimed` (a worker's claim marked it; its TaskStarted is not appended yet). */
-export type ScheduleStatus = 'pending' | 'claimed' | 'running' | 'failed' | 'canceled';
+/**
+ * A row's status: the task's; or `claimed` (a worker's claim marked it; its TaskStarted is not appended yet); or,
+ * for a pending task with dependencies, `waiting` (one is not done yet) or `dependency_failed` (one ended failed or
+ * canceled, so the reaper fails this one: see `gatedStatus`).
+ */
+export type ScheduleStatus =
+  'pending' | 'claimed' | 'running' | 'failed' | 'canceled' | 'waiting' | 'dependency_failed';
 
 /** A task's row as a fold of its stream implies it (never `claimed`, a worker's lock marker); times ISO 8601. */
 export interface ScheduleRow {
@@ -35,6 +40,34 @@ export interface ScheduleRow {
   workerId: string | null;
   leaseUntil: string | null;
   createdAt: string;
+  /** With status `dependency_failed`: the dependency that ended failed or canceled. */
+  failedDependency: string | null;
+}
+
+/**
+ * Where a pending task with dependencies stands, given each task's status now (as task_schedule_gate computes it
+ * in SQL): a dependency failed or canceled fails it (`onFailure: 'fail'`); one unfinished (with 'fail': not done)
+ * makes it wait; otherwise it may start. Rows that are not pending are left as they are.
+ */
+export function gatedRow(
+  row: ScheduleRow,
+  state: Task,
+  statusOf: (taskId: string) => TaskStatus | undefined,
+): ScheduleRow {
+  const dependencies = state.spec?.dependencies;
+  if (!dependencies || row.status !== 'pending') return row;
+  const statuses = dependencies.taskIds.map((id) => ({ id, status: statusOf(id) ?? 'pending' }));
+  const failed = statuses
+    .filter(({ status }) => status === 'failed' || status === 'canceled')
+    .map(({ id }) => id)
+    .sort()[0];
+  const finished = (status: TaskStatus) => status === 'done' || status === 'failed' || status === 'canceled';
+  const unresolved = statuses.filter(({ status }) =>
+    dependencies.onFailure === 'fail' ? status !== 'done' : !finished(status),
+  ).length;
+  if (dependencies.onFailure === 'fail' && failed)
+    return { ...row, status: 'dependency_failed', failedDependency: failed };
+  return { ...row, status: unresolved > 0 ? 'waiting' : 'pending' };
 }
 
 /** What the trigger keeps for a task in this state, or null when the task has left the schedule. */
@@ -52,6 +85,7 @@ export function scheduleRowOf(state: Task): ScheduleRow | null {
     workerId: running ? state.workerId : null,
     leaseUntil: running && state.leaseUntil ? new Date(state.leaseUntil).toISOString() : null,
     createdAt: new Date(state.createdAt!).toISOString(),
+    failedDependency: null,
   };
 }
 
@@ -384,13 +418,18 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     const expected = new Map<string, ScheduleRow>();
+    // Every task's status, for the rows of tasks that wait for others; and the states of those (few) tasks.
+    const statuses = new Map<string, TaskStatus>();
+    const gated: Task[] = [];
     let currentStream: string | null = null;
     let state: Task = task.initialState;
     const keep = (folded: Task) => {
+      if (folded.id) statuses.set(folded.id, folded.status);
       const row = scheduleRowOf(folded);
       if (row) expected.set(row.taskId, row);
+      if (row && folded.spec?.dependencies) gated.push(folded);
     };
-    // Streams in order, folded one at a time, so only one stream's state is held.
+    // Streams in order, folded one at a time, so only one stream's state is held (and the status of each).
     const { rows } = await client.query<{ stream_id: string; type: string; data: string }>(
       `SELECT stream_id, type, data FROM events WHERE stream_id LIKE $1 ORDER BY stream_id, revision`,
       [`${TASK_STREAM_PREFIX}%`],
@@ -404,6 +443,11 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
       state = task.evolve(state, { type: row.type, data: JSON.parse(row.data) } as TaskEvent);
     }
     if (currentStream !== null) keep(state);
+    for (const waiting of gated)
+      expected.set(
+        waiting.id!,
+        gatedRow(expected.get(waiting.id!)!, waiting, (id) => statuses.get(id)),
+      );
     const { rows: actualRows } = await client.query<{
       task_id: string;
       queue: string;
@@ -415,6 +459,7 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
       worker_id: string | null;
       lease_until: Date | null;
       created_at: Date;
+      failed_dependency: string | null;
     }>('SELECT * FROM task_schedule');
     await client.query('COMMIT');
     const differences: ScheduleDifference[] = [];
@@ -433,6 +478,7 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
         workerId: claimed ? null : row.worker_id,
         leaseUntil: claimed ? null : (row.lease_until?.toISOString() ?? null),
         createdAt: row.created_at.toISOString(),
+        failedDependency: row.failed_dependency,
       };
       seen.add(row.task_id);
       const wanted = expected.get(row.task_id) ?? null;
@@ -448,6 +494,28 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
   } finally {
     client.release();
   }
+}
+
+/** Tasks whose dependency ended failed or canceled: each to be failed by the reaper (`failForDependency`). */
+export async function dependencyFailures(
+  pool: Pool,
+  limit = 100,
+): Promise<Array<{ taskId: string; dependencyId: string }>> {
+  const { rows } = await pool.query<{ task_id: string; failed_dependency: string }>(
+    `SELECT task_id, failed_dependency FROM task_schedule WHERE status = 'dependency_failed' LIMIT $1`,
+    [limit],
+  );
+  return rows.map((row) => ({ taskId: row.task_id, dependencyId: row.failed_dependency }));
+}
+
+/**
+ * Gates every waiting task again against its dependencies' statuses now. The trigger does this whenever a
+ * dependency's status changes, but a task queued in a transaction that commits after its dependency's outcome
+ * looked for waiting tasks is not found by it; this sweep, run with the lease reaper, catches those.
+ */
+export async function regateWaitingTasks(pool: Pool): Promise<number> {
+  const { rows } = await pool.query<{ count: string }>('SELECT task_schedule_regate()::text AS count');
+  return Number(rows[0]!.count);
 }
 
 /** Recomputes the table from the log (the trigger's own function, replayed), in one transaction. */

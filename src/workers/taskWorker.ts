@@ -20,6 +20,7 @@ import { taskStreamId, type TaskEvent } from '../domain/tasks/events.js';
 import { task, type Task } from '../domain/tasks/state.js';
 import {
   expireLease,
+  failForDependency,
   finishAttempt,
   releaseTask,
   reportProgress,
@@ -33,7 +34,7 @@ import {
   selectDueTaskRows,
   selectExpiredLeaseTaskIds,
 } from '../projections/tasks/table.js';
-import type { HandlerRegistry } from './handlers/handler.js';
+import type { DependencyOutcome, HandlerRegistry } from './handlers/handler.js';
 import { attemptEndAfterRejection, type AbortReason, type AttemptEnd } from './outcomes.js';
 import { UnrecoverableError } from './handlers/handler.js';
 import { startAttemptTimers } from './attemptTimers.js';
@@ -41,7 +42,9 @@ import { ProgressCoalescer } from './progressCoalescer.js';
 import {
   attemptsNoLongerOurs,
   claimRound,
+  dependencyFailures,
   expiredLeases,
+  regateWaitingTasks,
   msUntilNextDue,
   releaseAbandonedClaims,
   type ClaimedTask,
@@ -526,6 +529,21 @@ export class TaskWorker {
     });
   }
 
+  /** What the tasks a task depends on ended with, read from their streams (the log, never a lagging row). */
+  private async dependencyOutcomes(taskIds: readonly string[]): Promise<DependencyOutcome[]> {
+    return Promise.all(
+      taskIds.map(async (id) => {
+        const dependency = foldEvents(task, await this.options.store.readStream(taskStreamId(id)));
+        return {
+          taskId: id,
+          status: dependency.status,
+          result: dependency.result,
+          error: dependency.lastError,
+        };
+      }),
+    );
+  }
+
   /** Runs the task's handler to its end, and says what that end means for the attempt. */
   private async runHandler(
     state: Task,
@@ -545,6 +563,7 @@ export class TaskWorker {
         signal,
         logger: logger.child({ taskId, attempt }),
         progress: (fraction, message) => progress.report(fraction, message),
+        dependencies: () => this.dependencyOutcomes(spec.dependencies?.taskIds ?? []),
       });
       // A handler that returned has done its work, whatever arrived meanwhile: record it. If the task was
       // canceled or reaped in between, finishAttempt decides nothing; releasing it instead would run it twice.
@@ -625,6 +644,32 @@ export class TaskWorker {
     };
   }
 
+  /**
+   * Tasks waiting for others: first the sweep that gates again what a dependency's outcome could not reach, then
+   * a TaskFailed for each whose dependency ended failed or canceled, after reading that dependency's own stream (the
+   * schedule is derived; the log decides). Like reaping, any worker may do it: the expected revision makes a race
+   * harmless.
+   */
+  private async settleDependencies(): Promise<void> {
+    const { pool, store, logger } = this.options;
+    await regateWaitingTasks(pool);
+    for (const { taskId, dependencyId } of await dependencyFailures(pool)) {
+      const dependency = foldEvents(task, await store.readStream(taskStreamId(dependencyId)));
+      await handleCommand(
+        store,
+        taskStreamId(taskId),
+        task,
+        (state) =>
+          failForDependency({ dependencyId, dependencyStatus: dependency.status, now: this.clock() }, state),
+        this.context(),
+      ).then(
+        (result) =>
+          result.events.length > 0 && logger.info({ taskId, dependencyId }, 'dependency failed; task failed'),
+        (error) => logger.warn({ err: error, taskId }, 'could not fail a task whose dependency failed'),
+      );
+    }
+  }
+
   /** Any worker may reap: the append's expected revision makes a race between reapers harmless. */
   private async reapLoop(): Promise<void> {
     const { pool, store, settings, logger } = this.options;
@@ -655,6 +700,7 @@ export class TaskWorker {
             (error) => logger.warn({ err: error, taskId: row.id }, 'could not reap an expired lease'),
           );
         }
+        if (this.usesSchedule) await this.settleDependencies();
       } catch (error) {
         logger.warn({ err: error }, 'lease reaper failed; retrying');
       }

@@ -27,6 +27,7 @@ export function handlerContext(signal: AbortSignal = new AbortController().signa
     signal,
     progress: (fraction, message) => reports.push({ fraction, message }),
     logger: silentLogger(),
+    dependencies: async () => [],
     reports,
   };
 }

@@ -143,6 +143,8 @@ function expectedRow(state: Task, revision: number, position: string): Record<st
     revision,
     last_position: position,
     archived_at: state.archivedAt,
+    group_key: spec.groupKey,
+    dependencies: spec.dependencies,
   };
 }
 
@@ -612,6 +614,9 @@ describe('tasks read model', () => {
           payload: { to: 'ann@example.com' },
           priority: 5,
           queue: 'default',
+          group_key: null,
+          depends_on: [],
+          on_dependency_failure: null,
           status: 'pending',
           attempt: 1,
           max_attempts: 3,

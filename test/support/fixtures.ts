@@ -27,6 +27,7 @@ export const taskSpec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
   priority: 5,
   queue: 'default',
   groupKey: null,
+  dependencies: null,
   runAt: null,
   maxAttempts: 3,
   timeoutMs: 60000,

@@ -15,6 +15,7 @@ import { createHttpHandler, isPrivateAddress } from '../../src/workers/handlers/
 import { createHandlerRegistry } from '../../src/workers/handlers/index.js';
 import { submittedPayloadErrors } from '../../src/commands/tasks/payloadErrors.js';
 import { sleepHandler } from '../../src/workers/handlers/sleep.js';
+import { gatherHandler } from '../../src/workers/handlers/gather.js';
 import { rejection } from '../support/fixtures.js';
 
 const httpSettings = {
@@ -26,11 +27,35 @@ const httpSettings = {
 
 taskHandlerContract('echo', () => ({ handler: echoHandler, payload: { hello: ['world', 1, null] } }));
 taskHandlerContract('sleep', () => ({ handler: sleepHandler, payload: { ms: 20 } }));
+taskHandlerContract('gather', () => ({ handler: gatherHandler, payload: null }));
 taskHandlerContract('fail', () => ({
   handler: failHandler,
   payload: { message: 'boom' },
   outcome: 'rejects',
 }));
+
+describe('the gather handler', () => {
+  it("returns how each dependency ended, in depends_on order, from the context's dependencies", async () => {
+    const context = {
+      ...handlerContext(),
+      dependencies: async () => [
+        { taskId: 'b', status: 'done' as const, result: { n: 2 }, error: null },
+        {
+          taskId: 'a',
+          status: 'failed' as const,
+          result: null,
+          error: { kind: 'error' as const, message: 'x' },
+        },
+      ],
+    };
+    expect(await gatherHandler.run(null, context)).to.deep.equal({
+      results: [
+        { task_id: 'b', status: 'done', result: { n: 2 } },
+        { task_id: 'a', status: 'failed', result: null },
+      ],
+    });
+  });
+});
 
 let server: Server | undefined;
 taskHandlerContract(
@@ -135,7 +160,7 @@ describe('handler registry', () => {
     submittedPayloadErrors(registry.catalogue, type, payload);
 
   it('registers the built-in handlers by type', () => {
-    expect(registry.types()).to.deep.equal(['echo', 'fail', 'http', 'sleep']);
+    expect(registry.types()).to.deep.equal(['echo', 'fail', 'gather', 'http', 'sleep']);
     expect(registry.get('sleep')).to.equal(sleepHandler);
     expect(registry.get('http')?.type).to.equal('http');
   });
@@ -145,7 +170,7 @@ describe('handler registry', () => {
     const [error, ...rest] = validatePayload('teleport', {});
     expect(rest).to.deep.equal([]);
     expect(error!.path).to.equal('/body/type');
-    expect(error!.message).to.contain('echo, fail, http, sleep');
+    expect(error!.message).to.contain('echo, fail, gather, http, sleep');
   });
 
   it('accepts valid payloads, an absent one where the handler allows it', () => {

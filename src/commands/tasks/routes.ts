@@ -4,7 +4,7 @@
  * mapping of payload errors to request paths (payloadErrors.ts). The deciders are in src/domain/tasks.
  */
 import type { Request, Response } from 'express';
-import { PayloadTooLargeError, ValidationError } from '../../errors.js';
+import { PayloadTooLargeError, UnprocessableError, ValidationError } from '../../errors.js';
 import { toFieldErrors } from '../../infra/jsonSchema.js';
 import { problemDocument, toAppError } from '../../infra/http/problemDetails.js';
 import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
@@ -27,6 +27,7 @@ import {
 import { ensureTaskSchemas, taskResource, type TaskResource } from '../../domain/tasks/representation.js';
 import { submitIdempotently, type QueuedTask } from './submitIdempotently.js';
 import { QUEUE_NAME_PATTERN } from '../../domain/queues/queueSettings.js';
+import { checkDependencies, MAX_DEPENDENCIES } from './dependencies.js';
 import {
   workerControl,
   workerControlStreamId,
@@ -79,6 +80,8 @@ export interface SubmitBody {
   priority?: number | string;
   queue?: string;
   group_key?: string;
+  depends_on?: string[];
+  on_dependency_failure?: 'fail' | 'ignore';
   run_at?: string;
   max_attempts?: number;
   timeout_ms?: number;
@@ -138,6 +141,19 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       pattern: '^[\\x21-\\x7e]+$',
       description:
         "Who the task is for (a tenant, a customer, an API account): a queue's group_concurrency caps how many of one key run at once, and a queue with limits serves its keys round robin.",
+    },
+    depends_on: {
+      type: 'array',
+      uniqueItems: true,
+      maxItems: MAX_DEPENDENCIES,
+      items: { type: 'string', format: 'uuid' },
+      description:
+        'Ids of your own tasks, existing now, that must be done before this one starts: until then it is pending with the ids in `waiting_for`. A task can only depend on older tasks, so no cycle can form.',
+    },
+    on_dependency_failure: {
+      enum: ['fail', 'ignore'],
+      description:
+        '`fail` (default): a dependency that ends failed or canceled fails this task, naming it. `ignore`: wait only for the dependencies to finish, however they end.',
     },
     run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
     max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
@@ -222,10 +238,23 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       priority: toPriority(body.priority) ?? 5,
       queue: body.queue ?? 'default',
       groupKey: body.group_key ?? null,
+      dependencies:
+        body.depends_on && body.depends_on.length > 0
+          ? {
+              taskIds: body.depends_on.map((id) => id.toLowerCase()),
+              onFailure: body.on_dependency_failure ?? 'fail',
+            }
+          : null,
       runAt: body.run_at ? storableInstant(body.run_at, `${at}/run_at`) : null,
       maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
       timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
     };
+    if (spec.dependencies) {
+      // Only the PostgreSQL store has the schedule that holds a waiting task back from every claim.
+      if (store.name !== 'postgres')
+        throw new UnprocessableError('depends_on needs the PostgreSQL event store (eventStore: postgres)');
+      await checkDependencies(store, req.auth!.userId, spec.dependencies.taskIds, at);
+    }
     return submitIdempotently(
       { store, clock, newId, idempotencyKeyTtlSeconds: settings.idempotencyKeyTtlSeconds },
       context(req),

@@ -30,12 +30,30 @@ export interface TaskSpec extends JsonObject {
    * no such field, which evolve reads as null.
    */
   groupKey: string | null;
+  /**
+   * Tasks of the same owner, existing at submit time, that must be done before this one starts; null when none
+   * (and on tasks older than dependencies, which evolve reads as null).
+   */
+  dependencies: TaskDependencies | null;
 }
+
+/**
+ * `onFailure: 'fail'`: a dependency that ends failed or canceled fails this task, with a reason naming it;
+ * `'ignore'`: this task waits only for its dependencies to finish, however they end. (A type alias, so that it is
+ * assignable to JsonObject.)
+ */
+export type TaskDependencies = {
+  taskIds: string[];
+  onFailure: 'fail' | 'ignore';
+};
 
 export interface TaskError extends JsonObject {
   message: string;
-  /** `error`: the handler threw; `timeout`: timeout_ms passed; `lease_expired`: its worker vanished. */
-  kind: 'error' | 'timeout' | 'lease_expired' | 'unrecoverable';
+  /**
+   * `error`: the handler threw; `timeout`: timeout_ms passed; `lease_expired`: its worker vanished; `dependency`:
+   * a task it depends on ended failed or canceled.
+   */
+  kind: 'error' | 'timeout' | 'lease_expired' | 'unrecoverable' | 'dependency';
 }
 
 export type TaskQueued = DomainEvent<

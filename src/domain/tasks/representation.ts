@@ -20,6 +20,14 @@ export interface TaskResource {
   queue: string;
   /** Who the task is for, as the submitter gave it; null when none. */
   group_key: string | null;
+  /** The tasks this one waits for ([] when none) and what their failure does to it (null when none). */
+  depends_on: string[];
+  on_dependency_failure: 'fail' | 'ignore' | null;
+  /**
+   * Of `depends_on`, those not yet done (or, with `ignore`, not yet finished) while this task is pending: shown by
+   * the queries (GET /tasks, GET /tasks/{id}), which look the dependencies up; absent from command answers.
+   */
+  waiting_for?: string[];
   status: Task['status'];
   attempt: number;
   max_attempts: number;
@@ -47,6 +55,8 @@ export function taskResource(state: Task, revision: number): TaskResource {
     priority: spec.priority,
     queue: spec.queue,
     group_key: spec.groupKey,
+    depends_on: spec.dependencies?.taskIds ?? [],
+    on_dependency_failure: spec.dependencies?.onFailure ?? null,
     status: state.status,
     attempt: state.attempt - state.attemptsBefore,
     max_attempts: spec.maxAttempts,
@@ -80,6 +90,8 @@ export const taskExample = {
   priority: 5,
   queue: 'default',
   group_key: null,
+  depends_on: [],
+  on_dependency_failure: null,
   status: 'in_progress',
   attempt: 1,
   max_attempts: 3,
@@ -110,6 +122,17 @@ export const taskSchema: JSONSchema = {
       type: ['string', 'null'],
       description:
         "Who the task is for (a tenant, a customer): the queue's group_concurrency and fairness count by it",
+    },
+    depends_on: { type: 'array', items: uuid, description: 'Tasks that must be done before this one starts' },
+    on_dependency_failure: {
+      enum: ['fail', 'ignore', null],
+      description: 'What a failed or canceled dependency does to it (null: it has no dependencies)',
+    },
+    waiting_for: {
+      type: 'array',
+      items: uuid,
+      description:
+        'Shown by the queries: the dependencies it still waits for while pending (it starts once this is empty)',
     },
     status: { enum: [...TASK_STATUSES] },
     attempt: {

@@ -54,8 +54,12 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
         exists: true,
         id: event.data.taskId,
         ownerId: event.data.ownerId,
-        // Tasks queued before group keys existed have no such field.
-        spec: { ...event.data.spec, groupKey: event.data.spec.groupKey ?? null },
+        // Tasks queued before group keys and dependencies existed have no such fields.
+        spec: {
+          ...event.data.spec,
+          groupKey: event.data.spec.groupKey ?? null,
+          dependencies: event.data.spec.dependencies ?? null,
+        },
         runAt: event.data.spec.runAt ?? event.data.queuedAt,
         createdAt: event.data.queuedAt,
         updatedAt: event.data.queuedAt,

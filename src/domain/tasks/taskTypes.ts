@@ -82,6 +82,14 @@ export const echoTaskType: TaskType = {
   payloadSchema: { description: 'Any JSON value' },
 };
 
+/** Fan-in: the results of the tasks it depends on, gathered into one. */
+export const gatherTaskType: TaskType = {
+  type: 'gather',
+  description:
+    'Returns `{results: [{task_id, status, result}]}`: how each task in its `depends_on` ended, in that order. For fan-in steps.',
+  payloadSchema: { description: 'Ignored', type: 'null' },
+};
+
 /** Waits a while, reporting progress: for smoke tests. */
 export const sleepTaskType: TaskType = {
   type: 'sleep',
@@ -156,4 +164,10 @@ export const httpTaskType: TaskType = {
  * Every task type the service offers. A new type is an entry here and a handler in src/workers/handlers;
  * the worker's registry refuses to start unless the two lists name the same types.
  */
-export const TASK_TYPES: readonly TaskType[] = [echoTaskType, sleepTaskType, failTaskType, httpTaskType];
+export const TASK_TYPES: readonly TaskType[] = [
+  echoTaskType,
+  sleepTaskType,
+  failTaskType,
+  httpTaskType,
+  gatherTaskType,
+];

@@ -8,6 +8,7 @@ import type {
   TaskProgressed,
   TaskReleased,
   TaskStarted,
+  TaskStatus,
 } from './events.js';
 import type { Task } from './state.js';
 
@@ -186,3 +187,36 @@ export function retryDelayMs(
   const exponential = Math.min(settings.maxMs, settings.baseMs * 2 ** Math.max(0, attempt - 1));
   return Math.max(0, Math.round(exponential * (1 + settings.jitter * (2 * random() - 1))));
 }
+
+export interface FailForDependency {
+  dependencyId: string;
+  /** The dependency's status as its own stream says now. */
+  dependencyStatus: TaskStatus;
+  now: Date;
+}
+
+/**
+ * A task that waits for another which ended failed or canceled fails too (with `on_dependency_failure: "fail"`, the
+ * default), naming it. Decides nothing when the task no longer waits (it was canceled meanwhile) or when the
+ * dependency is not failed or canceled after all (it was retried).
+ */
+export const failForDependency = (command: FailForDependency, state: Task): TaskFailed[] => {
+  const dependencies = state.spec?.dependencies;
+  if (state.status !== 'pending' || !dependencies || dependencies.onFailure !== 'fail') return [];
+  if (!dependencies.taskIds.includes(command.dependencyId)) return [];
+  if (command.dependencyStatus !== 'failed' && command.dependencyStatus !== 'canceled') return [];
+  return [
+    {
+      type: 'TaskFailed',
+      data: {
+        taskId: state.id!,
+        attempt: state.attempt,
+        error: {
+          kind: 'dependency',
+          message: `dependency ${command.dependencyId} ended ${command.dependencyStatus}`,
+        },
+        failedAt: command.now.toISOString(),
+      },
+    },
+  ];
+};

@@ -44,6 +44,7 @@ const TASK_WRITE_COLUMNS: ReadonlyArray<[string, ColumnType, boolean, (state: Ta
   ['attempts_before', 'integer', false, (s) => s.task.attemptsBefore],
   ['archived_at', 'timestamptz', true, (s) => s.task.archivedAt],
   ['group_key', 'text', true, (s) => s.task.spec!.groupKey],
+  ['dependencies', 'jsonb', true, (s) => s.task.spec!.dependencies],
 ];
 
 /** Checks the columns an event changed (evolveTask keeps what it does not change), all of them for a new row. */

@@ -6,7 +6,7 @@
 import type { Pool } from '../../infra/db/pool.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
 import { prepared } from '../../infra/db/prepared.js';
-import type { TaskError, TaskStatus } from '../../domain/tasks/events.js';
+import type { TaskDependencies, TaskError, TaskStatus } from '../../domain/tasks/events.js';
 import type { Task } from '../../domain/tasks/state.js';
 
 /** The cache key of one task's row; the projection drops it whenever it writes the row. */
@@ -39,12 +39,13 @@ export interface TaskRow {
   last_position: string;
   archived_at: Date | null;
   group_key: string | null;
+  dependencies: TaskDependencies | null;
 }
 
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
   'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before, archived_at, group_key';
+  'attempts_before, archived_at, group_key, dependencies';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
@@ -68,6 +69,7 @@ export function rowToTask(row: TaskRow): Task {
       maxAttempts: row.max_attempts,
       timeoutMs: row.timeout_ms,
       groupKey: row.group_key,
+      dependencies: row.dependencies,
     },
     status: row.status,
     attempt: row.attempt,
@@ -224,4 +226,17 @@ export async function countTasksByQueue(
     counts.set(row.queue, byStatus);
   }
   return counts;
+}
+
+/** The status of each of these tasks that has a row (for `waiting_for`: the dependencies a task still waits for). */
+export async function selectTaskStatuses(
+  pool: Pool,
+  ids: readonly string[],
+): Promise<Map<string, TaskStatus>> {
+  if (ids.length === 0) return new Map();
+  const { rows } = await pool.query<{ id: string; status: TaskStatus }>(
+    'SELECT id, status FROM tasks WHERE id = ANY($1::uuid[])',
+    [ids],
+  );
+  return new Map(rows.map((row) => [row.id, row.status]));
 }

@@ -15,6 +15,7 @@ import {
   rowToTask,
   selectListedTaskRows,
   selectTaskRow,
+  selectTaskStatuses,
   taskCacheKey,
   type ListedTaskFilter,
   type TaskRow,
@@ -102,6 +103,33 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
     return row ? { task: rowView(row), position: row.last_position } : null;
   };
 
+  /**
+   * Pending tasks with dependencies get `waiting_for`: those not yet done (with `ignore`: not yet finished), by the
+   * read model's rows of them, in one query for the whole page. Never cached: a dependency's end changes it
+   * without touching the task's own row.
+   */
+  const withWaitingFor = async (views: TaskView[]): Promise<TaskView[]> => {
+    const waiting = views.filter((view) => view.status === 'pending' && view.depends_on.length > 0);
+    if (waiting.length === 0) return views;
+    const statuses = await selectTaskStatuses(pool, [...new Set(waiting.flatMap((view) => view.depends_on))]);
+    const finished = (status: string | undefined) =>
+      status === 'done' || status === 'failed' || status === 'canceled';
+    return views.map((view) =>
+      view.status === 'pending' && view.depends_on.length > 0
+        ? {
+            ...view,
+            waiting_for: view.depends_on.filter((id) =>
+              view.on_dependency_failure === 'ignore'
+                ? !finished(statuses.get(id))
+                : statuses.get(id) !== 'done',
+            ),
+          }
+        : view,
+    );
+  };
+  const withWaitingForOne = async (snapshot: TaskSnapshot | null): Promise<TaskSnapshot | null> =>
+    snapshot && { ...snapshot, task: (await withWaitingFor([snapshot.task]))[0]! };
+
   const selectListed = (filter: TaskListFilter, limit: number) =>
     selectListedTaskRows(
       pool,
@@ -114,13 +142,14 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
       const key = taskCacheKey(id);
       const minPosition = options.minPosition ?? null;
       const cached = await cache.get<TaskSnapshot>(key);
-      if (cached && (minPosition === null || cached.position >= minPosition)) return cached;
+      if (cached && (minPosition === null || cached.position >= minPosition))
+        return withWaitingForOne(cached);
       const fresh = await readRow(id);
       // Absent tasks are not cached: one submitted a moment ago would stay invisible until the entry expired.
       // Caveat: a read that overlaps a projection commit can put the older row back after the projection
       // deleted the key; the TTL bounds that, and callers passing a min position never get it.
       if (fresh) await cache.set(key, fresh, deps.cacheTtlSeconds);
-      return fresh;
+      return withWaitingForOne(fresh);
     },
 
     // Lists are not cached: every submit and every status change of any task on a page changes them, so entries
@@ -135,14 +164,14 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
       const page = rows.slice(0, limit);
       const last = page[page.length - 1];
       return {
-        items: page.map(rowView),
+        items: await withWaitingFor(page.map(rowView)),
         next_cursor: rows.length > limit && last ? encodeCursor(last.cursor_created_at, last.id) : null,
       };
     },
 
     async listOwnerTasks(ownerId, cap) {
       const rows = await selectListed({ ownerId }, cap + 1);
-      return { items: rows.slice(0, cap).map(rowView), truncated: rows.length > cap };
+      return { items: await withWaitingFor(rows.slice(0, cap).map(rowView)), truncated: rows.length > cap };
     },
   };
 }

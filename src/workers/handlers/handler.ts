@@ -1,5 +1,6 @@
 import { TaskTypes, type TaskType } from '../../domain/tasks/taskTypes.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
+import type { TaskError, TaskStatus } from '../../domain/tasks/events.js';
 import type { Logger } from '../../infra/logger.js';
 
 export interface TaskHandlerContext {
@@ -11,6 +12,16 @@ export interface TaskHandlerContext {
   /** `fraction` is 0..1; the worker coalesces calls, so handlers may call it as often as is natural. */
   progress(fraction: number, message?: string): void;
   logger: Logger;
+  /** How each task this one depends on ended (its result when done), in `depends_on` order; [] when none. */
+  dependencies(): Promise<DependencyOutcome[]>;
+}
+
+/** A dependency as a handler sees it: its status and result (or error), from its stream. */
+export interface DependencyOutcome {
+  taskId: string;
+  status: TaskStatus;
+  result: JsonValue | null;
+  error: TaskError | null;
 }
 
 /** A task type's catalogue entry (src/domain/tasks/taskTypes.ts) with the code that runs it. */

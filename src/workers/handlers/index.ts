@@ -5,6 +5,7 @@ import type { Config } from '../../config.js';
 import { TASK_TYPES } from '../../domain/tasks/taskTypes.js';
 import { echoHandler } from './echo.js';
 import { failHandler } from './fail.js';
+import { gatherHandler } from './gather.js';
 import { HandlerRegistry } from './handler.js';
 import { createHttpHandler } from './http.js';
 import { sleepHandler } from './sleep.js';
@@ -22,6 +23,7 @@ export function createHandlerRegistry(settings: Config['handlers']): HandlerRegi
     sleepHandler,
     failHandler,
     createHttpHandler(settings.http),
+    gatherHandler,
   ]);
   // Submissions are accepted by the catalogue, so a type without a handler would queue tasks no one runs.
   const offered = TASK_TYPES.map((taskType) => taskType.type).sort();
