@@ -11,7 +11,7 @@ import {
 import { titleMatches, titleQuery } from '../../src/projections/tasks/table.js';
 
 for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`GET /tasks filters: created_after, created_before, q (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+  describe(`GET /tasks filters: created_after, created_before, q, group_key (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
     this.timeout(60000);
     let service: TestService;
     let token: string;
@@ -122,6 +122,38 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
           [titleQuery(['report'])],
         );
         expect(rows.map((row) => row['QUERY PLAN']).join('\n')).to.contain('tasks_title_words');
+      } finally {
+        await client.query('ROLLBACK');
+        client.release();
+      }
+    });
+
+    // Last: it submits tasks of its own, later on the clock than the ones the tests above list.
+    it('lists the tasks of one group_key, from the index tasks_group_listing', async () => {
+      const keyed = [];
+      for (const title of ['for acme 1', 'for acme 2']) {
+        const submitted = await call(service.url, 'POST', '/tasks', {
+          token,
+          body: { title, queue: 'filters', group_key: 'acme' },
+        });
+        expect(submitted.status).to.equal(202);
+        expect(submitted.body.group_key).to.equal('acme');
+        keyed.push(submitted.body.id as string);
+        position = submitted.headers.get('x-position')!;
+      }
+      const response = await list({ group_key: 'acme' });
+      expect(response.status).to.equal(200);
+      expect(response.body.items.map((item: { id: string }) => item.id)).to.deep.equal(keyed.reverse());
+      const client = await service.service.infrastructure.pool.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query('SET LOCAL enable_seqscan = off');
+        const { rows } = await client.query<{ 'QUERY PLAN': string }>(
+          `EXPLAIN SELECT id FROM tasks WHERE archived_at IS NULL AND group_key = $1
+            ORDER BY created_at DESC, id DESC LIMIT 21`,
+          ['acme'],
+        );
+        expect(rows.map((row) => row['QUERY PLAN']).join('\n')).to.contain('tasks_group_listing');
       } finally {
         await client.query('ROLLBACK');
         client.release();
