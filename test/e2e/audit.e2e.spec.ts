@@ -264,6 +264,7 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
     const { stdout } = await rebuild(['--verify', '--no-swap']);
     expect(stdout).to.include('the rebuilt read models equal the live ones').and.include('not swapped');
     expect(stdout).to.include('verify: task_schedule equals a fold of the log');
+    expect(stdout).to.include('verify: queue_settings equals a fold of the log');
   });
 
   it('names a damaged schedule row, and the rebuild puts it right', async () => {
