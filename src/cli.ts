@@ -248,34 +248,40 @@ async function projectionsCommand(config: Config, logger: Logger, args: string[]
   });
 }
 
+/** What verify found for one inline table: equal, or how many rows differ and the first ten of them. */
+function reportInlineVerify(
+  table: string,
+  rows: string,
+  differences: ReadonlyArray<{ name: string; expected: unknown; actual: unknown }>,
+): void {
+  process.stdout.write(
+    differences.length === 0
+      ? `verify: ${table} equals a fold of the log\n`
+      : `verify: ${table}: ${differences.length} ${rows} differ from a fold of the log\n`,
+  );
+  for (const difference of differences.slice(0, 10))
+    process.stdout.write(
+      `  ${difference.name}: expected ${JSON.stringify(difference.expected)}, found ${JSON.stringify(difference.actual)}\n`,
+    );
+}
+
 /**
- * The schedule (task_schedule) is derived too, though written inline by a trigger rather than by a projection:
- * verify compares it with a fold of the log in TypeScript; a rebuild replays the trigger's function over the log.
+ * The schedule (task_schedule) and the queues' settings (queue_settings) are derived too, though written inline by
+ * triggers rather than by projections: verify compares them with a fold of the log in TypeScript; a rebuild replays
+ * the triggers' functions over the log.
  */
 async function scheduleRebuild(pool: Pool, verify: boolean, replace: boolean): Promise<void> {
   if (verify) {
-    const differences = await verifySchedule(pool);
-    process.stdout.write(
-      differences.length === 0
-        ? 'verify: task_schedule equals a fold of the log\n'
-        : `verify: task_schedule: ${differences.length} tasks differ from a fold of the log\n`,
+    reportInlineVerify(
+      'task_schedule',
+      'tasks',
+      (await verifySchedule(pool)).map((d) => ({ ...d, name: `task ${d.taskId}` })),
     );
-    for (const difference of differences.slice(0, 10))
-      process.stdout.write(
-        `  task ${difference.taskId}: expected ${JSON.stringify(difference.expected)}, found ${JSON.stringify(difference.actual)}\n`,
-      );
-  }
-  if (verify) {
-    const differences = await verifyQueueSettings(pool);
-    process.stdout.write(
-      differences.length === 0
-        ? 'verify: queue_settings equals a fold of the log\n'
-        : `verify: queue_settings: ${differences.length} queues differ from a fold of the log\n`,
+    reportInlineVerify(
+      'queue_settings',
+      'queues',
+      (await verifyQueueSettings(pool)).map((d) => ({ ...d, name: `queue ${d.queue}` })),
     );
-    for (const difference of differences.slice(0, 10))
-      process.stdout.write(
-        `  queue ${difference.queue}: expected ${JSON.stringify(difference.expected)}, found ${JSON.stringify(difference.actual)}\n`,
-      );
   }
   if (replace) {
     const events = await rebuildSchedule(pool);

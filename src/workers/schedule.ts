@@ -1,4 +1,4 @@
-import type { Pool } from '../infra/db/pool.js';
+import { inSnapshot, type Pool } from '../infra/db/pool.js';
 import { prepared } from '../infra/db/prepared.js';
 import {
   WrongExpectedRevisionError,
@@ -413,10 +413,8 @@ export interface ScheduleDifference {
  * Compares the table with a fold of every task stream in the log (the TypeScript evolve, not the trigger's SQL):
  * the differences, [] when they agree. Reads in one snapshot so concurrent appends cannot make them disagree.
  */
-export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> {
-  const client = await pool.connect();
-  try {
-    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+export function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> {
+  return inSnapshot(pool, async (client) => {
     const expected = new Map<string, ScheduleRow>();
     // Every task's status, for the rows of tasks that wait for others; and the states of those (few) tasks.
     const statuses = new Map<string, TaskStatus>();
@@ -461,7 +459,6 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
       created_at: Date;
       failed_dependency: string | null;
     }>('SELECT * FROM task_schedule');
-    await client.query('COMMIT');
     const differences: ScheduleDifference[] = [];
     const seen = new Set<string>();
     for (const row of actualRows) {
@@ -488,12 +485,7 @@ export async function verifySchedule(pool: Pool): Promise<ScheduleDifference[]> 
     for (const [taskId, wanted] of expected)
       if (!seen.has(taskId)) differences.push({ taskId, expected: wanted, actual: null });
     return differences;
-  } catch (error) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw error;
-  } finally {
-    client.release();
-  }
+  });
 }
 
 /** Tasks whose dependency ended failed or canceled: each to be failed by the reaper (`failForDependency`). */

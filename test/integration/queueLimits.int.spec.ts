@@ -11,39 +11,28 @@ import {
   UNLIMITED,
   type QueueLimits,
 } from '../../src/domain/queues/queueSettings.js';
-import type { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { claimRound, type ClaimedTask, type ClaimRequest } from '../../src/workers/schedule.js';
 import {
   rebuildQueueSettings,
   selectQueueSettings,
   verifyQueueSettings,
 } from '../../src/projections/queues/table.js';
-import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
+import { useTestEventStore } from '../support/postgres.js';
 import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
 
 describe('queue limits in the claim: global concurrency, rate, group keys and fairness, pause', function () {
   this.timeout(60_000);
-  let db: TestDatabase;
-  let store: PostgresEventStore;
-
-  before(async () => {
-    db = await createTestDatabase('qlimits');
-    store = testEventStore(db, { batchSize: 500 });
-  });
-  after(async () => {
-    await store?.close();
-    await db?.drop();
-  });
+  const test = useTestEventStore('qlimits', { batchSize: 500 });
   // Each test has a queue of its own, so tests never take each other's tasks.
   let queue = '';
   beforeEach(() => (queue = `q${randomUUID().slice(0, 8)}`));
 
   const submit = (overrides: Partial<TaskSpec> = {}): Promise<string> =>
-    queueTestTask(store, taskSpec({ queue, ...overrides }));
+    queueTestTask(test.store, taskSpec({ queue, ...overrides }));
 
   const limit = async (limits: Partial<QueueLimits>, name = queue): Promise<void> => {
     await handleCommand(
-      store,
+      test.store,
       queueStreamId(name),
       queueSettings,
       (state) =>
@@ -61,7 +50,7 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
     free: number,
     overrides: Partial<ClaimRequest> = {},
   ): ReturnType<typeof claimRound> =>
-    claimRound(db.pool, store, {
+    claimRound(test.db.pool, test.store, {
       limit: free,
       now: new Date(),
       roomByQueue: new Map(),
@@ -84,7 +73,7 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
 
   const succeed = async (claimed: ClaimedTask): Promise<void> => {
     await handleCommand(
-      store,
+      test.store,
       taskStreamId(claimed.state.id!),
       task,
       (state) =>
@@ -184,23 +173,23 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
   it('keeps queue_settings equal to a fold of the log, and rebuilds it from the log', async () => {
     await limit({ concurrency: 5, rate: { limit: 7, intervalMs: 1000 } });
     await limit({ concurrency: 6, groupConcurrency: 1 });
-    const [row] = await selectQueueSettings(db.pool, queue);
+    const [row] = await selectQueueSettings(test.db.pool, queue);
     expect(row?.limits).to.deep.equal({ concurrency: 6, rate: null, groupConcurrency: 1, paused: false });
-    expect(await verifyQueueSettings(db.pool)).to.deep.equal([]);
+    expect(await verifyQueueSettings(test.db.pool)).to.deep.equal([]);
 
-    await db.pool.query('UPDATE queue_settings SET concurrency = 99 WHERE queue = $1', [queue]);
-    const differences = await verifyQueueSettings(db.pool);
+    await test.db.pool.query('UPDATE queue_settings SET concurrency = 99 WHERE queue = $1', [queue]);
+    const differences = await verifyQueueSettings(test.db.pool);
     expect(differences.map((d) => d.queue)).to.deep.equal([queue]);
     expect(differences[0]!.actual?.limits.concurrency).to.equal(99);
     expect(differences[0]!.expected?.limits.concurrency).to.equal(6);
 
-    expect(await rebuildQueueSettings(db.pool)).to.be.greaterThan(1);
-    expect(await verifyQueueSettings(db.pool)).to.deep.equal([]);
+    expect(await rebuildQueueSettings(test.db.pool)).to.be.greaterThan(1);
+    expect(await verifyQueueSettings(test.db.pool)).to.deep.equal([]);
   });
 
   it('appends nothing when the same settings are put again', async () => {
     await limit({ concurrency: 2 });
     await limit({ concurrency: 2 });
-    expect(await store.readStream(queueStreamId(queue))).to.have.length(1);
+    expect(await test.store.readStream(queueStreamId(queue))).to.have.length(1);
   });
 });

@@ -6,7 +6,6 @@ import { task } from '../../src/domain/tasks/state.js';
 import { cancelTask, retryTask } from '../../src/domain/tasks/ownerCommands.js';
 import { finishAttempt, type AttemptOutcome } from '../../src/domain/tasks/workerCommands.js';
 import { submitTask } from '../../src/domain/tasks/submitTask.js';
-import type { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import {
   claimDueTasks,
   dependencyFailures,
@@ -15,30 +14,20 @@ import {
   verifySchedule,
   type ClaimedTask,
 } from '../../src/workers/schedule.js';
-import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
+import { useTestEventStore } from '../support/postgres.js';
 import { taskSpec, testCommandContext } from '../support/fixtures.js';
 
 describe('tasks that wait for other tasks, in the schedule', function () {
   this.timeout(60_000);
-  let db: TestDatabase;
-  let store: PostgresEventStore;
+  const test = useTestEventStore('deps', { batchSize: 500 });
   const owner = randomUUID();
-
-  before(async () => {
-    db = await createTestDatabase('deps');
-    store = testEventStore(db, { batchSize: 500 });
-  });
-  after(async () => {
-    await store?.close();
-    await db?.drop();
-  });
   let queue = '';
   beforeEach(() => (queue = `q${randomUUID().slice(0, 8)}`));
 
   const submit = async (dependencies: TaskDependencies | null = null, overrides: Partial<TaskSpec> = {}) => {
     const taskId = randomUUID();
     await handleCommand(
-      store,
+      test.store,
       taskStreamId(taskId),
       task,
       (state) =>
@@ -58,7 +47,7 @@ describe('tasks that wait for other tasks, in the schedule', function () {
   };
 
   const claim = (): Promise<ClaimedTask[]> =>
-    claimDueTasks(db.pool, store, {
+    claimDueTasks(test.db.pool, test.store, {
       limit: 50,
       now: new Date(),
       roomByQueue: new Map(),
@@ -78,7 +67,7 @@ describe('tasks that wait for other tasks, in the schedule', function () {
 
   const finish = async (taskId: string, outcome: AttemptOutcome) => {
     await handleCommand(
-      store,
+      test.store,
       taskStreamId(taskId),
       task,
       (state) =>
@@ -94,8 +83,11 @@ describe('tasks that wait for other tasks, in the schedule', function () {
   const failForGood = (taskId: string) =>
     finish(taskId, { kind: 'failed', error: { kind: 'unrecoverable', message: 'no' }, retryable: false });
   const statusOf = async (taskId: string) =>
-    (await db.pool.query<{ status: string }>('SELECT status FROM task_schedule WHERE task_id = $1', [taskId]))
-      .rows[0]?.status;
+    (
+      await test.db.pool.query<{ status: string }>('SELECT status FROM task_schedule WHERE task_id = $1', [
+        taskId,
+      ])
+    ).rows[0]?.status;
 
   it('holds a task back until every dependency is done, then lets it be claimed', async () => {
     const a = await submit();
@@ -109,7 +101,7 @@ describe('tasks that wait for other tasks, in the schedule', function () {
     await succeed(b);
     expect(await statusOf(c)).to.equal('pending');
     expect(await claimedIds()).to.deep.equal([c]);
-    expect(await verifySchedule(db.pool)).to.deep.equal([]);
+    expect(await verifySchedule(test.db.pool)).to.deep.equal([]);
   });
 
   it('does not hold back a task whose dependencies were done before it was submitted', async () => {
@@ -126,11 +118,11 @@ describe('tasks that wait for other tasks, in the schedule', function () {
     await claim();
     await failForGood(a);
     expect(await statusOf(b)).to.equal('dependency_failed');
-    expect(await dependencyFailures(db.pool)).to.deep.include({ taskId: b, dependencyId: a });
-    expect(await verifySchedule(db.pool)).to.deep.equal([]);
+    expect(await dependencyFailures(test.db.pool)).to.deep.include({ taskId: b, dependencyId: a });
+    expect(await verifySchedule(test.db.pool)).to.deep.equal([]);
     // The dependency is retried before any reaper got to b: b waits again.
     await handleCommand(
-      store,
+      test.store,
       taskStreamId(a),
       task,
       (s) => retryTask({ actorId: owner, now: new Date() }, s),
@@ -147,7 +139,7 @@ describe('tasks that wait for other tasks, in the schedule', function () {
     await failForGood(a);
     expect(await statusOf(c)).to.equal('waiting');
     await handleCommand(
-      store,
+      test.store,
       taskStreamId(b),
       task,
       (s) => cancelTask({ actorId: owner, now: new Date() }, s),
@@ -163,9 +155,9 @@ describe('tasks that wait for other tasks, in the schedule', function () {
     await claim();
     await succeed(a);
     // As if b had been queued in a transaction that committed after a's success looked for its dependents.
-    await db.pool.query(`UPDATE task_schedule SET status = 'waiting' WHERE task_id = $1`, [b]);
-    expect((await verifySchedule(db.pool)).map((d) => d.taskId)).to.deep.equal([b]);
-    expect(await regateWaitingTasks(db.pool)).to.be.at.least(1);
+    await test.db.pool.query(`UPDATE task_schedule SET status = 'waiting' WHERE task_id = $1`, [b]);
+    expect((await verifySchedule(test.db.pool)).map((d) => d.taskId)).to.deep.equal([b]);
+    expect(await regateWaitingTasks(test.db.pool)).to.be.at.least(1);
     expect(await statusOf(b)).to.equal('pending');
   });
 
@@ -175,10 +167,10 @@ describe('tasks that wait for other tasks, in the schedule', function () {
     const c = await submit({ taskIds: [b], onFailure: 'fail' });
     await claim();
     await failForGood(a);
-    expect(await verifySchedule(db.pool)).to.deep.equal([]);
-    await rebuildSchedule(db.pool);
+    expect(await verifySchedule(test.db.pool)).to.deep.equal([]);
+    await rebuildSchedule(test.db.pool);
     expect(await statusOf(b)).to.equal('dependency_failed');
     expect(await statusOf(c)).to.equal('waiting');
-    expect(await verifySchedule(db.pool)).to.deep.equal([]);
+    expect(await verifySchedule(test.db.pool)).to.deep.equal([]);
   });
 });

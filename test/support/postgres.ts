@@ -95,3 +95,23 @@ export function testEventStore(
     batchSize: options.batchSize ?? 100,
   });
 }
+
+/**
+ * A test database with the PostgreSQL event store on it for the enclosing `describe`: made in a `before` hook,
+ * closed and dropped in an `after` hook. Read `db` and `store` inside tests (they are set once `before` ran).
+ */
+export function useTestEventStore(
+  label: string,
+  options: Parameters<typeof testEventStore>[1] = {},
+): { db: TestDatabase; store: PostgresEventStore } {
+  const holder = {} as { db: TestDatabase; store: PostgresEventStore };
+  before(async () => {
+    holder.db = await createTestDatabase(label);
+    holder.store = testEventStore(holder.db, options);
+  });
+  after(async () => {
+    await holder.store?.close();
+    await holder.db?.drop();
+  });
+  return holder;
+}

@@ -9,12 +9,12 @@ import { handleCommand } from '../commandHandler.js';
 import {
   configureQueue,
   effectiveLimits,
-  QUEUE_NAME_PATTERN,
   queueSettings,
   queueStreamId,
 } from '../../domain/queues/queueSettings.js';
 import {
   ensureQueueSchemas,
+  queueNameParams,
   limitsOfBody,
   queueSettingsBodySchema,
   queueSettingsResource,
@@ -44,11 +44,7 @@ export function registerQueueCommandRoutes(api: Api, deps: QueueCommandDeps): vo
         '`queue-<name>`, so every change is in the audited log; the same settings again append nothing.',
       tags: ['admin'],
       auth: 'bearer',
-      params: {
-        type: 'object',
-        required: ['name'],
-        properties: { name: { type: 'string', pattern: QUEUE_NAME_PATTERN } },
-      },
+      params: queueNameParams,
       body,
       responses: {
         200: { description: 'The settings now in force', schema: refs.queueSettings },

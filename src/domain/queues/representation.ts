@@ -5,7 +5,7 @@
 import type { JSONSchema } from '../../infra/jsonSchema.js';
 import { TASK_STATUSES, type SchemaRegistry } from '../tasks/representation.js';
 import type { TaskStatus } from '../tasks/events.js';
-import type { LimitsSource, QueueLimits } from './queueSettings.js';
+import { QUEUE_NAME_PATTERN, type LimitsSource, type QueueLimits } from './queueSettings.js';
 
 /** What PUT /queues/{name} takes: the whole settings; a field left out means no limit of that kind. */
 export interface QueueSettingsBody {
@@ -69,6 +69,13 @@ export const queueResource = (
     number
   >,
 });
+
+/** The `{name}` of /queues/{name}, for the command and the query routes alike. */
+export const queueNameParams: JSONSchema = {
+  type: 'object',
+  required: ['name'],
+  properties: { name: { type: 'string', pattern: QUEUE_NAME_PATTERN } },
+};
 
 const limit = (description: string): JSONSchema => ({
   type: ['integer', 'null'],

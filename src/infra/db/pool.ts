@@ -40,12 +40,19 @@ export function createPool(options: PoolOptions, logger: Logger): Pool {
   return pool;
 }
 
-/** Runs `work` in one transaction on one client, rolling back on any error. */
-export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
+/**
+ * Runs `work` in one transaction on one client, rolling back on any error. `begin` may ask for more than the
+ * default (`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`: one snapshot for reads that must agree).
+ */
+export async function inTransaction<T>(
+  pool: Pool,
+  work: (client: PoolClient) => Promise<T>,
+  begin = 'BEGIN',
+): Promise<T> {
   const client = await pool.connect();
   let broken = false;
   try {
-    await client.query('BEGIN');
+    await client.query(begin);
     const result = await work(client);
     await client.query('COMMIT');
     return result;
@@ -60,6 +67,10 @@ export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) =>
     client.release(broken);
   }
 }
+
+/** Reads in one snapshot, so writes committed meanwhile cannot make two of its reads disagree. */
+export const inSnapshot = <T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> =>
+  inTransaction(pool, work, 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
 
 export const isUniqueViolation = (error: unknown, constraint?: string): boolean =>
   (error as { code?: string }).code === '23505' &&

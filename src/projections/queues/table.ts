@@ -4,7 +4,7 @@
  * SQL and by GET /queues. This module owns every statement on it from TypeScript: the reads, and verify and
  * rebuild against the log.
  */
-import type { Pool } from '../../infra/db/pool.js';
+import { inSnapshot, type Pool } from '../../infra/db/pool.js';
 import { foldEvents } from '../../domain/decider.js';
 import {
   QUEUE_STREAM_PREFIX,
@@ -66,49 +66,43 @@ export interface QueueSettingsDifference {
 
 /** Compares the table with a fold of every queue stream (in one snapshot): [] when they agree. */
 export async function verifyQueueSettings(pool: Pool): Promise<QueueSettingsDifference[]> {
-  const client = await pool.connect();
-  try {
-    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    const { rows: events } = await client.query<{ stream_id: string; type: string; data: string }>(
-      `SELECT stream_id, type, data FROM events WHERE stream_id LIKE $1 ORDER BY stream_id, revision`,
-      [`${QUEUE_STREAM_PREFIX}%`],
-    );
-    const { rows } = await client.query<Row>('SELECT * FROM queue_settings');
-    await client.query('COMMIT');
-    const byStream = new Map<string, QueueEvent[]>();
-    for (const event of events) {
-      const list = byStream.get(event.stream_id) ?? [];
-      list.push({ type: event.type, data: JSON.parse(event.data) } as QueueEvent);
-      byStream.set(event.stream_id, list);
-    }
-    const expected = new Map<string, QueueSettingsRow>();
-    for (const [streamId, history] of byStream) {
-      const state = foldEvents(queueSettings, history);
-      if (!state.configured) continue;
-      const queue = streamId.slice(QUEUE_STREAM_PREFIX.length);
-      expected.set(queue, {
-        queue,
-        limits: state.limits,
-        configuredAt: new Date(state.configuredAt!).toISOString(),
-        configuredBy: state.configuredBy!,
-      });
-    }
-    const differences: QueueSettingsDifference[] = [];
-    for (const row of rows) {
-      const actual = fromRow(row);
-      const wanted = expected.get(row.queue) ?? null;
-      expected.delete(row.queue);
-      if (JSON.stringify(wanted) !== JSON.stringify(actual))
-        differences.push({ queue: row.queue, expected: wanted, actual });
-    }
-    for (const [queue, wanted] of expected) differences.push({ queue, expected: wanted, actual: null });
-    return differences;
-  } catch (error) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw error;
-  } finally {
-    client.release();
+  const { events, rows } = await inSnapshot(pool, async (client) => ({
+    events: (
+      await client.query<{ stream_id: string; type: string; data: string }>(
+        `SELECT stream_id, type, data FROM events WHERE stream_id LIKE $1 ORDER BY stream_id, revision`,
+        [`${QUEUE_STREAM_PREFIX}%`],
+      )
+    ).rows,
+    rows: (await client.query<Row>('SELECT * FROM queue_settings')).rows,
+  }));
+  const byStream = new Map<string, QueueEvent[]>();
+  for (const event of events) {
+    const list = byStream.get(event.stream_id) ?? [];
+    list.push({ type: event.type, data: JSON.parse(event.data) } as QueueEvent);
+    byStream.set(event.stream_id, list);
   }
+  const expected = new Map<string, QueueSettingsRow>();
+  for (const [streamId, history] of byStream) {
+    const state = foldEvents(queueSettings, history);
+    if (!state.configured) continue;
+    const queue = streamId.slice(QUEUE_STREAM_PREFIX.length);
+    expected.set(queue, {
+      queue,
+      limits: state.limits,
+      configuredAt: new Date(state.configuredAt!).toISOString(),
+      configuredBy: state.configuredBy!,
+    });
+  }
+  const differences: QueueSettingsDifference[] = [];
+  for (const row of rows) {
+    const actual = fromRow(row);
+    const wanted = expected.get(row.queue) ?? null;
+    expected.delete(row.queue);
+    if (JSON.stringify(wanted) !== JSON.stringify(actual))
+      differences.push({ queue: row.queue, expected: wanted, actual });
+  }
+  for (const [queue, wanted] of expected) differences.push({ queue, expected: wanted, actual: null });
+  return differences;
 }
 
 /** Recomputes the table from the log (the trigger's own function, replayed), in one transaction. */

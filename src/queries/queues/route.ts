@@ -6,9 +6,10 @@ import type { Api } from '../../infra/http/api.js';
 import type { Pool } from '../../infra/db/pool.js';
 import { requireRole } from '../../infra/http/auth.js';
 import { NotFoundError } from '../../errors.js';
-import { effectiveLimits, QUEUE_NAME_PATTERN, type QueueLimits } from '../../domain/queues/queueSettings.js';
+import { effectiveLimits, type QueueLimits } from '../../domain/queues/queueSettings.js';
 import {
   ensureQueueSchemas,
+  queueNameParams,
   queueResource,
   queueSettingsResource,
   type QueueResource,
@@ -85,11 +86,7 @@ export function registerQueueQueryRoutes(api: Api, deps: QueueQueryDeps): void {
       summary: 'One queue: its limits and its tasks by status (admins, auditors)',
       tags: ['admin'],
       auth: 'bearer',
-      params: {
-        type: 'object',
-        required: ['name'],
-        properties: { name: { type: 'string', pattern: QUEUE_NAME_PATTERN } },
-      },
+      params: queueNameParams,
       responses: {
         200: { description: 'The queue', schema: refs.queue },
         403: { description: 'Needs the admin or auditor role' },
