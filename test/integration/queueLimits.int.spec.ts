@@ -18,7 +18,7 @@ import {
   verifyQueueSettings,
 } from '../../src/projections/queues/table.js';
 import { useTestEventStore } from '../support/postgres.js';
-import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
+import { queueTestTask, taskSpec, testClaimRequest, testCommandContext } from '../support/fixtures.js';
 
 describe('queue limits in the claim: global concurrency, rate, group keys and fairness, pause', function () {
   this.timeout(60_000);
@@ -50,23 +50,7 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
     free: number,
     overrides: Partial<ClaimRequest> = {},
   ): ReturnType<typeof claimRound> =>
-    claimRound(test.db.pool, test.store, {
-      limit: free,
-      now: new Date(),
-      roomByQueue: new Map(),
-      defaultRoom: free,
-      onlyQueues: [],
-      workerId,
-      leaseMs: () => 60_000,
-      metadata: {
-        correlationId: randomUUID(),
-        causationId: null,
-        userId: null,
-        timestamp: new Date().toISOString(),
-      },
-      newId: randomUUID,
-      ...overrides,
-    });
+    claimRound(test.db.pool, test.store, testClaimRequest(workerId, free, overrides));
 
   /** Claims of this test's queue only (another test's leftovers in other queues are not ours to count). */
   const ours = (claimed: ClaimedTask[]) => claimed.filter((c) => c.state.spec!.queue === queue);

@@ -20,7 +20,7 @@ import {
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
 import { startTestWorker } from '../support/worker.js';
-import { queueTestTask, taskSpec, testCommandContext } from '../support/fixtures.js';
+import { queueTestTask, taskSpec, testClaimRequest, testCommandContext } from '../support/fixtures.js';
 
 const spec = taskSpec;
 
@@ -46,22 +46,8 @@ describe('the task schedule (inline projection) and batched claims', function ()
   const submit = (overrides: Partial<TaskSpec> = {}): Promise<string> =>
     queueTestTask(store, spec({ queue, ...overrides }), now);
 
-  const request = (workerId: string, limit: number): ClaimRequest => ({
-    limit,
-    now: now(),
-    roomByQueue: new Map(),
-    defaultRoom: limit,
-    onlyQueues: [queue],
-    workerId,
-    leaseMs: () => 60_000,
-    metadata: {
-      correlationId: randomUUID(),
-      causationId: null,
-      userId: null,
-      timestamp: now().toISOString(),
-    },
-    newId: randomUUID,
-  });
+  const request = (workerId: string, limit: number): ClaimRequest =>
+    testClaimRequest(workerId, limit, { now: now(), onlyQueues: [queue] });
 
   it('gives every attempt to exactly one worker when batches of claims race', async () => {
     const ids = await Promise.all(Array.from({ length: 300 }, () => submit()));

@@ -15,7 +15,7 @@ import {
   type ClaimedTask,
 } from '../../src/workers/schedule.js';
 import { useTestEventStore } from '../support/postgres.js';
-import { taskSpec, testCommandContext } from '../support/fixtures.js';
+import { taskSpec, testClaimRequest, testCommandContext } from '../support/fixtures.js';
 
 describe('tasks that wait for other tasks, in the schedule', function () {
   this.timeout(60_000);
@@ -47,22 +47,7 @@ describe('tasks that wait for other tasks, in the schedule', function () {
   };
 
   const claim = (): Promise<ClaimedTask[]> =>
-    claimDueTasks(test.db.pool, test.store, {
-      limit: 50,
-      now: new Date(),
-      roomByQueue: new Map(),
-      defaultRoom: 50,
-      onlyQueues: [queue],
-      workerId: 'w',
-      leaseMs: () => 60_000,
-      metadata: {
-        correlationId: randomUUID(),
-        causationId: null,
-        userId: null,
-        timestamp: new Date().toISOString(),
-      },
-      newId: randomUUID,
-    });
+    claimDueTasks(test.db.pool, test.store, testClaimRequest('w', 50, { onlyQueues: [queue] }));
   const claimedIds = async () => (await claim()).map((c) => c.state.id!).sort();
 
   const finish = async (taskId: string, outcome: AttemptOutcome) => {

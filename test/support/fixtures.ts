@@ -4,6 +4,7 @@ import { taskStreamId, type TaskSpec } from '../../src/domain/tasks/events.js';
 import { task } from '../../src/domain/tasks/state.js';
 import { submitTask } from '../../src/domain/tasks/submitTask.js';
 import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
+import type { ClaimRequest } from '../../src/workers/schedule.js';
 
 /** A fresh address per call, labelled by the suite that made it, so suites sharing a database never collide. */
 export const newEmail = (label: string): string => `${label}-${randomBytes(5).toString('hex')}@example.com`;
@@ -59,3 +60,27 @@ export async function queueTestTask(
   );
   return taskId;
 }
+
+/**
+ * One claim round's request as a worker with `limit` free slots would make it (every queue unless `onlyQueues`
+ * says, a minute's lease, fresh metadata), with `overrides`.
+ */
+export const testClaimRequest = (
+  workerId: string,
+  limit: number,
+  overrides: Partial<ClaimRequest> = {},
+): ClaimRequest => {
+  const now = overrides.now ?? new Date();
+  return {
+    limit,
+    now,
+    roomByQueue: new Map(),
+    defaultRoom: limit,
+    onlyQueues: [],
+    workerId,
+    leaseMs: () => 60_000,
+    metadata: { correlationId: randomUUID(), causationId: null, userId: null, timestamp: now.toISOString() },
+    newId: randomUUID,
+    ...overrides,
+  };
+};
