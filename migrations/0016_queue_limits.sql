@@ -141,12 +141,14 @@ CREATE TABLE queue_claim_cursors (
 );
 
 -- The claim of managed queues. For each managed queue with due work (in random order, so no queue always goes
--- first), under a lock of that queue held to the end of the caller's transaction: room = min(the worker's free
+-- first), under a lock of that queue held to the end of the caller's transaction (or, when another worker holds it,
+-- not now): room = min(the worker's free
 -- slots, its room for the queue, concurrency - running, rate_limit - starts in the window); then the due tasks of
 -- the group keys after the round-robin cursor, one per key per round (each key capped at group_concurrency -
 -- running), marked `claimed`. Returns each claimed task's events (read after the claim, so a task queued a moment
 -- ago is never claimed without its events) and, as rows without a task, why a queue with due work gave nothing:
--- `rate` with the time its window frees a start, or `limit` (concurrency or group caps: wait for a task to end).
+-- `rate` with the time its window frees a start, `limit` (concurrency or group caps: wait for a task to end), or
+-- `busy` (another worker holds the queue's lock: look again in a moment).
 CREATE FUNCTION task_schedule_claim_limited(
   p_now timestamptz, p_worker text, p_lease_until timestamptz, p_limit integer, p_only_queues text[],
   p_room jsonb, p_default_room integer, p_defaults jsonb
@@ -196,7 +198,13 @@ BEGIN
     EXIT WHEN v_left <= 0;
     v_room := least(v_left, coalesce((p_room ->> v_queue.queue)::int, p_default_room));
     CONTINUE WHEN v_room <= 0;
-    PERFORM pg_advisory_xact_lock(hashtextextended('task_schedule_claim:' || v_queue.queue, 0));
+    -- Tried, not waited for: two workers taking the locks of two queues in opposite orders would deadlock. A
+    -- queue another worker is claiming right now is looked at again in a moment.
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('task_schedule_claim:' || v_queue.queue, 0)) THEN
+      RETURN QUERY SELECT NULL::uuid, v_queue.queue, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text,
+                          'busy'::text, p_now + interval '10 milliseconds';
+      CONTINUE;
+    END IF;
     -- Read after the lock: every claim of this queue that committed before it is counted.
     IF v_queue.concurrency IS NOT NULL THEN
       SELECT count(*) INTO v_active FROM task_schedule t

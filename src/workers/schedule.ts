@@ -127,8 +127,11 @@ interface StreamEventRow {
 /** A managed queue that had due work this round and gave none: held by a limit, and when to look again. */
 export interface HeldQueue {
   queue: string;
-  /** `rate`: the window is full until `retryAt`; `limit`: concurrency or group caps, until a task of it ends. */
-  heldBy: 'rate' | 'limit';
+  /**
+   * `rate`: the window is full until `retryAt`; `limit`: concurrency or group caps, until a task of it ends;
+   * `busy`: another worker was claiming from it at that moment (look again at `retryAt`, a moment later).
+   */
+  heldBy: 'rate' | 'limit' | 'busy';
   retryAt: Date | null;
 }
 

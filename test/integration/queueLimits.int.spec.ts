@@ -94,6 +94,25 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
     expect(after).to.have.length(1);
   });
 
+  it('never deadlocks workers claiming from several limited queues at once, and a busy queue is looked at again', async () => {
+    const other = `${queue}-b`;
+    await limit({ concurrency: 50 });
+    await limit({ concurrency: 50 }, other);
+    for (const name of [queue, other])
+      await Promise.all(
+        Array.from({ length: 40 }, () => queueTestTask(test.store, taskSpec({ queue: name }))),
+      );
+    // Twenty workers at once, each over both queues (in its own random order): every round completes.
+    const rounds = await Promise.all(Array.from({ length: 20 }, (_, i) => claim(`w${i}`, 5)));
+    const claimed = rounds
+      .flatMap((round) => round.claimed)
+      .filter((c) => [queue, other].includes(c.state.spec!.queue));
+    expect(new Set(claimed.map((c) => c.state.id)).size).to.equal(claimed.length);
+    expect(claimed.length).to.be.greaterThan(0);
+    const busy = rounds.flatMap((round) => round.held).filter((held) => held.heldBy === 'busy');
+    for (const held of busy) expect(held.retryAt).to.be.an.instanceOf(Date);
+  });
+
   it('starts at most `rate.limit` in any window of `rate.interval_ms`, and says when the window frees', async () => {
     await limit({ rate: { limit: 4, intervalMs: 60_000 } });
     await Promise.all(Array.from({ length: 10 }, () => submit()));
