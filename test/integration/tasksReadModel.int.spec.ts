@@ -143,6 +143,8 @@ function expectedRow(state: Task, revision: number, position: string): Record<st
     revision,
     last_position: position,
     archived_at: state.archivedAt,
+    schedule_id: state.origin?.scheduleId ?? null,
+    schedule_tick: state.origin?.tick ?? null,
   };
 }
 
@@ -623,6 +625,8 @@ describe('tasks read model', () => {
           created_at: at(0),
           updated_at: at(2),
           archived_at: null,
+          schedule_id: null,
+          schedule_tick: null,
           revision: 2,
         });
         expectSchema('Task', body);

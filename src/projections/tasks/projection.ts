@@ -43,6 +43,8 @@ const TASK_WRITE_COLUMNS: ReadonlyArray<[string, ColumnType, boolean, (state: Ta
   ['last_position', 'text', false, (s) => s.position],
   ['attempts_before', 'integer', false, (s) => s.task.attemptsBefore],
   ['archived_at', 'timestamptz', true, (s) => s.task.archivedAt],
+  ['schedule_id', 'uuid', true, (s) => s.task.origin?.scheduleId ?? null],
+  ['schedule_tick', 'timestamptz', true, (s) => s.task.origin?.tick ?? null],
 ];
 
 /** Checks the columns an event changed (evolveTask keeps what it does not change), all of them for a new row. */

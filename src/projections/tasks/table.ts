@@ -38,12 +38,14 @@ export interface TaskRow {
   revision: number;
   last_position: string;
   archived_at: Date | null;
+  schedule_id: string | null;
+  schedule_tick: Date | null;
 }
 
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
   'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before, archived_at';
+  'attempts_before, archived_at, schedule_id, schedule_tick';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
@@ -79,6 +81,7 @@ export function rowToTask(row: TaskRow): Task {
     createdAt: iso(row.created_at),
     updatedAt: iso(row.updated_at),
     archivedAt: iso(row.archived_at),
+    origin: row.schedule_id === null ? null : { scheduleId: row.schedule_id, tick: iso(row.schedule_tick)! },
   };
 }
 
@@ -97,6 +100,8 @@ export interface ListedTaskFilter {
   status?: TaskStatus;
   type?: string;
   queue?: string;
+  /** Queued by this schedule (index tasks_by_schedule, migration 0017). */
+  scheduleId?: string;
   /** Submitted at or after / before these instants (RFC 3339). */
   createdAfter?: string;
   createdBefore?: string;
@@ -131,6 +136,7 @@ export async function selectListedTaskRows(
   if (filter.status !== undefined) add((p) => `status = ${p}`, filter.status);
   if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
   if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
+  if (filter.scheduleId !== undefined) add((p) => `schedule_id = ${p}`, filter.scheduleId);
   if (filter.createdAfter !== undefined) add((p) => `created_at >= ${p}::timestamptz`, filter.createdAfter);
   if (filter.createdBefore !== undefined) add((p) => `created_at < ${p}::timestamptz`, filter.createdBefore);
   if (filter.titleWords !== undefined) add(titleMatches, titleQuery(filter.titleWords));

@@ -98,6 +98,7 @@ interface ListQuery {
   status?: TaskStatus;
   type?: string;
   queue?: string;
+  schedule_id?: string;
   owner_id?: string;
   created_after?: string;
   created_before?: string;
@@ -207,6 +208,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
           status: { enum: [...TASK_STATUSES] },
           type: { type: 'string', minLength: 1, maxLength: 100 },
           queue: { type: 'string', minLength: 1, maxLength: 100 },
+          schedule_id: { ...uuid, description: 'Only the tasks this schedule queued' },
           owner_id: { ...uuid, description: 'Auditors and admins only: the tasks of this owner' },
           created_after: {
             type: 'string',
@@ -249,6 +251,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       const claims = claimsOf(req);
       const minPosition = requestedMinPosition(req, req.query);
       const { status, type, queue, limit, cursor } = req.query;
+      const scheduleId = req.query.schedule_id?.toLowerCase();
       const filters = {
         createdAfter:
           req.query.created_after && storableInstant(req.query.created_after, '/query/created_after'),
@@ -268,6 +271,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
         status,
         type,
         queue,
+        scheduleId,
         ...filters,
         limit,
         cursor: cursor ?? null,
