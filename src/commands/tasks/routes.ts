@@ -4,18 +4,17 @@
  * mapping of payload errors to request paths (payloadErrors.ts). The deciders are in src/domain/tasks.
  */
 import type { Request, Response } from 'express';
-import { PayloadTooLargeError, ValidationError } from '../../errors.js';
+import { ValidationError } from '../../errors.js';
 import { toFieldErrors } from '../../infra/jsonSchema.js';
 import { problemDocument, toAppError } from '../../infra/http/problemDetails.js';
 import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
-import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
+import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
-import { submittedPayloadErrors } from './payloadErrors.js';
+import { prioritySchema, taskBodyProperties, taskSpecOf, toPriority, type SubmitBody } from './taskBody.js';
 import { requireRole } from '../../infra/http/auth.js';
-import { storableInstant } from '../../infra/http/inputSanity.js';
 import { handleCommand, type CommandContext } from '../commandHandler.js';
-import { taskStreamId, type TaskEvent, type TaskSpec } from '../../domain/tasks/events.js';
+import { taskStreamId, type TaskEvent } from '../../domain/tasks/events.js';
 import { task, type Task } from '../../domain/tasks/state.js';
 import {
   archiveTask,
@@ -44,26 +43,6 @@ export interface TaskCommandDeps {
   newId: () => string;
 }
 
-/** Names the seed's clients may send instead of numbers; stored and shown as the number. */
-export const PRIORITY_NAMES: Record<string, number> = {
-  lowest: 0,
-  low: 2,
-  normal: 5,
-  medium: 5,
-  high: 8,
-  urgent: 10,
-};
-
-const priority: JSONSchema = {
-  description:
-    'Higher runs first: 0 (lowest) to 10 (highest), or one of the names (shown as their number afterwards).',
-  oneOf: [{ type: 'integer', minimum: 0, maximum: 10 }, { enum: Object.keys(PRIORITY_NAMES) }],
-};
-const toPriority = (value: number | string | undefined): number | undefined =>
-  typeof value === 'string' ? PRIORITY_NAMES[value] : value;
-
-const QUEUE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,63}$';
-
 /** Printable ASCII, as HTTP header values are; the same rule for the header and a batch item's field. */
 const idempotencyKeySchema: JSONSchema = {
   type: 'string',
@@ -72,17 +51,7 @@ const idempotencyKeySchema: JSONSchema = {
   pattern: '^[\\x21-\\x7e]+$',
 };
 
-export interface SubmitBody {
-  title: string;
-  description?: string | null;
-  type?: string;
-  payload?: JsonValue;
-  priority?: number | string;
-  queue?: string;
-  run_at?: string;
-  max_attempts?: number;
-  timeout_ms?: number;
-}
+export type { SubmitBody };
 
 export interface EditBody {
   title?: string;
@@ -124,17 +93,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
   const { store, taskTypes, settings, clock, newId } = deps;
   // The representation the query routes show too, so both document one Task.
   const taskSchema = ensureTaskSchemas(api).task;
-  const submitProperties: Record<string, JSONSchema> = {
-    title: { type: 'string', minLength: 1, maxLength: 200 },
-    description: { type: ['string', 'null'], maxLength: 5000 },
-    type: { enum: taskTypes.types(), description: 'The handler that runs the task (default echo).' },
-    payload: { description: "The handler's input, any JSON; each type checks its own shape." },
-    priority,
-    queue: { type: 'string', pattern: QUEUE_PATTERN, description: 'Named queue (default "default").' },
-    run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
-    max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
-    timeout_ms: { type: 'integer', minimum: 1, maximum: settings.maxTimeoutMs },
-  };
+  const submitProperties = taskBodyProperties({ taskTypes, settings });
   const submitSchema = api.addSchema('SubmitTask', {
     type: 'object',
     additionalProperties: false,
@@ -163,7 +122,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     properties: {
       title: { type: 'string', minLength: 1, maxLength: 200 },
       description: { type: ['string', 'null'], maxLength: 5000 },
-      priority,
+      priority: prioritySchema,
     },
     examples: [{ priority: 'high' }],
   });
@@ -200,23 +159,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     key: string | null,
     at: string,
   ): Promise<QueuedTask> => {
-    const type = body.type ?? 'echo';
-    const payload = body.payload ?? null;
-    if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
-      throw new PayloadTooLargeError(`${at}/payload is larger than ${settings.maxPayloadBytes} bytes`);
-    const payloadErrors = submittedPayloadErrors(taskTypes, type, payload, at);
-    if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
-    const spec: TaskSpec = {
-      title: body.title,
-      description: body.description ?? null,
-      type,
-      payload,
-      priority: toPriority(body.priority) ?? 5,
-      queue: body.queue ?? 'default',
-      runAt: body.run_at ? storableInstant(body.run_at, `${at}/run_at`) : null,
-      maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
-      timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
-    };
+    const spec = taskSpecOf(body, { taskTypes, settings }, at);
     return submitIdempotently(
       { store, clock, newId, idempotencyKeyTtlSeconds: settings.idempotencyKeyTtlSeconds },
       context(req),
