@@ -106,6 +106,16 @@ describe('schedules: cron through croner', () => {
       '2026-10-25T00:30:00.000Z',
       '2026-10-26T01:30:00.000Z',
     ]);
+    // An interval (every 30 minutes) keeps running by elapsed time: the repeated hour runs twice.
+    const halfHourly = parseCron('0 */30 * * * *', 'Europe/Berlin');
+    expect(
+      halfHourly.nextTicks(4, new Date('2026-10-24T23:50:00Z')).map((d) => d.toISOString()),
+    ).to.deep.equal([
+      '2026-10-25T00:00:00.000Z',
+      '2026-10-25T00:30:00.000Z',
+      '2026-10-25T01:00:00.000Z',
+      '2026-10-25T01:30:00.000Z',
+    ]);
   });
 
   it('counts previous ticks at or before an instant, newest first', () => {
