@@ -354,3 +354,44 @@ describe('schedules (full stack, scheduler processes)', function () {
     expect(report.differences).to.deep.equal([]);
   });
 });
+
+describe('schedules (embedded default, every role in one process)', function () {
+  this.timeout(60000);
+  let service: TestService;
+  let ann: Account;
+
+  before(async () => {
+    service = await startTestService('embedded', (config) => {
+      quickWorkerSettings(config);
+      config.scheduler.pollIntervalMs = 100;
+    });
+    ann = await registerAndLogin(service.url, { label: 'schedules-embedded' });
+  });
+  after(async () => service?.stop());
+
+  it('fires a schedule with the default roles, the scheduler among them, and its tasks run', async () => {
+    const created = await call(service.url, 'POST', '/schedules', {
+      token: ann.token,
+      body: { name: 'often', cron: '* * * * * *', task: { title: 'tick', payload: { n: 1 } } },
+    });
+    expect(created.status).to.equal(201);
+    const id = created.body.id as string;
+    const done = await waitFor(
+      'two scheduled tasks done',
+      async () => {
+        const list = await call(service.url, 'GET', `/tasks?schedule_id=${id}&status=done`, {
+          token: ann.token,
+        });
+        return list.body.items.length >= 2 ? list.body.items : undefined;
+      },
+      { timeoutMs: 20000 },
+    );
+    const paused = await call(service.url, 'POST', `/schedules/${id}/pause`, { token: ann.token });
+    expect(paused.status).to.equal(200);
+    for (const item of done) {
+      expect(item.schedule_id).to.equal(id);
+      expect(Date.parse(item.schedule_tick) % 1000, 'a whole second').to.equal(0);
+      expect(item.result).to.deep.equal({ n: 1 });
+    }
+  });
+});

@@ -1,0 +1,124 @@
+import { expect } from 'chai';
+import { randomUUID } from 'node:crypto';
+import { handleCommand } from '../../src/commands/commandHandler.js';
+import { ConflictError } from '../../src/errors.js';
+import { loadConfig } from '../../src/config.js';
+import { createSchedule } from '../../src/domain/schedules/commands.js';
+import { scheduleStreamId } from '../../src/domain/schedules/events.js';
+import { schedule } from '../../src/domain/schedules/state.js';
+import { scheduledTaskId } from '../../src/domain/schedules/taskId.js';
+import { taskStreamId } from '../../src/domain/tasks/events.js';
+import { task } from '../../src/domain/tasks/state.js';
+import { submitTask } from '../../src/domain/tasks/submitTask.js';
+import type { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import { silentLogger } from '../../src/infra/logger.js';
+import { CronScheduler } from '../../src/workers/cronScheduler.js';
+import { createTestDatabase, testEventStore, type TestDatabase } from '../support/postgres.js';
+import { taskSpec, testCommandContext } from '../support/fixtures.js';
+
+/**
+ * The scheduler's firing against the real PostgreSQL store, with a clock the test sets: the crash between the
+ * task's append and the schedule's, and two schedulers deciding the same tick at once.
+ */
+describe('cron scheduler: one task per tick', function () {
+  this.timeout(30000);
+  let db: TestDatabase;
+  let store: PostgresEventStore;
+  let now: Date;
+  const settings = loadConfig({ env: {} }).scheduler;
+
+  before(async () => {
+    db = await createTestDatabase('scheduler');
+    store = testEventStore(db);
+  });
+  after(async () => {
+    await store?.close();
+    await db?.drop();
+  });
+
+  const scheduler = () =>
+    new CronScheduler({
+      store,
+      pool: db.pool,
+      settings,
+      logger: silentLogger(),
+      clock: () => now,
+      newId: randomUUID,
+    });
+  const newSchedule = async (createdAt: Date) => {
+    const scheduleId = randomUUID();
+    await handleCommand(
+      store,
+      scheduleStreamId(scheduleId),
+      schedule,
+      (state) =>
+        createSchedule(
+          {
+            scheduleId,
+            ownerId: randomUUID(),
+            now: createdAt,
+            settings: {
+              name: 'every minute',
+              cron: '0 * * * * *',
+              timezone: 'UTC',
+              task: taskSpec({ title: 'minutely' }),
+              overlap: 'allow',
+              catchUp: 'none',
+            },
+          },
+          state,
+        ),
+      testCommandContext(() => createdAt),
+    );
+    return scheduleId;
+  };
+  const types = async (streamId: string) => (await store.readStream(streamId)).map((event) => event.type);
+
+  it('records a tick whose task a crashed scheduler had queued, without a second task', async () => {
+    const id = await newSchedule(new Date('2026-05-01T12:00:30Z'));
+    const tick = '2026-05-01T12:01:00.000Z';
+    const taskId = scheduledTaskId(id, tick);
+    // What a scheduler killed after its first append leaves behind: the task, and no ScheduleFired.
+    await handleCommand(
+      store,
+      taskStreamId(taskId),
+      task,
+      (state) =>
+        submitTask(
+          {
+            taskId,
+            ownerId: randomUUID(),
+            spec: taskSpec(),
+            idempotencyKey: null,
+            now: new Date(tick),
+            origin: { scheduleId: id, tick },
+          },
+          state,
+        ),
+      testCommandContext(),
+    );
+    now = new Date('2026-05-01T12:01:00.300Z');
+    expect(await scheduler().fire(id)).to.equal(1);
+    expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
+    const fired = (await store.readStream(scheduleStreamId(id))).filter(
+      (event) => event.type === 'ScheduleFired',
+    );
+    expect(fired.map((event) => event.data.taskId)).to.deep.equal([taskId]);
+    expect(await scheduler().fire(id), 'nothing due any more').to.equal(null);
+  });
+
+  it('of two schedulers deciding the same tick at once, one records it and one task is queued', async () => {
+    const id = await newSchedule(new Date('2026-05-01T13:00:30Z'));
+    now = new Date('2026-05-01T13:01:00.100Z');
+    const outcomes = await Promise.allSettled([scheduler().fire(id), scheduler().fire(id)]);
+    const recorded = outcomes.filter((o) => o.status === 'fulfilled' && o.value === 1);
+    const refused = outcomes.filter((o) => o.status === 'rejected');
+    expect(recorded, JSON.stringify(outcomes)).to.have.length(1);
+    // The other lost the race at the schedule's revision (or read after it and found nothing due).
+    for (const outcome of refused)
+      expect((outcome as PromiseRejectedResult).reason).to.be.instanceOf(ConflictError);
+    const taskId = scheduledTaskId(id, '2026-05-01T13:01:00.000Z');
+    expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
+    expect(await types(scheduleStreamId(id))).to.deep.equal(['ScheduleCreated', 'ScheduleFired']);
+  });
+});
