@@ -34,7 +34,7 @@ import { registerTaskQueryRoutes } from './queries/tasks/route.js';
 import { registerScheduleCommandRoutes } from './commands/schedules/routes.js';
 import { registerScheduleQueryRoutes } from './queries/schedules/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
-import { CronScheduler } from './workers/cronScheduler.js';
+import { CronScheduler, schedulerMetrics } from './workers/cronScheduler.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
 import { startAnchorSchedule } from './audit/anchors.js';
 import { registerGoServiceRoutes } from './compat/goService/routes.js';
@@ -447,6 +447,7 @@ export async function startService(
           logger: logger.child({ role: 'scheduler' }),
           clock: options.clock,
           newId: randomUUID,
+          metrics: schedulerMetrics(infrastructure.metrics),
         });
         scheduler.start();
         return () => scheduler.stop();

@@ -27,6 +27,38 @@ import type { EventStore } from '../infra/eventStore/eventStore.js';
 import { GENESIS_HASH } from '../infra/eventStore/hashChain.js';
 import type { Logger } from '../infra/logger.js';
 import { selectDueScheduleRows } from '../projections/schedules/table.js';
+import { Counter, type Registry } from 'prom-client';
+
+/** What /metrics shows of the schedulers in this process. */
+export interface SchedulerMetrics {
+  /** Events this process appended to schedule streams, by type: ScheduleFired (one per task) or ScheduleTicksSkipped. */
+  events: Counter<'type'>;
+  /** Decisions another scheduler (or an owner's command) wrote the schedule's stream before. */
+  conflicts: Counter;
+}
+
+const schedulerMetricsByRegistry = new WeakMap<Registry, SchedulerMetrics>();
+
+export function schedulerMetrics(registry: Registry): SchedulerMetrics {
+  let metrics = schedulerMetricsByRegistry.get(registry);
+  if (!metrics) {
+    metrics = {
+      events: new Counter({
+        name: 'scheduler_events_total',
+        help: 'Events the scheduler appended to schedule streams: ScheduleFired (a tick queued its task) or ScheduleTicksSkipped',
+        labelNames: ['type'],
+        registers: [registry],
+      }),
+      conflicts: new Counter({
+        name: 'scheduler_conflicts_total',
+        help: "Firing decisions refused at the schedule's revision: another scheduler or a command wrote first",
+        registers: [registry],
+      }),
+    };
+    schedulerMetricsByRegistry.set(registry, metrics);
+  }
+  return metrics;
+}
 
 export interface CronSchedulerDeps {
   store: EventStore;
@@ -35,6 +67,7 @@ export interface CronSchedulerDeps {
   logger: Logger;
   clock?: () => Date;
   newId: () => string;
+  metrics?: SchedulerMetrics;
 }
 
 /** What one look did: ticks fired (tasks this scheduler recorded), schedules it decided on, conflicts it left. */
@@ -101,6 +134,7 @@ export class CronScheduler {
         if (!(error instanceof ConflictError)) throw error;
         // Another scheduler (or the owner) wrote the stream first; the next look decides on what it wrote.
         this.seen.delete(candidate.id);
+        this.deps.metrics?.conflicts.inc();
         result.conflicts++;
       }
     }
@@ -138,6 +172,7 @@ export class CronScheduler {
       maxAttempts: 1,
     });
     this.seen.set(scheduleId, { revision: result.revision!, nextFireAt: result.state.nextFireAt });
+    for (const event of events) this.deps.metrics?.events.inc({ type: event.type });
     if (fired.length > 0)
       this.deps.logger.debug({ scheduleId, ticks: fired.map((event) => event.data.tick) }, 'schedule fired');
     return fired.length;

@@ -393,5 +393,8 @@ describe('schedules (embedded default, every role in one process)', function () 
       expect(Date.parse(item.schedule_tick) % 1000, 'a whole second').to.equal(0);
       expect(item.result).to.deep.equal({ n: 1 });
     }
+    const metrics = await call(service.url, 'GET', '/metrics');
+    const fired = /^scheduler_events_total\{type="ScheduleFired"\} (\d+)$/m.exec(String(metrics.body));
+    expect(Number(fired?.[1]), 'scheduler_events_total on /metrics').to.be.at.least(2);
   });
 });
