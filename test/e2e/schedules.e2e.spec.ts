@@ -83,6 +83,9 @@ describe('schedules (full stack, scheduler processes)', function () {
     return response;
   };
   const pause = async (id: string) => {
+    // Half way between two ticks: a pause that lands between a tick's TaskQueued and its ScheduleFired keeps the
+    // task without the firing (the caveat in the README), which expectOneTaskPerTick would report.
+    await sleep((1500 - (Date.now() % 1000)) % 1000);
     const response = await api('POST', `/schedules/${id}/pause`, ann);
     expect(response.status).to.equal(200);
     return response;
@@ -311,7 +314,7 @@ describe('schedules (full stack, scheduler processes)', function () {
     await sleep(4000);
     await startScheduler();
     await sleep(2500);
-    await Promise.all(Object.values(ids).map(pause));
+    for (const id of Object.values(ids)) await pause(id);
     await sleep(500);
 
     const late = (fired: { tick: number; firedAt: number }) => fired.firedAt - fired.tick > MISSED_AFTER_MS;
