@@ -13,6 +13,7 @@ import { submitTask } from '../../src/domain/tasks/submitTask.js';
 import type { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { CronScheduler } from '../../src/workers/cronScheduler.js';
+import { schedulesProjection } from '../../src/projections/schedules/projection.js';
 import { createTestDatabase, testEventStore, type TestDatabase } from '../support/postgres.js';
 import { taskSpec, testCommandContext } from '../support/fixtures.js';
 
@@ -105,6 +106,29 @@ describe('cron scheduler: one task per tick', function () {
     );
     expect(fired.map((event) => event.data.taskId)).to.deep.equal([taskId]);
     expect(await scheduler().fire(id), 'nothing due any more').to.equal(null);
+  });
+
+  it('fires nothing more from a read-model row that lags the stream', async () => {
+    const id = await newSchedule(new Date('2026-05-01T14:00:30Z'));
+    // The row as a projector that applied ScheduleCreated only would have it: due at 14:01:00.
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await schedulesProjection.project(client, await store.readStream(scheduleStreamId(id)), () => {});
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    now = new Date('2026-05-01T14:01:00.200Z');
+    const one = scheduler();
+    expect((await one.look()).fired).to.equal(1);
+    now = new Date('2026-05-01T14:01:00.900Z');
+    // The row still says 14:01:00 is due; this process and a fresh one both read the stream and fire nothing.
+    expect((await one.look()).fired).to.equal(0);
+    expect((await scheduler().look()).fired).to.equal(0);
+    const taskId = scheduledTaskId(id, '2026-05-01T14:01:00.000Z');
+    expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
+    expect(await types(scheduleStreamId(id))).to.deep.equal(['ScheduleCreated', 'ScheduleFired']);
   });
 
   it('of two schedulers deciding the same tick at once, one records it and one task is queued', async () => {
