@@ -15,7 +15,7 @@ import { ConflictError } from '../errors.js';
 import { handleCommand, type CommandContext } from '../commands/commandHandler.js';
 import type { Config } from '../config.js';
 import { foldEvents } from '../domain/decider.js';
-import { fireDueTicks } from '../domain/schedules/commands.js';
+import { fireDueTicks, recordQueuedTicks } from '../domain/schedules/commands.js';
 import { scheduleStreamId, type ScheduleFired } from '../domain/schedules/events.js';
 import { schedule as scheduleDecider, type Schedule } from '../domain/schedules/state.js';
 import { taskStreamId } from '../domain/tasks/events.js';
@@ -166,16 +166,49 @@ export class CronScheduler {
     const fired = events.filter((event): event is ScheduleFired => event.type === 'ScheduleFired');
     // The tasks first: a tick recorded as fired always has its task.
     await Promise.all(fired.map((event) => this.queueTask(state, event, now)));
-    const result = await handleCommand(store, streamId, scheduleDecider, () => events, this.context(), {
-      // Decided on the revision read above, once: a retry would decide again on ticks whose tasks are not queued.
-      known: { state, revision: head.revision, hash: head.metadata.hash },
-      maxAttempts: 1,
-    });
+    let result;
+    try {
+      result = await handleCommand(store, streamId, scheduleDecider, () => events, this.context(), {
+        // Decided on the revision read above, once: a retry would decide again on ticks whose tasks are not queued.
+        known: { state, revision: head.revision, hash: head.metadata.hash },
+        maxAttempts: 1,
+      });
+    } catch (error) {
+      if (error instanceof ConflictError && fired.length > 0) await this.recordQueued(scheduleId, fired);
+      throw error;
+    }
     this.seen.set(scheduleId, { revision: result.revision!, nextFireAt: result.state.nextFireAt });
     for (const event of events) this.deps.metrics?.events.inc({ type: event.type });
     if (fired.length > 0)
       this.deps.logger.debug({ scheduleId, ticks: fired.map((event) => event.data.tick) }, 'schedule fired');
     return fired.length;
+  }
+
+  /** The ticks whose tasks `fired` queued that the stream, read again, does not record (see recordQueuedTicks). */
+  private async recordQueued(scheduleId: string, fired: readonly ScheduleFired[]): Promise<void> {
+    const streamId = scheduleStreamId(scheduleId);
+    const history = await this.deps.store.readStream(streamId);
+    const head = history.at(-1)!;
+    const recorded = new Set(
+      history.flatMap((event) => (event.type === 'ScheduleFired' ? [String(event.data.taskId)] : [])),
+    );
+    const state = foldEvents(scheduleDecider, history);
+    const missing = recordQueuedTicks(fired, recorded, state, this.clock());
+    if (missing.length === 0) return;
+    try {
+      await handleCommand(this.deps.store, streamId, scheduleDecider, () => missing, this.context(), {
+        known: { state, revision: head.revision, hash: head.metadata.hash },
+        maxAttempts: 1,
+      });
+      for (const event of missing) this.deps.metrics?.events.inc({ type: event.type });
+    } catch (error) {
+      // Changed again meanwhile: the tasks stay queued without their ScheduleFired (the README's caveat).
+      if (!(error instanceof ConflictError)) throw error;
+      this.deps.logger.warn(
+        { scheduleId, ticks: missing.map((e) => e.data.tick) },
+        'queued ticks left unrecorded',
+      );
+    }
   }
 
   /** The last fired task's state from its own stream: pending or in progress counts as still running. */

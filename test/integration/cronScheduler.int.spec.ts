@@ -3,14 +3,16 @@ import { randomUUID } from 'node:crypto';
 import { handleCommand } from '../../src/commands/commandHandler.js';
 import { ConflictError } from '../../src/errors.js';
 import { loadConfig } from '../../src/config.js';
-import { createSchedule } from '../../src/domain/schedules/commands.js';
+import { createSchedule, pauseSchedule } from '../../src/domain/schedules/commands.js';
 import { scheduleStreamId } from '../../src/domain/schedules/events.js';
 import { schedule } from '../../src/domain/schedules/state.js';
+import { foldEvents } from '../../src/domain/decider.js';
 import { scheduledTaskId } from '../../src/domain/schedules/taskId.js';
 import { taskStreamId } from '../../src/domain/tasks/events.js';
 import { task } from '../../src/domain/tasks/state.js';
 import { submitTask } from '../../src/domain/tasks/submitTask.js';
 import type { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { CronScheduler } from '../../src/workers/cronScheduler.js';
 import { schedulesProjection } from '../../src/projections/schedules/projection.js';
@@ -37,9 +39,9 @@ describe('cron scheduler: one task per tick', function () {
     await db?.drop();
   });
 
-  const scheduler = () =>
+  const scheduler = (through: EventStore = store) =>
     new CronScheduler({
-      store,
+      store: through,
       pool: db.pool,
       settings,
       logger: silentLogger(),
@@ -129,6 +131,53 @@ describe('cron scheduler: one task per tick', function () {
     const taskId = scheduledTaskId(id, '2026-05-01T14:01:00.000Z');
     expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
     expect(await types(scheduleStreamId(id))).to.deep.equal(['ScheduleCreated', 'ScheduleFired']);
+  });
+
+  it('records the firing of a tick whose task was queued just before a pause', async () => {
+    const id = await newSchedule(new Date('2026-05-01T15:00:30Z'));
+    const owner = foldEvents(schedule, await store.readStream(scheduleStreamId(id))).ownerId!;
+    // The owner's pause lands right after the scheduler queued the tick's task, before its ScheduleFired.
+    let paused = false;
+    const racing = new Proxy(store, {
+      get(target, property) {
+        if (property === 'append')
+          return async (...args: Parameters<EventStore['append']>) => {
+            const result = await target.append(...args);
+            if (args[0].startsWith('task-') && !paused) {
+              paused = true;
+              await handleCommand(
+                store,
+                scheduleStreamId(id),
+                schedule,
+                (state) => pauseSchedule({ actorId: owner, isAdmin: false, now }, state),
+                testCommandContext(() => now),
+              );
+            }
+            return result;
+          };
+        const value = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    now = new Date('2026-05-01T15:01:00.100Z');
+    const error = await scheduler(racing)
+      .fire(id)
+      .catch((e: unknown) => e);
+    expect(error).to.be.instanceOf(ConflictError);
+    const taskId = scheduledTaskId(id, '2026-05-01T15:01:00.000Z');
+    expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
+    const history = await store.readStream(scheduleStreamId(id));
+    expect(history.map((event) => event.type)).to.deep.equal([
+      'ScheduleCreated',
+      'SchedulePaused',
+      'ScheduleFired',
+    ]);
+    expect(history[2]!.data).to.include({ taskId, nextFireAt: null });
+    expect(foldEvents(schedule, history)).to.include({
+      status: 'paused',
+      nextFireAt: null,
+      lastTaskId: taskId,
+    });
   });
 
   it('of two schedulers deciding the same tick at once, one records it and one task is queued', async () => {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { ConflictError, NotFoundError } from '../../src/errors.js';
-import type { ScheduleEvent, ScheduleSettings } from '../../src/domain/schedules/events.js';
+import type { ScheduleEvent, ScheduleFired, ScheduleSettings } from '../../src/domain/schedules/events.js';
 import { schedule } from '../../src/domain/schedules/state.js';
 import {
   createSchedule,
@@ -8,6 +8,7 @@ import {
   fireDueTicks,
   pauseSchedule,
   planTicks,
+  recordQueuedTicks,
   resumeSchedule,
   runScheduleNow,
   updateSchedule,
@@ -328,6 +329,25 @@ describe('schedules: deciders', () => {
           },
         },
       ]);
+  });
+
+  it('after a lost race, records the queued ticks the stream does not, leaving its next tick as it is', () => {
+    const queued = [fired(60, 60.1, 120), fired(120, 120.1, 180)].map((event) => event as ScheduleFired);
+    const paused: ScheduleEvent = {
+      type: 'SchedulePaused',
+      data: { scheduleId: S, pausedBy: 'ann', pausedAt: iso(120.05) },
+    };
+    const state = foldEvents(schedule, [created(), fired(60, 60.1, 120), paused]);
+    const recorded = new Set([queued[0]!.data.taskId]);
+    expect(recordQueuedTicks(queued, recorded, state, at(120.2))).to.deep.equal([
+      { type: 'ScheduleFired', data: { ...queued[1]!.data, firedAt: iso(120.2), nextFireAt: null } },
+    ]);
+    expect(
+      recordQueuedTicks(queued, new Set(queued.map((e) => e.data.taskId)), state, at(121)),
+    ).to.deep.equal([]);
+    // Recorded late and older than the last firing: the newest stays the last.
+    const late = foldEvents(schedule, [created(), fired(120, 120.1, 180), fired(60, 121, 180)]);
+    expect(late).to.include({ lastTick: iso(120), firedCount: 2 });
   });
 
   it('shows the next few fire times from the next tick', () => {

@@ -269,3 +269,25 @@ export function fireDueTicks(command: FireDueTicks, state: Schedule): ScheduleEv
   if (events.length === 0) events.push(skip('missed', nextFireAt, nextFireAt));
   return events;
 }
+
+/**
+ * After a firing lost the race at the schedule's revision: the ticks whose tasks this decision had queued that the
+ * stream (now `state`, with these `recorded` task ids among its ScheduleFired) does not record, as ScheduleFired
+ * events that leave the next tick as the stream has it. Usually another scheduler recorded the same ticks, and this is
+ * empty; after a pause, an edit or a delete that came between the task's append and the firing's, it records that
+ * the tick's task was queued, so every scheduled task has its ScheduleFired.
+ */
+export function recordQueuedTicks(
+  queued: readonly ScheduleFired[],
+  recorded: ReadonlySet<string>,
+  state: Schedule,
+  now: Date,
+): ScheduleFired[] {
+  if (!state.exists) return [];
+  return queued
+    .filter((event) => !recorded.has(event.data.taskId))
+    .map((event) => ({
+      type: 'ScheduleFired',
+      data: { ...event.data, firedAt: now.toISOString(), nextFireAt: state.nextFireAt },
+    }));
+}

@@ -81,15 +81,18 @@ export function evolveSchedule(state: Schedule, event: ScheduleEvent): Schedule 
       };
     case 'ScheduleDeleted':
       return { ...state, status: 'deleted', nextFireAt: null, updatedAt: event.data.deletedAt };
-    case 'ScheduleFired':
+    case 'ScheduleFired': {
+      // A firing recorded late (recordQueuedTicks) may be older than the last one: the newest stays the last.
+      const newest = state.lastTick === null || event.data.tick >= state.lastTick;
       return {
         ...state,
         nextFireAt: state.status === 'active' ? event.data.nextFireAt : state.nextFireAt,
-        lastTick: event.data.tick,
-        lastTaskId: event.data.taskId,
+        lastTick: newest ? event.data.tick : state.lastTick,
+        lastTaskId: newest ? event.data.taskId : state.lastTaskId,
         firedCount: state.firedCount + 1,
         updatedAt: event.data.firedAt,
       };
+    }
     case 'ScheduleTicksSkipped':
       return { ...state, nextFireAt: event.data.nextFireAt, updatedAt: event.data.skippedAt };
     default:
