@@ -70,11 +70,15 @@ export interface CronSchedulerDeps {
   metrics?: SchedulerMetrics;
 }
 
-/** What one look did: ticks fired (tasks this scheduler recorded), schedules it decided on, conflicts it left. */
+/**
+ * What one look did: ticks fired (tasks this scheduler recorded), schedules it decided on, conflicts it left to
+ * the next look, and schedules it failed to fire (logged; tried again at the next look).
+ */
 export interface LookResult {
   fired: number;
   decided: number;
   conflicts: number;
+  failed: number;
 }
 
 export class CronScheduler {
@@ -113,7 +117,7 @@ export class CronScheduler {
   async look(): Promise<LookResult> {
     const now = this.clock();
     const candidates = await selectDueScheduleRows(this.deps.pool, now, this.deps.settings.batchSize);
-    const result: LookResult = { fired: 0, decided: 0, conflicts: 0 };
+    const result: LookResult = { fired: 0, decided: 0, conflicts: 0, failed: 0 };
     for (const candidate of candidates) {
       if (this.stopping.signal.aborted) break;
       const seen = this.seen.get(candidate.id);
@@ -131,11 +135,16 @@ export class CronScheduler {
           result.fired += fired;
         }
       } catch (error) {
-        if (!(error instanceof ConflictError)) throw error;
-        // Another scheduler (or the owner) wrote the stream first; the next look decides on what it wrote.
         this.seen.delete(candidate.id);
-        this.deps.metrics?.conflicts.inc();
-        result.conflicts++;
+        if (error instanceof ConflictError) {
+          // Another scheduler (or the owner) wrote the stream first; the next look decides on what it wrote.
+          this.deps.metrics?.conflicts.inc();
+          result.conflicts++;
+        } else {
+          // One schedule that cannot be fired (its stream unreadable, say) must not hold up the ones after it.
+          this.deps.logger.warn({ err: error, scheduleId: candidate.id }, 'schedule not fired; trying again');
+          result.failed++;
+        }
       }
     }
     return result;

@@ -133,6 +133,56 @@ describe('cron scheduler: one task per tick', function () {
     expect(await types(scheduleStreamId(id))).to.deep.equal(['ScheduleCreated', 'ScheduleFired']);
   });
 
+  it('fires the other due schedules when one cannot be fired', async () => {
+    const good = await newSchedule(new Date('2026-05-01T16:00:30Z'));
+    // A stream the deciders would never have written: an expression croner refuses, due before the good one.
+    const broken = randomUUID();
+    await store.append(
+      scheduleStreamId(broken),
+      [
+        {
+          eventId: randomUUID(),
+          type: 'ScheduleCreated',
+          data: {
+            scheduleId: broken,
+            ownerId: randomUUID(),
+            name: 'broken',
+            cron: 'not a cron',
+            timezone: 'UTC',
+            task: taskSpec(),
+            overlap: 'allow',
+            catchUp: 'none',
+            createdAt: '2026-05-01T16:00:00.000Z',
+            nextFireAt: '2026-05-01T16:00:59.000Z',
+          },
+          metadata: {
+            correlationId: randomUUID(),
+            causationId: null,
+            userId: null,
+            timestamp: '2026-05-01T16:00:00.000Z',
+          },
+        },
+      ],
+      { expectedRevision: 'no_stream' },
+    );
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('DELETE FROM schedules');
+      const events = [
+        ...(await store.readStream(scheduleStreamId(broken))),
+        ...(await store.readStream(scheduleStreamId(good))),
+      ];
+      await schedulesProjection.project(client, events, () => {});
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    now = new Date('2026-05-01T16:01:00.200Z');
+    expect(await scheduler().look()).to.deep.equal({ fired: 1, decided: 1, conflicts: 0, failed: 1 });
+    expect(await types(scheduleStreamId(good))).to.deep.equal(['ScheduleCreated', 'ScheduleFired']);
+  });
+
   it('records the firing of a tick whose task was queued just before a pause', async () => {
     const id = await newSchedule(new Date('2026-05-01T15:00:30Z'));
     const owner = foldEvents(schedule, await store.readStream(scheduleStreamId(id))).ownerId!;
