@@ -30,7 +30,7 @@ import { migrate } from './infra/db/migrate.js';
 
 const USAGE = `usage: task-manager <command>
 
-  start [--roles api,relay,projector,worker] [--processes N]
+  start [--roles api,relay,projector,worker,scheduler] [--processes N]
                                                run the chosen roles (all by default); --processes: the API in N
                                                processes sharing the port, the other roles in this one
   migrate                                      apply database migrations and exit

@@ -72,6 +72,16 @@ export interface Config {
     progressIntervalMs: number;
     cancelCheckIntervalMs: number;
   };
+  scheduler: {
+    /** How often a scheduler looks for due schedules: a tick fires at most about this late. */
+    pollIntervalMs: number;
+    /** A tick later than this counts as missed (no scheduler ran at its time) and follows the schedule's catch_up. */
+    missedAfterMs: number;
+    /** The most ticks one schedule fires in one decision (catch_up "all" after downtime); older ones are skipped. */
+    maxCatchUpTicks: number;
+    /** The most due schedules one look takes. */
+    batchSize: number;
+  };
   handlers: {
     http: {
       allowedHosts: string[];
@@ -144,6 +154,7 @@ export const configSchema: JSONSchemaType<Config> = {
     'auth',
     'tasks',
     'workers',
+    'scheduler',
     'handlers',
     'audit',
     'personalData',
@@ -342,6 +353,17 @@ export const configSchema: JSONSchemaType<Config> = {
         shutdownGraceMs: positiveInt,
         progressIntervalMs: positiveInt,
         cancelCheckIntervalMs: positiveInt,
+      },
+    },
+    scheduler: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['pollIntervalMs', 'missedAfterMs', 'maxCatchUpTicks', 'batchSize'],
+      properties: {
+        pollIntervalMs: { type: 'integer', minimum: 10, maximum: 60000 },
+        missedAfterMs: positiveInt,
+        maxCatchUpTicks: { type: 'integer', minimum: 1, maximum: 10000 },
+        batchSize: { type: 'integer', minimum: 1, maximum: 10000 },
       },
     },
     handlers: {

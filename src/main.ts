@@ -31,7 +31,10 @@ import { createHandlerRegistry } from './workers/handlers/index.js';
 import { TASK_TYPES, TaskTypes } from './domain/tasks/taskTypes.js';
 import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
 import { registerTaskQueryRoutes } from './queries/tasks/route.js';
+import { registerScheduleCommandRoutes } from './commands/schedules/routes.js';
+import { registerScheduleQueryRoutes } from './queries/schedules/route.js';
 import { TaskWorker } from './workers/taskWorker.js';
+import { CronScheduler, schedulerMetrics } from './workers/cronScheduler.js';
 import { registerAuditRoutes } from './queries/audit/route.js';
 import { registerQueueCommandRoutes } from './commands/queues/routes.js';
 import { registerQueueQueryRoutes } from './queries/queues/route.js';
@@ -41,7 +44,7 @@ import { resolveDeploymentSecret } from './infra/secrets/deploymentSecret.js';
 import { sleep } from './infra/abort.js';
 import { parseMasterKey, PostgresPersonalData, type PersonalData } from './infra/secrets/personalData.js';
 
-export const ROLES = ['api', 'relay', 'projector', 'worker'] as const;
+export const ROLES = ['api', 'relay', 'projector', 'worker', 'scheduler'] as const;
 export type Role = (typeof ROLES)[number];
 
 /** The adapters, chosen by config: the one place that knows which implementation backs each port. */
@@ -308,6 +311,18 @@ export function buildHttpApp(infra: Infrastructure, jwtSecret: string, clock: ()
   });
   registerQueueCommandRoutes(api, { store: infra.store, clock, newId: randomUUID });
   registerQueueQueryRoutes(api, { pool: infra.pool, queueLimits: config.workers.queueLimits });
+  registerScheduleCommandRoutes(api, {
+    store: infra.store,
+    taskTypes: new TaskTypes(TASK_TYPES),
+    settings: config.tasks,
+    clock,
+    newId: randomUUID,
+  });
+  registerScheduleQueryRoutes(api, {
+    pool: infra.pool,
+    readModelReached: (position) => projectionReached(infra.pool, 'schedules', position, infra.bus),
+    minPositionWaitMs: config.tasks.minPositionWaitMs,
+  });
   registerAuditRoutes(api, { store: infra.store });
   // The replaced Go service's paths, served by the same commands and queries.
   registerGoServiceRoutes(api, {
@@ -423,6 +438,23 @@ export async function startService(
         });
         await worker.start();
         return () => worker.stop();
+      });
+    }
+    // Cron schedules: due ones found in the schedules read model, fired from their streams. Any number of scheduler
+    // processes is safe (one task per tick by the deterministic task id and the expected revisions).
+    if (roles.includes('scheduler')) {
+      await startRole('scheduler', async () => {
+        const scheduler = new CronScheduler({
+          store: infrastructure.store,
+          pool: infrastructure.pool,
+          settings: config.scheduler,
+          logger: logger.child({ role: 'scheduler' }),
+          clock: options.clock,
+          newId: randomUUID,
+          metrics: schedulerMetrics(infrastructure.metrics),
+        });
+        scheduler.start();
+        return () => scheduler.stop();
       });
     }
     if (roles.includes('api')) {

@@ -498,6 +498,6 @@ describe('projections in batches', function () {
     });
     // One consumer, so one checkpoint, named for the set of read models.
     const { rows } = await one.pool.query(`SELECT name FROM log_checkpoints WHERE name LIKE 'consumer:%'`);
-    expect(rows).to.deep.equal([{ name: 'consumer:projection.refresh_tokens+tasks+users' }]);
+    expect(rows).to.deep.equal([{ name: 'consumer:projection.refresh_tokens+schedules+tasks+users' }]);
   });
 });

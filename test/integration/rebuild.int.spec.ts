@@ -604,6 +604,7 @@ describe('rebuilding read models', function () {
     );
     expect(positions).to.deep.equal([
       { projection: 'refresh_tokens', partition: 0, position: head },
+      { projection: 'schedules', partition: 0, position: head },
       { projection: 'tasks', partition: 0, position: head },
       { projection: 'tasks', partition: 3, position: head },
       { projection: 'users', partition: 0, position: head },

@@ -145,6 +145,8 @@ function expectedRow(state: Task, revision: number, position: string): Record<st
     archived_at: state.archivedAt,
     group_key: spec.groupKey,
     dependencies: spec.dependencies,
+    schedule_id: state.origin?.scheduleId ?? null,
+    schedule_tick: state.origin?.tick ?? null,
   };
 }
 
@@ -628,6 +630,8 @@ describe('tasks read model', () => {
           created_at: at(0),
           updated_at: at(2),
           archived_at: null,
+          schedule_id: null,
+          schedule_tick: null,
           revision: 2,
         });
         expectSchema('Task', body);

@@ -4,18 +4,24 @@
  * mapping of payload errors to request paths (payloadErrors.ts). The deciders are in src/domain/tasks.
  */
 import type { Request, Response } from 'express';
-import { PayloadTooLargeError, UnprocessableError, ValidationError } from '../../errors.js';
+import { UnprocessableError, ValidationError } from '../../errors.js';
 import { toFieldErrors } from '../../infra/jsonSchema.js';
 import { problemDocument, toAppError } from '../../infra/http/problemDetails.js';
 import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
-import type { EventStore, JsonValue } from '../../infra/eventStore/eventStore.js';
+import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
-import { submittedPayloadErrors } from './payloadErrors.js';
+import {
+  prioritySchema,
+  taskBodyProperties,
+  taskSpecOf,
+  toPriority,
+  type TaskBody,
+} from './taskBody.js';
+import { checkDependencies, MAX_DEPENDENCIES } from './dependencies.js';
 import { requireRole } from '../../infra/http/auth.js';
-import { storableInstant } from '../../infra/http/inputSanity.js';
 import { handleCommand, type CommandContext } from '../commandHandler.js';
-import { taskStreamId, type TaskEvent, type TaskSpec } from '../../domain/tasks/events.js';
+import { taskStreamId, type TaskEvent } from '../../domain/tasks/events.js';
 import { task, type Task } from '../../domain/tasks/state.js';
 import {
   archiveTask,
@@ -26,8 +32,6 @@ import {
 } from '../../domain/tasks/ownerCommands.js';
 import { ensureTaskSchemas, taskResource, type TaskResource } from '../../domain/tasks/representation.js';
 import { submitIdempotently, type QueuedTask } from './submitIdempotently.js';
-import { QUEUE_NAME_PATTERN } from '../../domain/queues/queueSettings.js';
-import { checkDependencies, MAX_DEPENDENCIES } from './dependencies.js';
 import {
   workerControl,
   workerControlStreamId,
@@ -46,24 +50,6 @@ export interface TaskCommandDeps {
   newId: () => string;
 }
 
-/** Names the seed's clients may send instead of numbers; stored and shown as the number. */
-export const PRIORITY_NAMES: Record<string, number> = {
-  lowest: 0,
-  low: 2,
-  normal: 5,
-  medium: 5,
-  high: 8,
-  urgent: 10,
-};
-
-const priority: JSONSchema = {
-  description:
-    'Higher runs first: 0 (lowest) to 10 (highest), or one of the names (shown as their number afterwards).',
-  oneOf: [{ type: 'integer', minimum: 0, maximum: 10 }, { enum: Object.keys(PRIORITY_NAMES) }],
-};
-const toPriority = (value: number | string | undefined): number | undefined =>
-  typeof value === 'string' ? PRIORITY_NAMES[value] : value;
-
 /** Printable ASCII, as HTTP header values are; the same rule for the header and a batch item's field. */
 const idempotencyKeySchema: JSONSchema = {
   type: 'string',
@@ -72,19 +58,10 @@ const idempotencyKeySchema: JSONSchema = {
   pattern: '^[\\x21-\\x7e]+$',
 };
 
-export interface SubmitBody {
-  title: string;
-  description?: string | null;
-  type?: string;
-  payload?: JsonValue;
-  priority?: number | string;
-  queue?: string;
-  group_key?: string;
+/** A POST /tasks body: a task body (taskBody.ts), and what it waits for, which only a submission can name. */
+export interface SubmitBody extends TaskBody {
   depends_on?: string[];
   on_dependency_failure?: 'fail' | 'ignore';
-  run_at?: string;
-  max_attempts?: number;
-  timeout_ms?: number;
 }
 
 export interface EditBody {
@@ -128,20 +105,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
   // The representation the query routes show too, so both document one Task.
   const taskSchema = ensureTaskSchemas(api).task;
   const submitProperties: Record<string, JSONSchema> = {
-    title: { type: 'string', minLength: 1, maxLength: 200 },
-    description: { type: ['string', 'null'], maxLength: 5000 },
-    type: { enum: taskTypes.types(), description: 'The handler that runs the task (default echo).' },
-    payload: { description: "The handler's input, any JSON; each type checks its own shape." },
-    priority,
-    queue: { type: 'string', pattern: QUEUE_NAME_PATTERN, description: 'Named queue (default "default").' },
-    group_key: {
-      type: 'string',
-      minLength: 1,
-      maxLength: 200,
-      pattern: '^[\\x21-\\x7e]+$',
-      description:
-        "Who the task is for (a tenant, a customer, an API account): a queue's group_concurrency caps how many of one key run at once, and a queue with limits serves its keys round robin.",
-    },
+    ...taskBodyProperties({ taskTypes, settings }),
     depends_on: {
       type: 'array',
       uniqueItems: true,
@@ -155,9 +119,6 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       description:
         '`fail` (default): a dependency that ends failed or canceled fails this task, naming it. `ignore`: wait only for the dependencies to finish, however they end.',
     },
-    run_at: { type: 'string', format: 'date-time', description: 'Not before this time (RFC 3339).' },
-    max_attempts: { type: 'integer', minimum: 1, maximum: 100 },
-    timeout_ms: { type: 'integer', minimum: 1, maximum: settings.maxTimeoutMs },
   };
   const submitSchema = api.addSchema('SubmitTask', {
     type: 'object',
@@ -187,7 +148,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     properties: {
       title: { type: 'string', minLength: 1, maxLength: 200 },
       description: { type: ['string', 'null'], maxLength: 5000 },
-      priority,
+      priority: prioritySchema,
     },
     examples: [{ priority: 'high' }],
   });
@@ -224,35 +185,15 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     key: string | null,
     at: string,
   ): Promise<QueuedTask> => {
-    const type = body.type ?? 'echo';
-    const payload = body.payload ?? null;
-    if (Buffer.byteLength(JSON.stringify(payload), 'utf8') > settings.maxPayloadBytes)
-      throw new PayloadTooLargeError(`${at}/payload is larger than ${settings.maxPayloadBytes} bytes`);
-    const payloadErrors = submittedPayloadErrors(taskTypes, type, payload, at);
-    if (payloadErrors.length > 0) throw new ValidationError(payloadErrors);
-    const spec: TaskSpec = {
-      title: body.title,
-      description: body.description ?? null,
-      type,
-      payload,
-      priority: toPriority(body.priority) ?? 5,
-      queue: body.queue ?? 'default',
-      groupKey: body.group_key ?? null,
-      dependencies:
-        body.depends_on && body.depends_on.length > 0
-          ? {
-              taskIds: body.depends_on.map((id) => id.toLowerCase()),
-              onFailure: body.on_dependency_failure ?? 'fail',
-            }
-          : null,
-      runAt: body.run_at ? storableInstant(body.run_at, `${at}/run_at`) : null,
-      maxAttempts: body.max_attempts ?? settings.defaultMaxAttempts,
-      timeoutMs: body.timeout_ms ?? settings.defaultTimeoutMs,
-    };
-    if (spec.dependencies) {
+    const spec = taskSpecOf(body, { taskTypes, settings }, at);
+    if (body.depends_on && body.depends_on.length > 0) {
       // Only the PostgreSQL store has the schedule that holds a waiting task back from every claim.
       if (store.name !== 'postgres')
         throw new UnprocessableError('depends_on needs the PostgreSQL event store (eventStore: postgres)');
+      spec.dependencies = {
+        taskIds: body.depends_on.map((id) => id.toLowerCase()),
+        onFailure: body.on_dependency_failure ?? 'fail',
+      };
       await checkDependencies(store, req.auth!.userId, spec.dependencies.taskIds, at);
     }
     return submitIdempotently(

@@ -56,9 +56,23 @@ export interface TaskError extends JsonObject {
   kind: 'error' | 'timeout' | 'lease_expired' | 'unrecoverable' | 'dependency';
 }
 
+/** Where a task came from when a schedule queued it: the schedule and the tick (for "run now", the request's time). */
+export interface TaskOrigin extends JsonObject {
+  scheduleId: string;
+  tick: string;
+}
+
+/** `origin` is only present on tasks a schedule queued; older events and submitted tasks have none. */
 export type TaskQueued = DomainEvent<
   'TaskQueued',
-  { taskId: string; ownerId: string; spec: TaskSpec; queuedAt: string; idempotencyKey: string | null }
+  {
+    taskId: string;
+    ownerId: string;
+    spec: TaskSpec;
+    queuedAt: string;
+    idempotencyKey: string | null;
+    origin?: TaskOrigin;
+  }
 >;
 export type TaskUpdated = DomainEvent<
   'TaskUpdated',

@@ -40,6 +40,9 @@ export interface TaskResource {
   updated_at: string;
   /** When it was archived (hidden from lists), or null. */
   archived_at: string | null;
+  /** The schedule that queued it and the tick it was queued for; null for a submitted task. */
+  schedule_id: string | null;
+  schedule_tick: string | null;
   revision: number;
 }
 
@@ -68,6 +71,8 @@ export function taskResource(state: Task, revision: number): TaskResource {
     created_at: state.createdAt!,
     updated_at: state.updatedAt!,
     archived_at: state.archivedAt,
+    schedule_id: state.origin?.scheduleId ?? null,
+    schedule_tick: state.origin?.tick ?? null,
     revision,
   };
 }
@@ -103,6 +108,8 @@ export const taskExample = {
   created_at: '2025-03-01T09:00:00.000Z',
   updated_at: '2025-03-01T09:00:05.120Z',
   archived_at: null,
+  schedule_id: null,
+  schedule_tick: null,
   revision: 2,
 };
 
@@ -169,6 +176,16 @@ export const taskSchema: JSONSchema = {
       type: ['string', 'null'],
       format: 'date-time',
       description: 'When the owner archived the finished task (it is then left out of lists), or null',
+    },
+    schedule_id: {
+      type: ['string', 'null'],
+      format: 'uuid',
+      description: 'The schedule that queued the task, or null for a submitted task',
+    },
+    schedule_tick: {
+      type: ['string', 'null'],
+      format: 'date-time',
+      description: 'The schedule\'s tick it was queued for (for "run now", the time of the request), or null',
     },
     revision: {
       type: 'integer',

@@ -1,6 +1,6 @@
 import type { Decider } from '../decider.js';
 import type { JsonValue } from '../../infra/eventStore/eventStore.js';
-import type { TaskError, TaskEvent, TaskSpec, TaskStatus } from './events.js';
+import type { TaskError, TaskEvent, TaskOrigin, TaskSpec, TaskStatus } from './events.js';
 
 export interface Task {
   exists: boolean;
@@ -23,6 +23,8 @@ export interface Task {
   updatedAt: string | null;
   /** Set once the task is archived: hidden from lists, never changed again. */
   archivedAt: string | null;
+  /** The schedule and tick that queued it; null for a submitted task. */
+  origin: TaskOrigin | null;
 }
 
 export const initialTask: Task = {
@@ -42,6 +44,7 @@ export const initialTask: Task = {
   createdAt: null,
   updatedAt: null,
   archivedAt: null,
+  origin: null,
 };
 
 const notRunning = { workerId: null, leaseUntil: null } as const;
@@ -63,6 +66,7 @@ export function evolveTask(state: Task, event: TaskEvent): Task {
         runAt: event.data.spec.runAt ?? event.data.queuedAt,
         createdAt: event.data.queuedAt,
         updatedAt: event.data.queuedAt,
+        origin: event.data.origin ?? null,
       };
     case 'TaskUpdated':
       return { ...state, spec: { ...state.spec!, ...event.data.changes }, updatedAt: event.data.updatedAt };

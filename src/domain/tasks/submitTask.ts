@@ -1,5 +1,5 @@
 import { ConflictError } from '../../errors.js';
-import type { TaskQueued, TaskSpec } from './events.js';
+import type { TaskOrigin, TaskQueued, TaskSpec } from './events.js';
 import type { Task } from './state.js';
 
 export interface SubmitTask {
@@ -8,6 +8,8 @@ export interface SubmitTask {
   spec: TaskSpec;
   idempotencyKey: string | null;
   now: Date;
+  /** Only for a task a schedule queues. */
+  origin?: TaskOrigin;
 }
 
 export const submitTask = (command: SubmitTask, state: Task): TaskQueued[] => {
@@ -21,6 +23,8 @@ export const submitTask = (command: SubmitTask, state: Task): TaskQueued[] => {
         spec: command.spec,
         queuedAt: command.now.toISOString(),
         idempotencyKey: command.idempotencyKey,
+        // Absent, not null, on submitted tasks: their events stay as they were before schedules.
+        ...(command.origin ? { origin: command.origin } : {}),
       },
     },
   ];

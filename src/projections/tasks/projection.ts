@@ -45,6 +45,8 @@ const TASK_WRITE_COLUMNS: ReadonlyArray<[string, ColumnType, boolean, (state: Ta
   ['archived_at', 'timestamptz', true, (s) => s.task.archivedAt],
   ['group_key', 'text', true, (s) => s.task.spec!.groupKey],
   ['dependencies', 'jsonb', true, (s) => s.task.spec!.dependencies],
+  ['schedule_id', 'uuid', true, (s) => s.task.origin?.scheduleId ?? null],
+  ['schedule_tick', 'timestamptz', true, (s) => s.task.origin?.tick ?? null],
 ];
 
 /** Checks the columns an event changed (evolveTask keeps what it does not change), all of them for a new row. */

@@ -40,12 +40,14 @@ export interface TaskRow {
   archived_at: Date | null;
   group_key: string | null;
   dependencies: TaskDependencies | null;
+  schedule_id: string | null;
+  schedule_tick: Date | null;
 }
 
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
   'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before, archived_at, group_key, dependencies';
+  'attempts_before, archived_at, group_key, dependencies, schedule_id, schedule_tick';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
@@ -83,6 +85,7 @@ export function rowToTask(row: TaskRow): Task {
     createdAt: iso(row.created_at),
     updatedAt: iso(row.updated_at),
     archivedAt: iso(row.archived_at),
+    origin: row.schedule_id === null ? null : { scheduleId: row.schedule_id, tick: iso(row.schedule_tick)! },
   };
 }
 
@@ -102,6 +105,8 @@ export interface ListedTaskFilter {
   type?: string;
   queue?: string;
   groupKey?: string;
+  /** Queued by this schedule (index tasks_by_schedule, migration 0017). */
+  scheduleId?: string;
   /** Submitted at or after / before these instants (RFC 3339). */
   createdAfter?: string;
   createdBefore?: string;
@@ -137,6 +142,7 @@ export async function selectListedTaskRows(
   if (filter.type !== undefined) add((p) => `type = ${p}`, filter.type);
   if (filter.queue !== undefined) add((p) => `queue = ${p}`, filter.queue);
   if (filter.groupKey !== undefined) add((p) => `group_key = ${p}`, filter.groupKey);
+  if (filter.scheduleId !== undefined) add((p) => `schedule_id = ${p}`, filter.scheduleId);
   if (filter.createdAfter !== undefined) add((p) => `created_at >= ${p}::timestamptz`, filter.createdAfter);
   if (filter.createdBefore !== undefined) add((p) => `created_at < ${p}::timestamptz`, filter.createdBefore);
   if (filter.titleWords !== undefined) add(titleMatches, titleQuery(filter.titleWords));

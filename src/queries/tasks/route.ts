@@ -99,6 +99,7 @@ interface ListQuery {
   type?: string;
   queue?: string;
   group_key?: string;
+  schedule_id?: string;
   owner_id?: string;
   created_after?: string;
   created_before?: string;
@@ -209,6 +210,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
           type: { type: 'string', minLength: 1, maxLength: 100 },
           queue: { type: 'string', minLength: 1, maxLength: 100 },
           group_key: { type: 'string', minLength: 1, maxLength: 200, description: 'Tasks of this group key' },
+          schedule_id: { ...uuid, description: 'Only the tasks this schedule queued' },
           owner_id: { ...uuid, description: 'Auditors and admins only: the tasks of this owner' },
           created_after: {
             type: 'string',
@@ -251,6 +253,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       const claims = claimsOf(req);
       const minPosition = requestedMinPosition(req, req.query);
       const { status, type, queue, limit, cursor } = req.query;
+      const scheduleId = req.query.schedule_id?.toLowerCase();
       const filters = {
         createdAfter:
           req.query.created_after && storableInstant(req.query.created_after, '/query/created_after'),
@@ -271,6 +274,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
         status,
         type,
         queue,
+        scheduleId,
         ...filters,
         limit,
         cursor: cursor ?? null,
