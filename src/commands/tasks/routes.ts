@@ -11,13 +11,7 @@ import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
-import {
-  prioritySchema,
-  taskBodyProperties,
-  taskSpecOf,
-  toPriority,
-  type TaskBody,
-} from './taskBody.js';
+import { prioritySchema, taskBodyProperties, taskSpecOf, toPriority, type TaskBody } from './taskBody.js';
 import { checkDependencies, MAX_DEPENDENCIES } from './dependencies.js';
 import { requireRole } from '../../infra/http/auth.js';
 import { handleCommand, type CommandContext } from '../commandHandler.js';
