@@ -111,6 +111,9 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
     expect(claimed.length).to.be.greaterThan(0);
     const busy = rounds.flatMap((round) => round.held).filter((held) => held.heldBy === 'busy');
     for (const held of busy) expect(held.retryAt).to.be.an.instanceOf(Date);
+    // Their leftovers stay out of the later tests' claims, which serve every queue.
+    await limit({ paused: true });
+    await limit({ paused: true }, other);
   });
 
   it('starts at most `rate.limit` in any window of `rate.interval_ms`, and says when the window frees', async () => {

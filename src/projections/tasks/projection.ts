@@ -44,9 +44,10 @@ const TASK_WRITE_COLUMNS: ReadonlyArray<[string, ColumnType, boolean, (state: Ta
   ['attempts_before', 'integer', false, (s) => s.task.attemptsBefore],
   ['archived_at', 'timestamptz', true, (s) => s.task.archivedAt],
   ['group_key', 'text', true, (s) => s.task.spec!.groupKey],
-  ['dependencies', 'jsonb', true, (s) => s.task.spec!.dependencies],
   ['schedule_id', 'uuid', true, (s) => s.task.origin?.scheduleId ?? null],
   ['schedule_tick', 'timestamptz', true, (s) => s.task.origin?.tick ?? null],
+  // In the table's order (migrations 0016, 0017, 0018), which a rebuilt table's shape is compared by.
+  ['dependencies', 'jsonb', true, (s) => s.task.spec!.dependencies],
 ];
 
 /** Checks the columns an event changed (evolveTask keeps what it does not change), all of them for a new row. */

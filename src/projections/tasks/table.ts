@@ -47,7 +47,7 @@ export interface TaskRow {
 export const TASK_COLUMNS =
   'id, owner_id, title, description, type, payload, priority, queue, status, attempt, max_attempts, timeout_ms, ' +
   'run_at, worker_id, lease_until, progress, result, last_error, created_at, updated_at, revision, last_position, ' +
-  'attempts_before, archived_at, group_key, dependencies, schedule_id, schedule_tick';
+  'attempts_before, archived_at, group_key, schedule_id, schedule_tick, dependencies';
 
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
 
