@@ -114,13 +114,6 @@ export interface ClaimRequest {
   newId: () => string;
   /** config.yml's limits for queues nobody has configured (PUT /queues/{name} settings take precedence). */
   queueDefaults?: Readonly<Record<string, QueueLimits>>;
-  /**
-   * False when the caller believes that no queue has limits (`anyQueueLimited`, and none in `queueDefaults`): the
-   * claim is then the plain statement alone, without the limited queues' function, which every claim round would
-   * otherwise pay for. A belief that is out of date cannot break a limit: the plain statement still leaves alone
-   * every queue whose settings limit it; such a queue's tasks only wait until the caller looks again. Default true.
-   */
-  limitsInForce?: boolean;
 }
 
 interface StreamEventRow {
@@ -186,29 +179,6 @@ export async function claimRound(
   // A worker of some queues only names them plainly, so the index by queue (migrations/0012) reads only theirs.
   // Managed queues first (the function takes its share of the limit); the plain SELECT leaves them alone: those
   // with settings that limit anything, and those the config limits that have no settings of their own.
-  if (request.limitsInForce === false) {
-    const { rows } = await pool.query<StreamEventRow & { task_id: string; queue: string }>(
-      `WITH due AS (
-         SELECT task_id FROM task_schedule
-          WHERE status = 'pending' AND run_at <= $1 AND NOT (queue = ANY($2::text[]))
-            AND ${queues.condition}
-            AND NOT EXISTS (SELECT 1 FROM queue_settings q WHERE q.queue = task_schedule.queue AND q.managed)
-          ORDER BY priority DESC, run_at, created_at
-          LIMIT $4
-          FOR UPDATE SKIP LOCKED
-       ), claimed AS (
-         UPDATE task_schedule s SET status = 'claimed', worker_id = $5, lease_until = $6
-           FROM due WHERE s.task_id = due.task_id
-         RETURNING s.task_id, s.queue
-       )
-       SELECT c.task_id, c.queue, e.stream_id, e.revision::text AS revision, e.type, e.data,
-              e.metadata->>'hash' AS hash
-         FROM claimed c JOIN events e ON e.stream_id = 'task-' || c.task_id::text
-        ORDER BY e.stream_id, e.revision`,
-      [request.now, fullQueues, queues.value, request.limit, request.workerId, claimLeaseUntil],
-    );
-    return { claimed: await startClaimed(pool, store, request, rows), held: [] };
-  }
   const { rows } = await pool.query<
     StreamEventRow & { task_id: string | null; queue: string; held_by: string | null; retry_at: Date | null }
   >(

@@ -29,8 +29,6 @@ import {
   type AttemptOutcome,
 } from '../domain/tasks/workerCommands.js';
 import { workerControl, workerControlStreamId } from '../domain/tasks/workerControl.js';
-import { isManaged } from '../domain/queues/queueSettings.js';
-import { anyQueueLimited } from '../projections/queues/table.js';
 import {
   msUntilNextDueTask,
   selectDueTaskRows,
@@ -83,8 +81,6 @@ interface RunningAttempt {
 
 /** How stale the worker's view of the pause switch may be. */
 const PAUSE_CHECK_MS = 100;
-/** How stale its view of "does any queue have limits" may be, at most (QueueConfigured resets it at once). */
-const LIMITS_CHECK_MS = 1000;
 
 /** Events after which a pending task may be startable: each wakes the dispatcher early. */
 const WAKING_EVENTS = new Set([
@@ -169,8 +165,6 @@ export class TaskWorker {
   private pausedCache: { paused: boolean; readAt: number } = { paused: false, readAt: 0 };
   /** The last claim found due work that a queue's concurrency or group cap held back. */
   private waitingForCapacity = false;
-  /** Whether any queue has limits (read at most every LIMITS_CHECK_MS, and again on every QueueConfigured). */
-  private limitsCache: { inForce: boolean; readAt: number } = { inForce: true, readAt: 0 };
   /** Claims come from the inline schedule table: only when the log itself is in PostgreSQL. */
   private readonly usesSchedule: boolean;
 
@@ -199,7 +193,6 @@ export class TaskWorker {
         // The switch is cached for a second; its events make every worker look again at once.
         if (events.some((event) => event.type === 'WorkersPaused' || event.type === 'WorkersResumed'))
           this.pausedCache.readAt = 0;
-        if (events.some((event) => event.type === 'QueueConfigured')) this.limitsCache.readAt = 0;
         if (events.some((event) => this.wakes(event.type))) this.wake();
       },
     });
@@ -209,7 +202,6 @@ export class TaskWorker {
     if (this.usesSchedule)
       this.stopWatchingAppends =
         this.options.store.onAppended?.((types) => {
-          if (types?.has('QueueConfigured')) this.limitsCache.readAt = 0;
           if (types === null || [...types].some((type) => this.wakes(type))) this.wake();
         }) ?? null;
     this.loops = [this.dispatchLoop(), this.reapLoop()];
@@ -272,21 +264,6 @@ export class TaskWorker {
 
   private queueLimit(queue: string): number {
     return this.options.settings.queues[queue] ?? this.options.settings.defaultQueueConcurrency;
-  }
-
-  /**
-   * Whether the claim must serve limited queues: any queue configured with limits, or any in config.yml. With none,
-   * each claim round is the plain statement alone. The plain statement never takes a limited queue's task (it reads
-   * the settings itself), so a view that lags only delays such tasks: a limit an admin sets is seen at once in the
-   * process that set it, when its QueueConfigured comes over the bus in the others, and within LIMITS_CHECK_MS
-   * in any case.
-   */
-  private async limitsInForce(): Promise<boolean> {
-    const { settings, pool } = this.options;
-    if (Object.values(settings.queueLimits).some(isManaged)) return true;
-    if (this.clock().getTime() - this.limitsCache.readAt > LIMITS_CHECK_MS)
-      this.limitsCache = { inForce: await anyQueueLimited(pool), readAt: this.clock().getTime() };
-    return this.limitsCache.inForce;
   }
 
   private async paused(): Promise<boolean> {
@@ -359,7 +336,6 @@ export class TaskWorker {
       },
       newId: this.options.newId,
       queueDefaults: settings.queueLimits,
-      limitsInForce: await this.limitsInForce(),
     });
     for (const claim of claimed) this.startAttempt(claim);
     this.waitingForCapacity = held.some((queue) => queue.heldBy === 'limit');

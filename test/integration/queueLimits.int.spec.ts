@@ -157,14 +157,6 @@ describe('queue limits in the claim: global concurrency, rate, group keys and fa
     expect(keysOf(ours((await claim('w1', 6)).claimed))).to.deep.equal(['a', 'a', 'b', 'b', 'c', 'c']);
   });
 
-  it("takes nothing of a limited queue in the plain claim, when the worker's view says no queue has limits", async () => {
-    await limit({ concurrency: 1 });
-    await Promise.all(Array.from({ length: 3 }, () => submit()));
-    expect(ours((await claim('w1', 10, { limitsInForce: false })).claimed)).to.have.length(0);
-    expect(ours((await claim('w1', 10)).claimed)).to.have.length(1);
-    await limit({ paused: true }); // leave the other two out of later claims
-  });
-
   it('starts nothing of a paused queue, through either claim, until it is resumed', async () => {
     await limit({ paused: true });
     await submit();

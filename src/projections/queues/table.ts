@@ -57,14 +57,6 @@ export async function selectQueueSettings(pool: Pool, queue?: string): Promise<Q
   return rows.map(fromRow);
 }
 
-/** Whether any queue's settings limit anything now (the claim's cue for its slower, limit-keeping form). */
-export async function anyQueueLimited(pool: Pool): Promise<boolean> {
-  const { rows } = await pool.query<{ limited: boolean }>(
-    'SELECT EXISTS (SELECT 1 FROM queue_settings WHERE managed) AS limited',
-  );
-  return rows[0]?.limited ?? false;
-}
-
 /** A queue on which the table and the fold of its stream disagree; null where that side has none. */
 export interface QueueSettingsDifference {
   queue: string;
