@@ -18,6 +18,15 @@ interface AttemptSpan {
   workerId: string;
   startedAt: number;
   endedAt: number | null;
+  /**
+   * When the database recorded the TaskStarted and the attempt's end. The handler runs inside this span (it starts
+   * after its TaskStarted is stored and ends before its outcome is), and the span lies inside the time the claim
+   * counts the task as running (from the claim's commit to the outcome's), so overlaps of these spans are the ones
+   * the limit bounds. The worker-clock times in the events are taken before a claim waits for the database, so
+   * they can overlap by more than the tasks ever did.
+   */
+  recordedFrom: number;
+  recordedTo: number | null;
 }
 
 /**
@@ -82,8 +91,10 @@ describe('queue limits across three worker processes (full stack)', function () 
       stream_id: string;
       type: string;
       data: string;
+      recorded_at: Date;
     }>(
-      `SELECT stream_id, type, data FROM events WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, revision`,
+      `SELECT stream_id, type, data, recorded_at FROM events WHERE stream_id = ANY($1::text[])
+        ORDER BY stream_id, revision`,
       [ids.map((id) => `task-${id}`)],
     );
     const result: AttemptSpan[] = [];
@@ -99,6 +110,8 @@ describe('queue limits across three worker processes (full stack)', function () 
           workerId: data.workerId,
           startedAt: Date.parse(data.startedAt),
           endedAt: null,
+          recordedFrom: row.recorded_at.getTime(),
+          recordedTo: null,
         };
         open.set(data.taskId, span);
         result.push(span);
@@ -106,7 +119,10 @@ describe('queue limits across three worker processes (full stack)', function () 
       const end = data.finishedAt ?? data.failedAt ?? data.releasedAt;
       if (['TaskSucceeded', 'TaskAttemptFailed', 'TaskFailed', 'TaskReleased'].includes(row.type) && end) {
         const span = open.get(data.taskId);
-        if (span) span.endedAt = Date.parse(end);
+        if (span) {
+          span.endedAt = Date.parse(end);
+          span.recordedTo = row.recorded_at.getTime();
+        }
         open.delete(data.taskId);
       }
     }
@@ -124,8 +140,8 @@ describe('queue limits across three worker processes (full stack)', function () 
   /** The most attempts running at one instant: a sweep over the starts and ends. */
   const mostAtOnce = (attempts: readonly AttemptSpan[]): number => {
     const edges = attempts.flatMap((span) => [
-      { at: span.startedAt, delta: 1 },
-      { at: span.endedAt ?? Number.POSITIVE_INFINITY, delta: -1 },
+      { at: span.recordedFrom, delta: 1 },
+      { at: span.recordedTo ?? Number.POSITIVE_INFINITY, delta: -1 },
     ]);
     // An end and a start at the same millisecond: the end first (the slot was freed, then taken).
     edges.sort((a, b) => a.at - b.at || a.delta - b.delta);
