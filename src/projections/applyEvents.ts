@@ -1,5 +1,6 @@
 import type { PoolClient } from '../infra/db/pool.js';
 import { prepared } from '../infra/db/prepared.js';
+import type { StaleEntry } from '../infra/cache/cache.js';
 import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import { isDataError, type Projection } from './readModel.js';
@@ -9,8 +10,8 @@ export type ApplyOutcome = 'applied' | 'duplicate' | 'ignored' | 'bad_data';
 export interface AppliedBatch {
   /** One per event given, in the same order. */
   outcomes: ApplyOutcome[];
-  /** The cache keys the batch made stale, each once; drop them after the commit. */
-  staleKeys: string[];
+  /** The cache entries the batch made stale, each key once at its newest position; invalidate them after the commit. */
+  stale: StaleEntry[];
 }
 
 export interface ApplyEventsOptions {
@@ -63,7 +64,7 @@ export async function applyEvents(
     projection.eventTypes.has(event.type) ? 'applied' : 'ignored',
   );
   const handled = events.flatMap((event, index) => (outcomes[index] === 'applied' ? [index] : []));
-  let staleKeys: string[] = [];
+  let stale: StaleEntry[] = [];
 
   if (handled.length > 0) {
     const streams = handled.map((i) => events[i]!.streamId);
@@ -92,20 +93,20 @@ export async function applyEvents(
       const batch = fresh.map((i) => events[i]!);
       if (options.onRefusal === 'throw') {
         try {
-          staleKeys = await projection.project(client, batch, onBadEvent);
+          stale = await projection.project(client, batch, onBadEvent);
         } catch (error) {
           throw isDataError(error) ? new BatchRefusedError(error) : error;
         }
       } else {
         await client.query('SAVEPOINT apply_batch');
         try {
-          staleKeys = await projection.project(client, batch, onBadEvent);
+          stale = await projection.project(client, batch, onBadEvent);
           await client.query('RELEASE SAVEPOINT apply_batch');
         } catch (error) {
           if (!isDataError(error)) throw error;
           await client.query('ROLLBACK TO SAVEPOINT apply_batch');
           bad.clear();
-          staleKeys = await applyOneByOne(client, projection, fresh, events, bad, onBadEvent);
+          stale = await applyOneByOne(client, projection, fresh, events, bad, onBadEvent);
         }
       }
       for (const [index, error] of bad) {
@@ -131,13 +132,13 @@ export async function applyEvents(
         options.exclusive ?? false,
         options.partitionPositions,
       );
-      return { outcomes, staleKeys: [...new Set(staleKeys)] };
+      return { outcomes, stale: newestPerKey(stale) };
     }
   }
 
   if (options.partitionPositions)
     await recordPartitionPositions(client, projection.name, options.partitionPositions);
-  return { outcomes, staleKeys: [...new Set(staleKeys)] };
+  return { outcomes, stale: newestPerKey(stale) };
 }
 
 /** The newest position of each partition's events: what a batch of them moves the partitions' positions to. */
@@ -153,6 +154,16 @@ export function positionsByPartition(
   return positions;
 }
 
+/** Each key once, at the newest position it was made stale at. */
+function newestPerKey(entries: readonly StaleEntry[]): StaleEntry[] {
+  const newest = new Map<string, Position>();
+  for (const { key, position } of entries) {
+    const known = newest.get(key);
+    if (known === undefined || position > known) newest.set(key, position);
+  }
+  return [...newest].map(([key, position]) => ({ key, position }));
+}
+
 /** The careful path, as applyOnce used to go: each event in a savepoint of its own. */
 async function applyOneByOne(
   client: PoolClient,
@@ -161,13 +172,13 @@ async function applyOneByOne(
   events: readonly RecordedEvent[],
   bad: Map<number, unknown>,
   onBadEvent: (event: RecordedEvent, error: unknown) => void,
-): Promise<string[]> {
-  const staleKeys: string[] = [];
+): Promise<StaleEntry[]> {
+  const stale: StaleEntry[] = [];
   for (const index of fresh) {
     const event = events[index]!;
     await client.query('SAVEPOINT apply_event');
     try {
-      staleKeys.push(...(await projection.project(client, [event], onBadEvent)));
+      stale.push(...(await projection.project(client, [event], onBadEvent)));
       await client.query('RELEASE SAVEPOINT apply_event');
     } catch (error) {
       if (!isDataError(error)) throw error;
@@ -175,7 +186,7 @@ async function applyOneByOne(
       bad.set(index, error);
     }
   }
-  return staleKeys;
+  return stale;
 }
 
 /**

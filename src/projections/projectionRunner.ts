@@ -1,6 +1,6 @@
 import { Counter, type Registry } from 'prom-client';
 import type { EventBus, RunningConsumer } from '../infra/bus/bus.js';
-import type { Cache } from '../infra/cache/cache.js';
+import type { Cache, StaleEntry } from '../infra/cache/cache.js';
 import { inTransaction, type Pool } from '../infra/db/pool.js';
 import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
@@ -79,16 +79,16 @@ export async function applyOnce(
   event: RecordedEvent,
   logger: Logger,
   partition = 0,
-): Promise<{ outcome: ApplyOutcome; staleKeys: string[] }> {
-  if (!projection.eventTypes.has(event.type)) return { outcome: 'ignored', staleKeys: [] };
-  const { outcomes, staleKeys } = await applyBatchOnce(
+): Promise<{ outcome: ApplyOutcome; stale: StaleEntry[] }> {
+  if (!projection.eventTypes.has(event.type)) return { outcome: 'ignored', stale: [] };
+  const { outcomes, stale } = await applyBatchOnce(
     pool,
     projection,
     [event],
     logger,
     positionsByPartition([{ partition, events: [event] }]),
   );
-  return { outcome: outcomes[0]!, staleKeys };
+  return { outcome: outcomes[0]!, stale };
 }
 
 /**
@@ -142,7 +142,7 @@ export async function runProjections(options: {
       flushTimer ??= setTimeout(() => void flushIgnored(), 250);
       return;
     }
-    const { outcomes, staleKeys } = await applyBatchOnce(pool, projection, events, logger, positions);
+    const { outcomes, stale } = await applyBatchOnce(pool, projection, events, logger, positions);
     const counts = { applied: 0, duplicate: 0, bad_data: 0, ignored: 0 };
     for (const outcome of outcomes) counts[outcome]++;
     if (counts.applied > 0) metrics.applied.inc({ projection: projection.name }, counts.applied);
@@ -150,9 +150,9 @@ export async function runProjections(options: {
       metrics.skipped.inc({ projection: projection.name, reason: 'duplicate' }, counts.duplicate);
     if (counts.bad_data > 0)
       metrics.skipped.inc({ projection: projection.name, reason: 'bad_data' }, counts.bad_data);
-    // After the commit, in one round trip: a reader between commit and delete sees the old cached value for an
-    // instant, never a value that outlives the change.
-    if (staleKeys.length > 0) await cache.delete(...staleKeys);
+    // After the commit, in one round trip: a reader between commit and invalidation sees the old cached value for
+    // an instant; a reader that read the old row before the commit cannot store it afterwards (see Cache).
+    if (stale.length > 0) await cache.invalidate(stale);
   };
 
   // Every projection is given the batch even when one fails (allSettled), so a retry redoes only what failed.

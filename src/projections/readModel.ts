@@ -1,5 +1,6 @@
 import type { PoolClient } from '../infra/db/pool.js';
-import type { RecordedEvent } from '../infra/eventStore/eventStore.js';
+import type { StaleEntry } from '../infra/cache/cache.js';
+import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 
 /** A table a projection owns: what rebuild creates beside the live one, fills, compares and swaps in. */
 export interface ReadModelTable {
@@ -27,10 +28,15 @@ export interface Projection {
   readonly tables: readonly ReadModelTable[];
   /**
    * Folds the events onto the rows they touch, in memory, and writes each changed row once. Returns the cache
-   * keys the change makes stale. Events whose data it cannot use go to `onBadEvent` and change nothing;
-   * database errors (data errors the database reports included) throw.
+   * entries the change makes stale, each with the position of the last event its row now reflects. Events whose
+   * data it cannot use go to `onBadEvent` and change nothing; database errors (data errors the database reports
+   * included) throw.
    */
-  project(client: PoolClient, events: readonly RecordedEvent[], onBadEvent: OnBadEvent): Promise<string[]>;
+  project(
+    client: PoolClient,
+    events: readonly RecordedEvent[],
+    onBadEvent: OnBadEvent,
+  ): Promise<StaleEntry[]>;
 }
 
 /**
@@ -47,8 +53,10 @@ export interface FoldDefinition<Row> {
   load(client: PoolClient, keys: readonly string[]): Promise<Map<string, Row>>;
   /** Pure. Returns `row` itself when nothing changes. Throws a TypeError or RangeError on data it cannot use. */
   evolve(row: Row | null, event: RecordedEvent): Row | null;
-  /** Writes the changed rows (`null`: delete it) in as few statements as it can; returns the stale cache keys. */
-  write(client: PoolClient, changed: ReadonlyArray<{ key: string; row: Row | null }>): Promise<string[]>;
+  /** Writes the changed rows (`null`: delete it) in as few statements as it can. */
+  write(client: PoolClient, changed: ReadonlyArray<{ key: string; row: Row | null }>): Promise<void>;
+  /** The query cache's key for a row, when queries cache this read model's rows. */
+  cacheKeyOf?(key: string): string;
 }
 
 /** The column types read models use, as the bulk writes name them. */
@@ -125,7 +133,8 @@ export function defineProjection<Row>(definition: FoldDefinition<Row>): Projecti
       }
       if (keyed.length === 0) return [];
       const rows = await definition.load(client, [...new Set(keyed.map((k) => k.key))]);
-      const changed = new Set<string>();
+      // Each changed row, and the position of the last event that changed it (a Map keeps first-touch order).
+      const changed = new Map<string, Position>();
       for (const { event, key } of keyed) {
         const before = rows.get(key) ?? null;
         let after: Row | null;
@@ -139,13 +148,16 @@ export function defineProjection<Row>(definition: FoldDefinition<Row>): Projecti
         if (after === before) continue;
         if (after === null) rows.delete(key);
         else rows.set(key, after);
-        changed.add(key);
+        changed.set(key, event.position);
       }
       if (changed.size === 0) return [];
-      return definition.write(
+      await definition.write(
         client,
-        [...changed].map((key) => ({ key, row: rows.get(key) ?? null })),
+        [...changed.keys()].map((key) => ({ key, row: rows.get(key) ?? null })),
       );
+      const { cacheKeyOf } = definition;
+      if (!cacheKeyOf) return [];
+      return [...changed].map(([key, position]) => ({ key: cacheKeyOf(key), position }));
     },
   };
 }

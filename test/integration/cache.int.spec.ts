@@ -1,10 +1,12 @@
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
 import { cacheContract } from '../contract/cache.contract.js';
 import { cacheMetrics } from '../../src/infra/cache/cache.js';
 import { MemoryCache } from '../../src/infra/cache/memoryCache.js';
 import { RedisCache } from '../../src/infra/cache/redisCache.js';
+import { encodePosition } from '../../src/infra/eventStore/eventStore.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { skipSuiteUnless } from '../support/skips.js';
 
@@ -42,6 +44,29 @@ cacheContract(
   async () => redis?.close(),
 );
 
+const position = encodePosition(1n, 1n);
+
+describe('Redis cache across an upgrade', function () {
+  before(function () {
+    skipSuiteUnless(this, Boolean(redisUrl), 'REDIS_URL is not set: no Redis server');
+  });
+
+  it("treats an entry in an older release's shape (plain JSON) as absent, and replaces it", async () => {
+    const options = redisOptions(redisUrl!);
+    const cache = new RedisCache(options);
+    const raw = new Redis(redisUrl!, { keyPrefix: options.keyPrefix });
+    try {
+      await raw.set('task:old', JSON.stringify({ status: 'pending' }), 'EX', 60);
+      expect(await cache.get('task:old')).to.equal(undefined);
+      await cache.set('task:old', { status: 'done' }, position);
+      expect(await cache.get('task:old')).to.deep.equal({ status: 'done' });
+    } finally {
+      raw.disconnect();
+      await cache.close();
+    }
+  });
+});
+
 describe('in-process LRU', () => {
   it('evicts the least recently used entry when full', async () => {
     const cache = new MemoryCache({
@@ -49,10 +74,10 @@ describe('in-process LRU', () => {
       defaultTtlSeconds: 60,
       metrics: cacheMetrics(new Registry()),
     });
-    await cache.set('a', 1);
-    await cache.set('b', 2);
+    await cache.set('a', 1, position);
+    await cache.set('b', 2, position);
     await cache.get('a'); // now b is the least recently used
-    await cache.set('c', 3);
+    await cache.set('c', 3, position);
     expect([await cache.get('a'), await cache.get('b'), await cache.get('c')]).to.deep.equal([
       1,
       undefined,
@@ -68,15 +93,15 @@ describe('Redis cache when Redis cannot be reached', () => {
     const cache = new RedisCache(redisOptions('redis://127.0.0.1:1', registry));
     try {
       expect(await cache.waitUntilReady(300)).to.equal(false);
-      await cache.set('k', 'v');
+      await cache.set('k', 'v', position);
       expect(await cache.get('k')).to.equal(undefined);
-      await cache.delete('k');
+      await cache.invalidate([{ key: 'k', position }]);
       let pingFailed = false;
       await cache.ping().catch(() => (pingFailed = true));
       expect(pingFailed).to.equal(true);
       const bypassed = await registry.getSingleMetric('cache_bypassed_total')!.get();
       const operations = bypassed.values.map((v) => v.labels.operation).sort();
-      expect(operations).to.deep.equal(['delete', 'get', 'set']);
+      expect(operations).to.deep.equal(['get', 'invalidate', 'set']);
     } finally {
       await cache.close();
     }

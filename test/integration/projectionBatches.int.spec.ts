@@ -3,12 +3,16 @@ import { randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
-import type { JsonObject, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
+import {
+  encodePosition,
+  type JsonObject,
+  type RecordedEvent,
+} from '../../src/infra/eventStore/eventStore.js';
 import { inTransaction, type Pool } from '../../src/infra/db/pool.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { DirectBus } from '../../src/infra/bus/direct/directBus.js';
 import { LogCheckpoints } from '../../src/infra/bus/checkpoints.js';
-import { cacheMetrics } from '../../src/infra/cache/cache.js';
+import { cacheMetrics, type StaleEntry } from '../../src/infra/cache/cache.js';
 import { MemoryCache } from '../../src/infra/cache/memoryCache.js';
 import {
   applyEvents,
@@ -396,7 +400,7 @@ describe('projections in batches', function () {
     expect(await tasks(batched.pool)).to.deep.equal(await tasks(one.pool));
   });
 
-  it('runs on the bus in batches: retried after a database failure, applied once, cache keys dropped per batch', async () => {
+  it('runs on the bus in batches: retried after a database failure, applied once, cache keys invalidated per batch', async () => {
     const events = await record(history());
     await oneByOne(batched.pool, events);
     const expected = await snapshot(batched.pool);
@@ -409,12 +413,12 @@ describe('projections in batches', function () {
       defaultTtlSeconds: 60,
       metrics: cacheMetrics(new Registry()),
     });
-    for (const id of taskIds) await cache.set(`task:${id}`, 'stale');
-    const deletes: string[][] = [];
-    const remove = cache.delete.bind(cache);
-    cache.delete = async (...keys: string[]) => {
-      deletes.push(keys);
-      await remove(...keys);
+    for (const id of taskIds) await cache.set(`task:${id}`, 'stale', encodePosition(0n, 0n));
+    const invalidations: StaleEntry[][] = [];
+    const invalidate = cache.invalidate.bind(cache);
+    cache.invalidate = async (entries) => {
+      invalidations.push([...entries]);
+      await invalidate(entries);
     };
     const registry = new Registry();
     const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(one.pool), logger });
@@ -440,9 +444,15 @@ describe('projections in batches', function () {
     }
     expect(flaky.failuresLeft).to.be.below(0);
     expect((await snapshot(one.pool)).tasks).to.deep.equal(expected.tasks);
-    // The log was read as one page, so one batch: one delete for the six keys, not one per event.
-    expect(deletes).to.have.length(1);
-    expect([...deletes[0]!].sort()).to.deep.equal(taskIds.map((id) => `task:${id}`).sort());
+    // The log was read as one page, so one batch: one invalidation for the six keys, not one per event, each at
+    // the position of its task's last event.
+    expect(invalidations).to.have.length(1);
+    const lastPositionOf = new Map(events.map((event) => [event.streamId, event.position]));
+    expect([...invalidations[0]!].sort((a, b) => a.key.localeCompare(b.key))).to.deep.equal(
+      taskIds
+        .map((id) => ({ key: `task:${id}`, position: lastPositionOf.get(`task-${id}`)! }))
+        .sort((a, b) => a.key.localeCompare(b.key)),
+    );
     for (const id of taskIds) expect(await cache.get(`task:${id}`)).to.equal(undefined);
     const { rows } = await one.pool.query(
       `SELECT position FROM projection_partition_positions WHERE projection = 'tasks' AND partition = 0`,

@@ -85,12 +85,12 @@ async function append(taskId: string, ...events: TaskEvent[]): Promise<RecordedE
   return store.readStream(taskStreamId(taskId), { fromRevision: nextRevision - events.length + 1 });
 }
 
-/** What runProjection does with each event: apply it once, then drop the cache keys it made stale. */
+/** What runProjection does with each event: apply it once, then invalidate the cache entries it made stale. */
 async function project(events: RecordedEvent[], cache?: Cache): Promise<string[]> {
   const outcomes: string[] = [];
   for (const event of events) {
-    const { outcome, staleKeys } = await applyOnce(database.pool, tasksProjection, event, logger);
-    if (cache && staleKeys.length > 0) await cache.delete(...staleKeys);
+    const { outcome, stale } = await applyOnce(database.pool, tasksProjection, event, logger);
+    if (cache && stale.length > 0) await cache.invalidate(stale);
     outcomes.push(outcome);
   }
   return outcomes;
@@ -265,11 +265,11 @@ describe('tasks read model', () => {
       expect(await readRow(id)).to.deep.equal(before);
     });
 
-    it('returns the task cache key as the stale key', async () => {
+    it("returns the task's cache key as stale, at the position of the event applied", async () => {
       const id = randomUUID();
       const [recorded] = await append(id, queued(id, randomUUID()));
-      const { staleKeys } = await applyOnce(database.pool, tasksProjection, recorded!, logger);
-      expect(staleKeys).to.deep.equal([`task:${id}`]);
+      const { stale } = await applyOnce(database.pool, tasksProjection, recorded!, logger);
+      expect(stale).to.deep.equal([{ key: `task:${id}`, position: recorded!.position }]);
       expect(taskCacheKey(id)).to.equal(`task:${id}`);
     });
 
@@ -477,7 +477,7 @@ describe('tasks read model', () => {
           expect((await through.getTask(id))?.task.title).to.equal('original');
         });
 
-        it('shows the new state once the projection applies an event and drops the key', async () => {
+        it('shows the new state once the projection applies an event and invalidates the key', async () => {
           const id = randomUUID();
           await submitted(id, queued(id, randomUUID()));
           expect((await through.getTask(id))?.task.status).to.equal('pending');
@@ -488,11 +488,29 @@ describe('tasks read model', () => {
           expect(after?.position).to.equal(events[0]!.position);
         });
 
+        it('never serves a row read before a projection commit and stored after its invalidation', async () => {
+          const id = randomUUID();
+          await submitted(id, queued(id, randomUUID()));
+          const events = await append(id, started(id, 1, at(1)));
+          // The query reads the pending row; before it stores it, the projection commits and invalidates the key.
+          const store = cached!.set.bind(cached);
+          cached!.set = async (...args) => {
+            await project(events, cached);
+            await store(...args);
+          };
+          try {
+            expect((await through.getTask(id))?.task.status).to.equal('pending');
+          } finally {
+            cached!.set = store;
+          }
+          expect((await through.getTask(id))?.task.status).to.equal('in_progress');
+        });
+
         it('reads the row again when the cached one is older than the min position', async () => {
           const id = randomUUID();
           await submitted(id, queued(id, randomUUID()));
           await through.getTask(id);
-          // Applied but the key not yet dropped: the moment between the projection's commit and its delete.
+          // Applied but the key not yet invalidated: the moment between the projection's commit and its invalidation.
           const [start] = await append(id, started(id, 1, at(1)));
           await project([start!]);
           expect((await through.getTask(id))?.task.status).to.equal('pending');

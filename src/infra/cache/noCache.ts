@@ -10,7 +10,7 @@ export class NoCache implements Cache {
     return undefined;
   }
   async set(): Promise<void> {}
-  async delete(): Promise<void> {}
+  async invalidate(): Promise<void> {}
   async ping(): Promise<void> {}
   async close(): Promise<void> {}
 }

@@ -1,8 +1,30 @@
-import { Redis } from 'ioredis';
+import { Redis, type Result } from 'ioredis';
+import type { Position } from '../eventStore/eventStore.js';
 import type { Logger } from '../logger.js';
-import type { Cache, CacheMetrics } from './cache.js';
+import type { Cache, CacheMetrics, StaleEntry } from './cache.js';
 
-const DELETE_SLICE = 1000;
+/** A position is two 16-digit hex numbers and a dash: every stored string starts with the one it stands for. */
+const POSITION_LENGTH = 33;
+
+/**
+ * Stores ARGV[1] (a position) followed by ARGV[2] (the value's JSON, or '' for an invalidation) for ARGV[3]
+ * seconds, unless the key already holds a newer position (an invalidation also yields to the same position: a
+ * value read there is fresh). Entries of another shape (an older release's plain JSON) are overwritten.
+ */
+const VERSIONED_SET = `
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 17, 17) == '-' then
+  local at = string.sub(current, 1, ${POSITION_LENGTH})
+  if at > ARGV[1] or (ARGV[2] == '' and at == ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'EX', ARGV[3])
+return 1`;
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    versionedSet(key: string, position: string, json: string, ttlSeconds: number): Result<number, Context>;
+  }
+}
 
 export interface RedisCacheOptions {
   url: string;
@@ -34,6 +56,7 @@ export class RedisCache implements Cache {
       connectTimeout: 2000,
       retryStrategy: (attempt) => Math.min(200 * attempt, 2000),
     });
+    this.redis.defineCommand('versionedSet', { numberOfKeys: 1, lua: VERSIONED_SET });
     // Without a listener, ioredis reports connection errors as unhandled 'error' events.
     this.redis.on('error', (error) => this.warn('connection', error));
   }
@@ -51,45 +74,45 @@ export class RedisCache implements Cache {
 
   async get<T>(key: string): Promise<T | undefined> {
     try {
-      const json = await this.redis.get(key);
-      if (json === null) {
+      const stored = await this.redis.get(key);
+      // An invalidation is a position alone; a value of an older release's shape counts as absent.
+      if (stored === null || stored.length <= POSITION_LENGTH || stored[16] !== '-') {
         this.options.metrics.misses.inc({ cache: this.name });
         return undefined;
       }
       this.options.metrics.hits.inc({ cache: this.name });
-      return JSON.parse(json) as T;
+      return JSON.parse(stored.slice(POSITION_LENGTH)) as T;
     } catch (error) {
       this.bypass('get', error);
       return undefined;
     }
   }
 
-  async set(key: string, value: unknown, ttlSeconds = this.options.defaultTtlSeconds): Promise<void> {
+  async set(
+    key: string,
+    value: unknown,
+    position: Position,
+    ttlSeconds = this.options.defaultTtlSeconds,
+  ): Promise<void> {
     try {
-      await this.redis.set(key, JSON.stringify(value), 'EX', ttlSeconds);
+      await this.redis.versionedSet(key, position, JSON.stringify(value), ttlSeconds);
     } catch (error) {
       this.bypass('set', error);
     }
   }
 
-  /**
-   * One round trip for a projection batch's keys: UNLINK frees the values in the background, so a large batch
-   * does not block Redis. Sent in slices so a huge batch never makes one enormous command.
-   */
-  async delete(...keys: string[]): Promise<void> {
-    if (keys.length === 0) return;
+  /** One round trip for a projection batch's keys: one pipeline of the versioned set, with no value. */
+  async invalidate(entries: readonly StaleEntry[]): Promise<void> {
+    if (entries.length === 0) return;
     try {
-      if (keys.length <= DELETE_SLICE) await this.redis.unlink(...keys);
-      else {
-        const pipeline = this.redis.pipeline();
-        for (let start = 0; start < keys.length; start += DELETE_SLICE)
-          pipeline.unlink(...keys.slice(start, start + DELETE_SLICE));
-        const results = (await pipeline.exec()) ?? [];
-        const failed = results.find(([error]) => error);
-        if (failed) throw failed[0];
-      }
+      const pipeline = this.redis.pipeline();
+      for (const { key, position } of entries)
+        pipeline.versionedSet(key, position, '', this.options.defaultTtlSeconds);
+      const results = (await pipeline.exec()) ?? [];
+      const failed = results.find(([error]) => error);
+      if (failed) throw failed[0];
     } catch (error) {
-      this.bypass('delete', error);
+      this.bypass('invalidate', error);
     }
   }
 

@@ -87,6 +87,5 @@ export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
           rows.map((r) => r.created_at),
         ],
       );
-    return [];
   },
 });

@@ -104,6 +104,5 @@ export const schedulesProjection = defineProjection<ScheduleState>({
         : [],
     );
     await client.query(UPSERT_SCHEDULES, [JSON.stringify(rows)]);
-    return [];
   },
 });

@@ -125,6 +125,6 @@ export const tasksProjection = defineProjection<TaskState>({
     // A task row is never deleted: evolve never returns null for it.
     const states = changed.flatMap(({ row }) => (row ? [row] : []));
     await upsertTasks(client, states);
-    return changed.map(({ key }) => taskCacheKey(key));
   },
+  cacheKeyOf: taskCacheKey,
 });

@@ -1,8 +1,6 @@
 import { checkColumn, defineProjection } from '../readModel.js';
 import type { AccountEvent } from '../../domain/identity/events.js';
 
-export const userCacheKey = (userId: string) => `user:${userId}`;
-
 /**
  * A user: which account stream holds them, their role, and whether they were forgotten. No email: accounts are
  * found by the keyed hash in their stream's id, and an email is shown only by opening the sealed one in the log.
@@ -96,6 +94,5 @@ export const usersProjection = defineProjection<UserRow>({
         rows.map((r) => r.forgotten_at),
       ],
     );
-    return changed.map(({ key }) => userCacheKey(key));
   },
 });

@@ -146,9 +146,8 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
         return withWaitingForOne(cached);
       const fresh = await readRow(id);
       // Absent tasks are not cached: one submitted a moment ago would stay invisible until the entry expired.
-      // Caveat: a read that overlaps a projection commit can put the older row back after the projection
-      // deleted the key; the TTL bounds that, and callers passing a min position never get it.
-      if (fresh) await cache.set(key, fresh, deps.cacheTtlSeconds);
+      // Stored at the row's position: if a projection committed a newer row meanwhile, the cache refuses this one.
+      if (fresh) await cache.set(key, fresh, fresh.position, deps.cacheTtlSeconds);
       return withWaitingForOne(fresh);
     },
 
