@@ -1,6 +1,6 @@
 import { Kafka } from 'kafkajs';
 import { KafkaBus } from '../src/infra/bus/kafka/kafkaBus.js';
-import type { ConsumeOptions } from '../src/infra/bus/bus.js';
+import type { ConsumeBatchesOptions, ConsumeOptions } from '../src/infra/bus/bus.js';
 import { TaskWorker } from '../src/workers/taskWorker.js';
 import { PostgresEventStore } from '../src/infra/eventStore/postgres/postgresEventStore.js';
 import type { RecordedEvent } from '../src/infra/eventStore/eventStore.js';
@@ -23,6 +23,7 @@ export interface ServiceTraceReport {
   consumers: Array<{
     group: string;
     events: number;
+    /** The handler's time: per event for one-by-one consumers, per batch for batch consumers (the projector). */
     handle: LatencySummary;
     /** Append (recorded_at) -> the handler starts: relay, Kafka, and waiting behind earlier events. */
     since_append: LatencySummary;
@@ -102,6 +103,31 @@ export class ServiceTrace {
       });
     };
 
+    const batches = KafkaBus.prototype as unknown as {
+      consumeBatches: (options: ConsumeBatchesOptions) => Promise<unknown>;
+    };
+    const consumeBatches = batches.consumeBatches;
+    batches.consumeBatches = function (this: unknown, options: ConsumeBatchesOptions) {
+      const { group, handleBatch } = options;
+      return consumeBatches.call(this, {
+        ...options,
+        handleBatch: async (events, delivery) => {
+          const t0 = performance.now();
+          const now = Date.now();
+          try {
+            await handleBatch(events, delivery);
+          } finally {
+            const entry = trace.consumers.get(group) ?? { handle: [], sinceAppend: [] };
+            if (entry.sinceAppend.length < MAX_SAMPLES) {
+              entry.handle.push(performance.now() - t0);
+              for (const event of events) entry.sinceAppend.push(now - Date.parse(event.recordedAt));
+            }
+            trace.consumers.set(group, entry);
+          }
+        },
+      });
+    };
+
     const store = PostgresEventStore.prototype as unknown as { readAll: AnyFn };
     const readAll = store.readAll;
     store.readAll = async function (this: unknown, ...args: unknown[]) {
@@ -152,7 +178,7 @@ export class ServiceTrace {
       consumers: [...this.consumers]
         .map(([group, entry]) => ({
           group,
-          events: entry.handle.length,
+          events: entry.sinceAppend.length,
           handle: summarize(entry.handle),
           since_append: summarize(entry.sinceAppend),
         }))
