@@ -29,6 +29,12 @@ export interface CpuProfileSummary {
   /** Share of the sampled time the thread was busy (not idle). */
   busy_share: number;
   by_area: Array<{ area: string; ms: number; share: number }>;
+  /**
+   * Busy time by the nearest module of ours up the stack (`src/projections/tasks/projection`, say): what each
+   * component costs with the library and Node work it causes. Samples with no frame of ours above them (Node's
+   * HTTP parsing, kafkajs's fetch loop, GC) count as `(no src) <area of the sampled frame>`.
+   */
+  by_component: Array<{ component: string; ms: number; share: number }>;
   /** Native frames (writev, createPublicKey's init...) carry `via`: the nearest JavaScript caller. */
   top_functions: Array<{ fn: string; where: string; via?: string; ms: number; share: number }>;
 }
@@ -116,6 +122,31 @@ export function summarizeProfile(profile: Profile, file: string | null): CpuProf
     entry.us += us;
     functions.set(key, entry);
   }
+  const components = new Map<string, number>();
+  for (const [id, us] of selfUs) {
+    const node = byId.get(id);
+    if (!node || node.callFrame.functionName === '(idle)') continue;
+    let component: string | null = null;
+    for (
+      let at: number | undefined = id, hops = 0;
+      at !== undefined && hops < 200;
+      at = parentOf.get(at), hops++
+    ) {
+      const frame = byId.get(at)!.callFrame;
+      const area = frame.url ? areaOf(frame.url, frame.functionName) : '';
+      if (area.startsWith('src/')) {
+        component = path.relative(
+          ROOT,
+          frame.url.startsWith('file://') ? fileURLToPath(frame.url) : frame.url,
+        );
+        break;
+      }
+    }
+    const key =
+      component?.replace(/\.ts$/, '') ??
+      `(no src) ${areaOf(node.callFrame.url, node.callFrame.functionName)}`;
+    components.set(key, (components.get(key) ?? 0) + us);
+  }
   const idle = areas.get('(idle)') ?? 0;
   const share = (us: number) => Math.round((us / total) * 1000) / 1000;
   return {
@@ -126,6 +157,10 @@ export function summarizeProfile(profile: Profile, file: string | null): CpuProf
       .map(([area, us]) => ({ area, ms: Math.round(us / 1000), share: share(us) }))
       .sort((a, b) => b.ms - a.ms)
       .slice(0, 20),
+    by_component: [...components]
+      .map(([component, us]) => ({ component, ms: Math.round(us / 1000), share: share(us) }))
+      .sort((a, b) => b.ms - a.ms)
+      .slice(0, 25),
     top_functions: [...functions.values()]
       .filter((f) => f.fn !== '(idle)')
       .map((f) => ({

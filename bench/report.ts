@@ -532,6 +532,14 @@ export function renderTable(r: BenchResults): string {
           ]),
       ),
     );
+  if (prof?.by_component)
+    out.push(
+      table(
+        'The same profile by component: busy time under the nearest module of ours (library and Node work included)',
+        ['component', 'ms', 'share'],
+        prof.by_component.slice(0, 15).map((c) => [c.component, String(c.ms), fmt(c.share * 100, 1) + '%']),
+      ),
+    );
   const pp = r.details.profile_pipeline;
   if (pp)
     out.push(
