@@ -81,6 +81,8 @@ interface RunningAttempt {
 
 /** How stale the worker's view of the pause switch may be. */
 const PAUSE_CHECK_MS = 100;
+/** How long the bus may gather the workers' wake-up events when the store itself wakes them (see `gatherMs`). */
+const BUS_GATHER_MS = 500;
 
 /** Events after which a pending task may be startable: each wakes the dispatcher early. */
 const WAKING_EVENTS = new Set([
@@ -189,6 +191,9 @@ export class TaskWorker {
       group: 'workers',
       types: BUS_EVENTS,
       maxBatchSize: 1000,
+      // On PostgreSQL the store's append signal (in this process, and by NOTIFY in others) wakes the dispatcher
+      // first; the bus is the backstop, so its events may gather for a while at a fraction of the broker's work.
+      ...(this.usesSchedule ? { gatherMs: BUS_GATHER_MS } : {}),
       handleBatch: async (events) => {
         // The switch is cached for a second; its events make every worker look again at once.
         if (events.some((event) => event.type === 'WorkersPaused' || event.type === 'WorkersResumed'))

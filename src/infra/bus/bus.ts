@@ -40,6 +40,13 @@ export interface ConsumeBatchesOptions {
    * busy log, like the workers' wake-up, then costs little per event it does not want.
    */
   types?: ReadonlySet<string>;
+  /**
+   * How long events may gather before the handler sees them, for a consumer that something else reaches first
+   * (the workers on PostgreSQL, which the store's own append signal wakes): with Kafka, each fetch waits this
+   * long or for a large batch, instead of coming back for every send of the relay, so such a consumer costs the
+   * broker a few requests a second instead of one per send. Absent: as soon as events arrive.
+   */
+  gatherMs?: number;
 }
 
 export interface RunningConsumer {

@@ -41,6 +41,9 @@ function wanted(types: ReadonlySet<string>, message: KafkaMessage): boolean {
   return type === undefined || types.has(type.toString());
 }
 
+/** What a gathering consumer's fetch waits for at most, in bytes (about a thousand events): see `gatherMs`. */
+const GATHER_BYTES = 1 << 20;
+
 class StoppedError extends Error {
   override name = 'StoppedError';
 }
@@ -83,6 +86,7 @@ export class KafkaBus implements EventBus {
     group: string,
     run: (consumer: Consumer, signal: AbortSignal) => Promise<void>,
     beforeDisconnect: (consumer: Consumer) => Promise<void> = async () => {},
+    gatherMs?: number,
   ): Promise<RunningConsumer> {
     const { kafka, settings, logger } = this.options;
     await this.ensureTopicOnce();
@@ -94,7 +98,9 @@ export class KafkaBus implements EventBus {
         groupId: `${settings.topic}.${group}`,
         sessionTimeout: settings.sessionTimeoutMs,
         heartbeatInterval: settings.heartbeatIntervalMs,
-        maxWaitTimeInMs: this.options.maxWaitTimeInMs ?? 100,
+        maxWaitTimeInMs: gatherMs ?? this.options.maxWaitTimeInMs ?? 100,
+        // A gathering consumer's fetch is answered when GATHER_BYTES have come or its wait is over.
+        ...(gatherMs !== undefined ? { minBytes: GATHER_BYTES } : {}),
         allowAutoTopicCreation: false,
       });
       current = consumer;
@@ -192,6 +198,7 @@ export class KafkaBus implements EventBus {
     handleBatch,
     maxBatchSize,
     types,
+    gatherMs,
   }: ConsumeBatchesOptions): Promise<RunningConsumer> {
     const onFailure = this.retryLogger(group);
     const size = Math.max(1, maxBatchSize);
@@ -273,6 +280,7 @@ export class KafkaBus implements EventBus {
               'offsets not committed at stop; they will be redelivered',
             ),
           ),
+      gatherMs,
     );
   }
 
