@@ -37,6 +37,56 @@ const event = (type: string) => ({
   },
 });
 
+describe('the PostgreSQL log order', function () {
+  this.timeout(30_000);
+  let db: TestDatabase;
+  let orderStore: PostgresEventStore;
+  before(async () => {
+    db = await createTestDatabase('order');
+    orderStore = testEventStore(db, { batchSize: 50 });
+  });
+  after(async () => {
+    await orderStore?.close();
+    await db?.drop();
+  });
+
+  it('orders the log by transaction id as a number, so a page cut across a power of ten skips nothing', async () => {
+    // Transaction ids on either side of the largest power of ten already behind the server's counter, so all four
+    // are below the safe horizon. As text, '100000' sorts before '99998': a reader paged by two would take the
+    // two larger ids first, move its checkpoint past the smaller ones and never read them.
+    const { rows } = await db.pool.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+    const current = BigInt(rows[0]!.xid);
+    let boundary = 10n ** BigInt(current.toString().length - 1);
+    if (boundary + 10n > current) boundary /= 10n;
+    expect(
+      boundary >= 100n,
+      `the server's transaction counter (${current}) is too young for this test`,
+    ).to.equal(true);
+    const ids = [boundary - 2n, boundary - 1n, boundary, boundary + 1n];
+    for (const xid of ids)
+      await db.pool.query(
+        `INSERT INTO events (transaction_id, stream_id, revision, event_id, type, data, metadata)
+         VALUES ($1::text::xid8, $2, 0, $3, 'Probed', '{}', $4::jsonb)`,
+        [
+          xid.toString(),
+          `order-${xid}`,
+          randomUUID(),
+          JSON.stringify({ ...event('Probed').metadata, hash: 'x' }),
+        ],
+      );
+    const read: string[] = [];
+    let after: string | null = null;
+    for (let page = 0; page < 5; page++) {
+      const events = await orderStore.readAll({ after, limit: 2 });
+      if (events.length === 0) break;
+      read.push(...events.map((e) => e.streamId));
+      after = events[events.length - 1]!.position;
+    }
+    expect(read).to.deep.equal(ids.map((xid) => `order-${xid}`));
+    expect(await orderStore.headPosition()).to.equal(after);
+  });
+});
+
 describe('the PostgreSQL log horizon', function () {
   this.timeout(30_000);
   let db: TestDatabase;

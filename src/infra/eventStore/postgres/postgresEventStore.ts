@@ -53,6 +53,11 @@ type StoredEventRef = Pick<
   hash: string;
 };
 
+/**
+ * The columns of a recorded event. Caveat: `transaction_id` is selected as text under its own name, and an ORDER BY
+ * of a bare name means the output column, so log order must name `events.transaction_id` (ordered as text, xid
+ * 1000000 sorts before 999999: a page cut there skips events for ever, and no index serves the sort).
+ */
 const EVENT_COLUMNS =
   'sequence, transaction_id::text AS transaction_id, stream_id, revision, event_id, type, data, metadata, recorded_at';
 
@@ -288,7 +293,7 @@ export class PostgresEventStore implements EventStore {
         `SELECT ${EVENT_COLUMNS} FROM events
           WHERE (transaction_id, sequence) > ($1::text::xid8, $2::bigint)
             AND transaction_id < (SELECT events_safe_horizon())
-          ORDER BY transaction_id, sequence
+          ORDER BY events.transaction_id, events.sequence
           LIMIT ${Math.max(1, Math.floor(limit))}`,
         [high.toString(), low.toString()],
       ),
@@ -391,7 +396,7 @@ export class PostgresEventStore implements EventStore {
 
   async headPosition(): Promise<Position | null> {
     const { rows } = await this.options.pool.query<{ transaction_id: string; sequence: number }>(
-      'SELECT transaction_id::text AS transaction_id, sequence FROM events ORDER BY transaction_id DESC, sequence DESC LIMIT 1',
+      'SELECT transaction_id::text AS transaction_id, sequence FROM events ORDER BY events.transaction_id DESC, events.sequence DESC LIMIT 1',
     );
     const row = rows[0];
     return row ? encodePosition(BigInt(row.transaction_id), BigInt(row.sequence)) : null;
