@@ -7,17 +7,15 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import jwt from 'jsonwebtoken';
 import { pino } from 'pino';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
+  identityClient,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
-import { accountStreamId } from '../../src/domain/identity/account.js';
 import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { taskStreamId } from '../../src/domain/tasks/events.js';
@@ -40,23 +38,20 @@ const median = (values: number[]) => {
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 };
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`attacks (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`attacks (${stackLabel(mode)})`, function () {
     this.timeout(90_000);
-    let service: TestService;
+    const service = useTestService(mode, (config) => {
+      config.auth.bcryptCost = BCRYPT_COST;
+      // The timing comparison makes 60 failed logins from this address.
+      config.auth.maxFailedLoginsPerEmail = 1000;
+      config.auth.maxFailedLoginsPerAddress = 1000;
+    });
     let base: string;
     /** Every line the service logs, at trace level, from the moment it is up. */
     const logLines: string[] = [];
 
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode, (config) => {
-        config.auth.bcryptCost = BCRYPT_COST;
-        // The timing comparison makes 60 failed logins from this address.
-        config.auth.maxFailedLoginsPerEmail = 1000;
-        config.auth.maxFailedLoginsPerAddress = 1000;
-      });
+    before(() => {
       base = service.url;
       // The service's own logger (createLogger, with its redaction rules), pointed at a buffer: children made from
       // it, per request included, write through the root's stream.
@@ -66,18 +61,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       };
       logger.level = 'trace';
     });
-    after(async () => service?.stop());
 
-    const accountOf = (email: string) =>
-      accountStreamId(service.service.infrastructure.personalData.emailHash(email));
-    const register = (email: string, password = PASSWORD) =>
-      call(base, 'POST', '/register', { body: { email, password } });
-    const login = (email: string, password = PASSWORD) =>
-      call(base, 'POST', '/login', { body: { email, password } });
-    const refresh = (token: string) =>
-      call(base, 'POST', '/refresh', { body: { refresh_token: `Bearer ${token}` } });
-    const logout = (token: string, accessToken?: string) =>
-      call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
+    const { accountOf, register, login, refresh, logout, streamTypes } = identityClient(service, PASSWORD);
     const account = async () => {
       const { email, token, refreshToken } = await registerAndLogin(base, {
         label: 'attack',
@@ -86,8 +71,6 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       const claims = jwt.decode(token) as jwt.JwtPayload;
       return { email, id: claims.sub!, access: token, refresh: refreshToken };
     };
-    const streamTypes = async (streamId: string) =>
-      (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type);
 
     describe('access tokens', () => {
       let victim: Awaited<ReturnType<typeof account>>;

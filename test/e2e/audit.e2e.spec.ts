@@ -1,14 +1,12 @@
 import { expect } from 'chai';
 import { createHash } from 'node:crypto';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { accountStreamId } from '../../src/domain/identity/account.js';
@@ -20,20 +18,17 @@ const run = promisify(execFile);
 
 const PASSWORD = 'password for audit';
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`auditors over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`auditors over HTTP (${stackLabel(mode, 'full stack')})`, function () {
     this.timeout(60000);
-    let service: TestService;
+    const service = useTestService(mode, quickWorkerSettings);
     let base: string;
     let userEmail: string;
     let user: { access_token: string; refresh_token: string };
     let auditor: string;
     let taskId: string;
 
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode, quickWorkerSettings);
+    before(async () => {
       base = service.url;
       const registered = await registerAndLogin(base, { label: 'audit', password: PASSWORD });
       userEmail = registered.email;
@@ -55,7 +50,6 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         return task.body.status === 'done' ? true : undefined;
       });
     });
-    after(async () => service?.stop());
 
     const audit = (query: string, token = auditor) => call(base, 'GET', `/audit/events${query}`, { token });
 
@@ -160,7 +154,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
 
 describe('audit commands (task-manager audit ...)', function () {
   this.timeout(90000);
-  let service: TestService;
+  const service = useTestService('embedded', quickWorkerSettings);
   let keys: { privateKey: string; publicKey: string };
 
   const cli = async (args: string[]) => {
@@ -180,12 +174,10 @@ describe('audit commands (task-manager audit ...)', function () {
 
   before(async () => {
     keys = generateAuditKeyPair();
-    service = await startTestService('embedded', quickWorkerSettings);
     const { token } = await registerAndLogin(service.url, { label: 'audit', password: PASSWORD });
     for (let i = 0; i < 3; i++)
       await call(service.url, 'POST', '/tasks', { body: { title: `audited ${i}` }, token });
   });
-  after(async () => service?.stop());
 
   it('verifies an untouched log, anchors it, and exports it as NDJSON', async () => {
     const anchored = await cli(['audit', 'anchor']);
@@ -223,10 +215,9 @@ describe('audit commands (task-manager audit ...)', function () {
 
 describe('projections rebuild (task-manager projections rebuild --verify)', function () {
   this.timeout(90000);
-  let service: TestService;
+  const service = useTestService('embedded', quickWorkerSettings);
 
   before(async () => {
-    service = await startTestService('embedded', quickWorkerSettings);
     const { token } = await registerAndLogin(service.url, { label: 'audit', password: PASSWORD });
     const ids = [];
     for (let i = 0; i < 3; i++)
@@ -248,7 +239,6 @@ describe('projections rebuild (task-manager projections rebuild --verify)', func
     });
   });
   let delayed = '';
-  after(async () => service?.stop());
 
   const rebuild = (args: string[]) =>
     run('node', ['bin/task-manager.mjs', 'projections', 'rebuild', ...args], {

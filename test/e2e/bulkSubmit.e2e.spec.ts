@@ -1,13 +1,11 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   registerAndLogin,
   quickWorkerSettings,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { readWholeLog } from '../support/log.js';
 import { waitFor } from '../support/wait.js';
@@ -24,24 +22,18 @@ interface BatchResult {
   };
 }
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`bulk submit, POST /tasks/batch (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`bulk submit, POST /tasks/batch (${stackLabel(mode)})`, function () {
     this.timeout(90000);
-    let service: TestService;
+    const service = useTestService(mode, (config) => {
+      quickWorkerSettings(config);
+      config.tasks.maxBatchItems = 1000;
+      config.tasks.maxPayloadBytes = 1024;
+    });
     let token: string;
 
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode, (config) => {
-        quickWorkerSettings(config);
-        config.tasks.maxBatchItems = 1000;
-        config.tasks.maxPayloadBytes = 1024;
-      });
+    before(async () => {
       token = (await registerAndLogin(service.url, { label: 'bulk' })).token;
-    });
-    after(async () => {
-      await service?.stop();
     });
 
     const submitBatch = (tasks: unknown[]) =>

@@ -1,29 +1,12 @@
 import { expect } from 'chai';
 import { REDACTED } from '../../src/domain/identity/credentials.js';
-import { skipSuiteUnless } from '../support/skips.js';
 import { readWholeLog } from '../support/log.js';
-import {
-  call,
-  registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type TestService,
-} from '../support/service.js';
+import { call, registerAndLogin, useTestService } from '../support/service.js';
 import { readTopicAsOutsider } from '../support/kafka.js';
 
 describe('no credential material leaves the event store (full stack: PostgreSQL, Kafka, Redis)', function () {
   this.timeout(90000);
-  let service: TestService;
-
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    service = await startTestService('full');
-  });
-
-  after(async () => {
-    await service?.stop();
-  });
+  const service = useTestService('full');
 
   it('publishes register, login, refresh, token reuse and logout with every password and token hash redacted', async () => {
     const base = service.url;

@@ -1,29 +1,17 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import {
-  call,
-  quickWorkerSettings,
-  registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type TestService,
-} from '../support/service.js';
+import { call, quickWorkerSettings, registerAndLogin, useTestService } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
 import { verifySchedule } from '../../src/workers/schedule.js';
 
 /** Tasks that wait for other tasks, on the full stack (PostgreSQL, Kafka, Redis), run by real workers. */
 describe('dependencies between tasks (full stack)', function () {
   this.timeout(90_000);
-  let service: TestService;
+  const service = useTestService('full', quickWorkerSettings);
   let token: string;
 
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    service = await startTestService('full', quickWorkerSettings);
+  before(async () => {
     token = (await registerAndLogin(service.url, { label: 'deps' })).token;
   });
-  after(async () => service?.stop());
 
   const submit = async (body: Record<string, unknown>, as = token): Promise<string> => {
     const response = await call(service.url, 'POST', '/tasks', { body, token: as });

@@ -1,37 +1,30 @@
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { skipSuiteUnless } from '../support/skips.js';
 import { readWholeLog } from '../support/log.js';
 import {
   call,
+  identityClient,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
 import { readTopicAsOutsider } from '../support/kafka.js';
-import { accountStreamId } from '../../src/domain/identity/account.js';
 import { isSealed } from '../../src/infra/secrets/personalData.js';
 
 const run = promisify(execFile);
 const PASSWORD = 'password for forgetting';
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`forgetting a person (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`forgetting a person (${stackLabel(mode)})`, function () {
     this.timeout(120000);
-    let service: TestService;
+    const service = useTestService(mode);
     let base: string;
-
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode);
+    before(() => {
       base = service.url;
     });
-    after(async () => service?.stop());
 
     const cli = (args: string[]) =>
       run('node', ['bin/task-manager.mjs', ...args], {
@@ -45,8 +38,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         },
         maxBuffer: 64 * 1024 * 1024,
       });
-    const accountOf = (email: string) =>
-      accountStreamId(service.service.infrastructure.personalData.emailHash(email));
+    const { accountOf } = identityClient(service, PASSWORD);
 
     it('seals the email in the log with the user’s own key, and shows it only to the user and admins', async () => {
       const ann = await registerAndLogin(base, { label: 'sealed', password: PASSWORD });

@@ -1,14 +1,6 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { skipSuiteUnless } from '../support/skips.js';
-import {
-  call,
-  quickWorkerSettings,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
-} from '../support/service.js';
+import { call, quickWorkerSettings, stackLabel, STACK_MODES, useTestService } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
 import { GO_SERVICE_TAG } from '../../src/compat/goService/routes.js';
@@ -29,23 +21,16 @@ const GO_TASK_KEYS = [
 /** Workers serve only this queue: what a Go client creates stays pending, so it can still be edited. */
 const RUN_QUEUE = 'go-e2e-runs';
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`Go service compatibility (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`Go service compatibility (${stackLabel(mode)})`, function () {
     this.timeout(90000);
-    let service: TestService;
-    let base: string;
-
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode, (config) => {
-        quickWorkerSettings(config);
-        config.workers.onlyQueues = [RUN_QUEUE];
-      });
-      base = service.url;
+    const service = useTestService(mode, (config) => {
+      quickWorkerSettings(config);
+      config.workers.onlyQueues = [RUN_QUEUE];
     });
-    after(async () => {
-      await service?.stop();
+    let base: string;
+    before(() => {
+      base = service.url;
     });
 
     /** A Go client's account: registered and logged in through the Go service's routes. */

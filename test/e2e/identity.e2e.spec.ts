@@ -3,16 +3,15 @@ import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import jwt from 'jsonwebtoken';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  identityClient,
+  registerAndLogin,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
-import { accountStreamId, loginAttemptsStreamId } from '../../src/domain/identity/account.js';
 import { sessionStreamId } from '../../src/domain/identity/session.js';
 import { applyOnce } from '../../src/projections/projectionRunner.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
@@ -24,45 +23,26 @@ import { newEmail } from '../support/fixtures.js';
 const run = promisify(execFile);
 const PASSWORD = 'correct horse battery';
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`identity over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`identity over HTTP (${stackLabel(mode)})`, function () {
     this.timeout(60000);
-    let service: TestService;
+    const service = useTestService(mode, (config) => {
+      config.auth.maxFailedLoginsPerEmail = 3;
+      config.auth.maxFailedLoginsPerAddress = 15;
+    });
     let base: string;
-
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode, (config) => {
-        config.auth.maxFailedLoginsPerEmail = 3;
-        config.auth.maxFailedLoginsPerAddress = 15;
-      });
+    before(() => {
       base = service.url;
     });
-    after(async () => service?.stop());
 
-    // The streams of an email: named by its keyed hash, as the service names them.
-    const accountOf = (email: string) =>
-      accountStreamId(service.service.infrastructure.personalData.emailHash(email));
-    const attemptsOf = (email: string) =>
-      loginAttemptsStreamId(service.service.infrastructure.personalData.emailHash(email));
-    const register = (email: string, password = PASSWORD) =>
-      call(base, 'POST', '/register', { body: { email, password } });
-    const login = (email: string, password = PASSWORD) =>
-      call(base, 'POST', '/login', { body: { email, password } });
-    const refresh = (token: string) =>
-      call(base, 'POST', '/refresh', { body: { refresh_token: `Bearer ${token}` } });
-    const logout = (token: string, accessToken?: string) =>
-      call(base, 'POST', '/logout', { body: { refresh_token: `Bearer ${token}` }, token: accessToken });
+    const { accountOf, attemptsOf, register, login, refresh, logout, streamTypes } = identityClient(
+      service,
+      PASSWORD,
+    );
     const registeredAndLoggedIn = async () => {
-      const email = newEmail('user');
-      expect((await register(email)).status).to.equal(201);
-      const response = await login(email);
-      expect(response.status).to.equal(200);
-      return { email, ...(response.body as { access_token: string; refresh_token: string }) };
+      const { email, token, refreshToken } = await registerAndLogin(base, { password: PASSWORD });
+      return { email, access_token: token, refresh_token: refreshToken };
     };
-    const streamTypes = async (streamId: string) =>
-      (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type);
 
     describe('register', () => {
       it('registers with a normalised email and answers 201 {id, email}', async () => {

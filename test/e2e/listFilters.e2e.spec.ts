@@ -1,30 +1,19 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import {
-  call,
-  registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
-} from '../support/service.js';
+import { call, registerAndLogin, stackLabel, STACK_MODES, useTestService } from '../support/service.js';
 import { titleMatches, titleQuery } from '../../src/projections/tasks/table.js';
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`GET /tasks filters: created_after, created_before, q, group_key (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`GET /tasks filters: created_after, created_before, q, group_key (${stackLabel(mode)})`, function () {
     this.timeout(60000);
-    let service: TestService;
+    // A queue no worker serves: the tasks stay pending and the list stays still.
+    const service = useTestService(mode, (config) => {
+      config.workers.onlyQueues = ['default'];
+    });
     let token: string;
     const ids = new Map<string, string>();
     let position = '';
 
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      // A queue no worker serves: the tasks stay pending and the list stays still.
-      service = await startTestService(mode, (config) => {
-        config.workers.onlyQueues = ['default'];
-      });
+    before(async () => {
       // The test clock moves to 2030 first: tokens are checked against the same clock.
       service.clock.advance(Date.UTC(2030, 0, 1, 11, 59) - service.clock.now().getTime());
       token = (await registerAndLogin(service.url, { label: 'filters' })).token;
@@ -40,9 +29,6 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
         ids.set(title, submitted.body.id as string);
         position = submitted.headers.get('x-position')!;
       }
-    });
-    after(async () => {
-      await service?.stop();
     });
 
     const list = async (query: Record<string, string>) => {

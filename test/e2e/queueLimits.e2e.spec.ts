@@ -1,13 +1,5 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import {
-  call,
-  quickWorkerSettings,
-  registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type TestService,
-} from '../support/service.js';
+import { call, quickWorkerSettings, registerAndLogin, useTestService } from '../support/service.js';
 import { killAll, startRoleProcess } from '../support/processes.js';
 import { sleep, waitFor } from '../support/wait.js';
 
@@ -36,23 +28,20 @@ interface AttemptSpan {
  */
 describe('queue limits across three worker processes (full stack)', function () {
   this.timeout(180_000);
-  let service: TestService;
+  const service = useTestService(
+    'full',
+    (config) => {
+      quickWorkerSettings(config);
+      config.workers.concurrency = 8;
+      config.workers.defaultQueueConcurrency = 8;
+      config.tasks.maxBatchItems = 1000;
+    },
+    ['api', 'relay', 'projector'],
+  );
   let admin: string;
   let user: string;
 
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    service = await startTestService(
-      'full',
-      (config) => {
-        quickWorkerSettings(config);
-        config.workers.concurrency = 8;
-        config.workers.defaultQueueConcurrency = 8;
-        config.tasks.maxBatchItems = 1000;
-      },
-      ['api', 'relay', 'projector'],
-    );
+  before(async () => {
     const infrastructure = service.service.infrastructure;
     admin = (
       await registerAndLogin(service.url, { label: 'qadmin', role: { name: 'admin', infrastructure } })
@@ -60,9 +49,9 @@ describe('queue limits across three worker processes (full stack)', function () 
     user = (await registerAndLogin(service.url, { label: 'quser' })).token;
     await Promise.all([1, 2, 3].map(() => startRoleProcess(service.config, ['worker'])));
   });
+  // Before the service stops (useTestService stops it last): the workers use its database.
   after(async () => {
     await killAll();
-    await service?.stop();
   });
 
   const configure = async (queue: string, settings: unknown) => {

@@ -1,14 +1,11 @@
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
+  useTestService,
   type Account,
-  type TestService,
 } from '../support/service.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { startRoleProcess, type Child } from '../support/processes.js';
@@ -26,24 +23,21 @@ const MISSED_AFTER_MS = 1500;
  */
 describe('schedules (full stack, scheduler processes)', function () {
   this.timeout(120000);
-  let service: TestService;
+  const service = useTestService(
+    'full',
+    (config) => {
+      quickWorkerSettings(config);
+      config.scheduler.pollIntervalMs = 100;
+      config.scheduler.missedAfterMs = MISSED_AFTER_MS;
+    },
+    ['api', 'relay', 'projector', 'worker'],
+  );
   let ann: Account;
   let bob: Account;
   let admin: Account;
   const schedulers: Child[] = [];
 
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    service = await startTestService(
-      'full',
-      (config) => {
-        quickWorkerSettings(config);
-        config.scheduler.pollIntervalMs = 100;
-        config.scheduler.missedAfterMs = MISSED_AFTER_MS;
-      },
-      ['api', 'relay', 'projector', 'worker'],
-    );
+  before(async () => {
     [ann, bob, admin] = await Promise.all([
       registerAndLogin(service.url, { label: 'schedules-ann' }),
       registerAndLogin(service.url, { label: 'schedules-bob' }),
@@ -56,7 +50,6 @@ describe('schedules (full stack, scheduler processes)', function () {
   afterEach(async () => {
     await Promise.all(schedulers.splice(0).map((child) => child.stop()));
   });
-  after(async () => service?.stop());
 
   const startScheduler = async () => {
     const child = await startRoleProcess(structuredClone(service.config) as Config, ['scheduler']);
@@ -385,17 +378,15 @@ describe('schedules (full stack, scheduler processes)', function () {
 
 describe('schedules (embedded default, every role in one process)', function () {
   this.timeout(60000);
-  let service: TestService;
+  const service = useTestService('embedded', (config) => {
+    quickWorkerSettings(config);
+    config.scheduler.pollIntervalMs = 100;
+  });
   let ann: Account;
 
   before(async () => {
-    service = await startTestService('embedded', (config) => {
-      quickWorkerSettings(config);
-      config.scheduler.pollIntervalMs = 100;
-    });
     ann = await registerAndLogin(service.url, { label: 'schedules-embedded' });
   });
-  after(async () => service?.stop());
 
   it('fires a schedule with the default roles, the scheduler among them, and its tasks run', async () => {
     const created = await call(service.url, 'POST', '/schedules', {

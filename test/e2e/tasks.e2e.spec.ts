@@ -2,22 +2,20 @@ import { expect } from 'chai';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`tasks over HTTP (${mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`tasks over HTTP (${stackLabel(mode)})`, function () {
     this.timeout(90000);
-    let service: TestService;
+    const service = useTestService(mode, quickWorkerSettings);
     let base: string;
     let token: string;
     let otherToken: string;
@@ -25,10 +23,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     let webhookFailuresLeft = 0;
     let webhookCalls = 0;
 
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      service = await startTestService(mode, quickWorkerSettings);
+    before(async () => {
       base = service.url;
       ({ token } = await registerAndLogin(base, { label: 'tasks' }));
       ({ token: otherToken } = await registerAndLogin(base, { label: 'tasks' }));
@@ -39,9 +34,8 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
       });
       await new Promise<void>((resolve) => webhook.listen(0, '127.0.0.1', resolve));
     });
-    after(async () => {
+    after(() => {
       webhook?.close();
-      await service?.stop();
     });
 
     const submit = (body: unknown, headers: Record<string, string> = {}, as = token) =>

@@ -1,41 +1,35 @@
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   quickWorkerSettings,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
-  type StackMode,
-  type TestService,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
 import { startRoleProcess, type Child } from '../support/processes.js';
 import type { Config } from '../../src/config.js';
 
 /** Workers as separate processes (`task-manager start --roles worker`), so kills are real. */
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  describe(`worker processes (${mode === 'embedded' ? 'embedded default' : 'full stack'})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`worker processes (${stackLabel(mode, 'full stack')})`, function () {
     this.timeout(120000);
-    let service: TestService;
+    // The in-process worker serves only "default", so tasks on other queues go to the child processes.
+    const service = useTestService(mode, (config) => {
+      quickWorkerSettings(config);
+      config.workers.onlyQueues = ['default'];
+    });
     let token: string;
     const children: Child[] = [];
 
-    before(async function () {
-      const missing = unavailableReason(mode);
-      skipSuiteUnless(this, missing === null, missing ?? '');
-      // The in-process worker serves only "default", so tasks on other queues go to the child processes.
-      service = await startTestService(mode, (config) => {
-        quickWorkerSettings(config);
-        config.workers.onlyQueues = ['default'];
-      });
+    before(async () => {
       ({ token } = await registerAndLogin(service.url, { label: 'workers' }));
     });
     afterEach(async () => {
       await Promise.all(children.splice(0).map((child) => child.stop()));
     });
-    after(async () => service?.stop());
 
     const workerProcess = async (queue: string, concurrency: number) => {
       const config: Config = structuredClone(service.config);

@@ -2,19 +2,10 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { skipSuiteUnless } from '../support/skips.js';
-import { unavailableReason } from '../support/service.js';
 import { foldEvents } from '../../src/domain/decider.js';
 import { task } from '../../src/domain/tasks/state.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
-import {
-  readLog,
-  startFaultStack,
-  startLoad,
-  statusCounts,
-  waitUntilAllTerminal,
-  type FaultStack,
-} from './support/stack.js';
+import { readLog, startLoad, statusCounts, waitUntilAllTerminal, useFaultStack } from './support/stack.js';
 import { sleep } from '../support/wait.js';
 import type { Child } from '../support/processes.js';
 
@@ -44,22 +35,18 @@ async function settledMemory() {
 
 describe(`load: ${TASKS} tasks at concurrency ${CONCURRENCY} through the full stack`, function () {
   this.timeout(600000);
-  let stack: FaultStack;
+  // The API and the relay here; the projector and the worker in processes of their own. In one process the
+  // projector shares the API's connection pool and event loop, and falls far behind during the submissions.
+  const stack = useFaultStack(['api', 'relay'], (config) => {
+    config.workers.concurrency = 32;
+    config.workers.queues = { default: 32 };
+    config.database.poolSize = 20;
+  });
   let children: Child[];
 
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    // The API and the relay here; the projector and the worker in processes of their own. In one process the
-    // projector shares the API's connection pool and event loop, and falls far behind during the submissions.
-    stack = await startFaultStack(['api', 'relay'], (config) => {
-      config.workers.concurrency = 32;
-      config.workers.queues = { default: 32 };
-      config.database.poolSize = 20;
-    });
+  before(async () => {
     children = [await stack.roleProcess(['projector']), await stack.roleProcess(['worker'])];
   });
-  after(async () => stack?.stop());
 
   it('runs every task to done; the read model’s counts equal the log’s; memory returns near its baseline', async () => {
     const echo = (index: number) => ({ title: `load ${index}`, type: 'echo', payload: { index } });

@@ -1,8 +1,7 @@
 import { expect } from 'chai';
 import pg from 'pg';
 import { randomBytes } from 'node:crypto';
-import { skipSuiteUnless } from '../support/skips.js';
-import { call, unavailableReason } from '../support/service.js';
+import { call } from '../support/service.js';
 import { adminDatabaseUrl } from '../support/postgres.js';
 import {
   LOAD_FACTOR,
@@ -10,10 +9,9 @@ import {
   kafkaReport,
   readLog,
   readModelDifferences,
-  startFaultStack,
   startLoad,
   waitUntilAllTerminal,
-  type FaultStack,
+  useFaultStack,
 } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
 import type { Child } from '../support/processes.js';
@@ -29,7 +27,8 @@ const patientTask = (index: number) =>
 
 describe('fault: PostgreSQL connections killed, and the database unreachable for a while', function () {
   this.timeout(240000);
-  let stack: FaultStack;
+  // The in-process API only sets up the user; it is idle while the connections are killed.
+  const stack = useFaultStack(['api']);
   let admin: pg.Client;
   let database: string;
   // Every role in processes of their own, so a crash is seen as one: the API's, and the others'.
@@ -37,11 +36,7 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
   let backend: Child;
   const accepted: string[] = [];
 
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    // The in-process API only sets up the user; it is idle while the connections are killed.
-    stack = await startFaultStack(['api']);
+  before(async () => {
     api = await stack.apiProcess();
     backend = await stack.roleProcess(['relay', 'projector', 'worker']);
     database = new URL(stack.config.databaseUrl!).pathname.slice(1);
@@ -53,7 +48,6 @@ describe('fault: PostgreSQL connections killed, and the database unreachable for
       await admin.query(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`).catch(() => undefined);
       await admin.end();
     }
-    await stack?.stop();
   });
 
   /** Both processes still run: a fault may cost a request, never the process. */

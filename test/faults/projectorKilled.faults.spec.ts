@@ -1,27 +1,11 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import { unavailableReason } from '../support/service.js';
-import {
-  LOAD_FACTOR,
-  expectNothingLost,
-  readLog,
-  startFaultStack,
-  startLoad,
-  type FaultStack,
-} from './support/stack.js';
+import { LOAD_FACTOR, expectNothingLost, readLog, startLoad, useFaultStack } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 describe('fault: a projector process killed mid-batch', function () {
   this.timeout(180000);
-  let stack: FaultStack;
-
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    // The projector only in its own processes.
-    stack = await startFaultStack(['api', 'relay', 'worker']);
-  });
-  after(async () => stack?.stop());
+  // The projector only in its own processes.
+  const stack = useFaultStack(['api', 'relay', 'worker']);
 
   it('resumes from the committed offsets, re-applying nothing twice and skipping nothing', async () => {
     const projectedOfLoad = async () => {

@@ -1,13 +1,5 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import { unavailableReason } from '../support/service.js';
-import {
-  LOAD_FACTOR,
-  expectNothingLost,
-  startFaultStack,
-  startLoad,
-  type FaultStack,
-} from './support/stack.js';
+import { LOAD_FACTOR, expectNothingLost, startLoad, useFaultStack } from './support/stack.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { faultedBatch, ROLE_START_TIMEOUT_MS, startSelfKillingRelay } from './support/processes.js';
 import { startRoleProcess, type Child } from '../support/processes.js';
@@ -15,15 +7,8 @@ import type { Config } from '../../src/config.js';
 
 describe('fault: the relay killed with SIGKILL between produce and checkpoint', function () {
   this.timeout(180000);
-  let stack: FaultStack;
-
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    // The relay only in its own processes.
-    stack = await startFaultStack(['api', 'projector', 'worker']);
-  });
-  after(async () => stack?.stop());
+  // The relay only in its own processes.
+  const stack = useFaultStack(['api', 'projector', 'worker']);
 
   it('publishes every event after three crashes, the re-sent batches absorbed as duplicates', async () => {
     const relayConfig: Config = structuredClone(stack.config);

@@ -1,16 +1,13 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import { unavailableReason } from '../support/service.js';
 import {
   LOAD_FACTOR,
   checkHistories,
   kafkaReport,
   readLog,
   readModelDifferences,
-  startFaultStack,
   startLoad,
   waitUntilAllTerminal,
-  type FaultStack,
+  useFaultStack,
 } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
 import { loggedLines } from './support/processes.js';
@@ -20,14 +17,7 @@ const HOLDS_LOCK = 'relay holds the lock; publishing';
 
 describe('fault: two relays started at once', function () {
   this.timeout(180000);
-  let stack: FaultStack;
-
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    stack = await startFaultStack(['api', 'projector', 'worker']);
-  });
-  after(async () => stack?.stop());
+  const stack = useFaultStack(['api', 'projector', 'worker']);
 
   const lockHolders = async () => {
     const { rows } = await stack.db.query<{ pid: number }>(

@@ -1,27 +1,12 @@
 import { expect } from 'chai';
-import { skipSuiteUnless } from '../support/skips.js';
-import { unavailableReason } from '../support/service.js';
-import {
-  LOAD_FACTOR,
-  expectNothingLost,
-  startFaultStack,
-  startLoad,
-  type FaultStack,
-} from './support/stack.js';
+import { LOAD_FACTOR, expectNothingLost, startLoad, useFaultStack } from './support/stack.js';
 import { waitFor } from '../support/wait.js';
 import type { Child } from '../support/processes.js';
 
 describe('fault: a worker process killed with SIGKILL mid-load', function () {
   this.timeout(180000);
-  let stack: FaultStack;
-
-  before(async function () {
-    const missing = unavailableReason('full');
-    skipSuiteUnless(this, missing === null, missing ?? '');
-    // Workers only in their own processes: the API, relay and projector stay here.
-    stack = await startFaultStack(['api', 'relay', 'projector']);
-  });
-  after(async () => stack?.stop());
+  // Workers only in their own processes: the API, relay and projector stay here.
+  const stack = useFaultStack(['api', 'relay', 'projector']);
 
   it('lets the other worker finish everything once the dead one’s leases expire, each attempt run once', async () => {
     const workers: Child[] = await Promise.all([

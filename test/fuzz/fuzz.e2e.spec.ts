@@ -6,14 +6,14 @@ import fc from 'fast-check';
 import jwt from 'jsonwebtoken';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import formatsPlugin from 'ajv-formats';
-import { skipSuiteUnless } from '../support/skips.js';
 import {
   call,
   registerAndLogin,
-  startTestService,
-  unavailableReason,
+  stackLabel,
+  STACK_MODES,
+  useTestService,
   type StackMode,
-  type TestService,
+  type SuiteService,
 } from '../support/service.js';
 import { waitFor } from '../support/wait.js';
 import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
@@ -53,7 +53,7 @@ const HEALTH_EVERY = 25;
 const PASSWORD = 'fuzzing password 1';
 
 interface Fuzzing {
-  service: TestService;
+  service: SuiteService;
   base: URL;
   agent: http.Agent;
   doc: OpenApiDocument;
@@ -80,8 +80,24 @@ const fuzzSettings = (config: Config) => {
   config.workers.shutdownGraceMs = 500;
 };
 
-async function startFuzzing(mode: StackMode): Promise<Fuzzing> {
-  const service = await startTestService(mode, fuzzSettings);
+/**
+ * A suite's fuzzing fixtures, filled in by the `before` hook this registers: a service of its own (useTestService,
+ * which skips the suite when `mode` cannot run here), accounts, tasks and the tokens to send. Its `after` hook
+ * closes the agent; the service stops after it.
+ */
+function useFuzzing(mode: StackMode): Fuzzing {
+  const service = useTestService(mode, fuzzSettings);
+  const fuzzing = {} as Fuzzing;
+  before(async () => {
+    Object.assign(fuzzing, await prepareFuzzing(service));
+  });
+  after(() => {
+    (fuzzing as Partial<Fuzzing>).agent?.destroy();
+  });
+  return fuzzing;
+}
+
+async function prepareFuzzing(service: SuiteService): Promise<Fuzzing> {
   const base = service.url;
   limits.bodyBytes = 100 * 1024;
   expect(service.config.http.bodyLimit, 'the mutations assume the default body limit').to.equal('100kb');
@@ -334,22 +350,12 @@ async function inParallel<T>(items: readonly T[], limit: number, work: (item: T)
   );
 }
 
-for (const mode of ['embedded', 'full'] as StackMode[]) {
-  const stack = mode === 'embedded' ? 'embedded default' : 'full stack: PostgreSQL, Kafka, Redis';
-  describe(`bad input, fuzzed from /openapi.json (${stack}; seed ${SEED})`, function () {
+for (const mode of STACK_MODES) {
+  describe(`bad input, fuzzed from /openapi.json (${stackLabel(mode)}; seed ${SEED})`, function () {
     this.timeout(300_000);
 
     describe('requests every mutating route must reject', () => {
-      let fuzzing: Fuzzing;
-      before(async function () {
-        const missing = unavailableReason(mode);
-        skipSuiteUnless(this, missing === null, missing ?? '');
-        fuzzing = await startFuzzing(mode);
-      });
-      after(async () => {
-        fuzzing?.agent.destroy();
-        await fuzzing?.service.stop();
-      });
+      const fuzzing = useFuzzing(mode);
 
       it(`stores nothing from ${REJECTED_REQUESTS} requests that are refused (bad bodies, tokens, ids, methods)`, async () => {
         const ops = fuzzing.ops.filter((op) => MUTATING_OPS.has(op.id));
@@ -440,16 +446,7 @@ for (const mode of ['embedded', 'full'] as StackMode[]) {
     });
 
     describe('requests over every route', () => {
-      let fuzzing: Fuzzing;
-      before(async function () {
-        const missing = unavailableReason(mode);
-        skipSuiteUnless(this, missing === null, missing ?? '');
-        fuzzing = await startFuzzing(mode);
-      });
-      after(async () => {
-        fuzzing?.agent.destroy();
-        await fuzzing?.service.stop();
-      });
+      const fuzzing = useFuzzing(mode);
 
       it(`never answers 5xx, answers every 4xx with a problem document, stays up and shows every task it accepted: ${REQUESTS} requests`, async () => {
         const started = Date.now();

@@ -15,8 +15,24 @@ import { createTestDatabase, type TestDatabase } from './postgres.js';
 import { kafkaBrokers, testKafkaSettings } from './kafka.js';
 import { newEmail } from './fixtures.js';
 import { grantRoleByEmail } from '../../src/commands/identity/grantRoleCommand.js';
+import { accountStreamId, loginAttemptsStreamId } from '../../src/domain/identity/account.js';
+import { skipSuiteUnless } from './skips.js';
 
 export type StackMode = 'embedded' | 'full';
+
+/** Both stacks, in the order the suites that run on each describe them: `for (const mode of STACK_MODES)`. */
+export const STACK_MODES: readonly StackMode[] = ['embedded', 'full'];
+
+/** The title fragment most suites give the full stack. */
+export const FULL_STACK_LABEL = 'full stack: PostgreSQL, Kafka, Redis';
+
+/**
+ * The fragment a suite's title names its stack with: "embedded default", or `full` (by default
+ * FULL_STACK_LABEL) for the full stack. One place for it, so the titles CI prints and people grep stay the same
+ * across suites; a suite that has always said something else for the full stack passes its own `full`.
+ */
+export const stackLabel = (mode: StackMode, full: string = FULL_STACK_LABEL): string =>
+  mode === 'embedded' ? 'embedded default' : full;
 
 /** The service's clock, which tests move forward to expire tokens without waiting. */
 export class TestClock {
@@ -94,6 +110,86 @@ export async function startTestService(
   };
 }
 
+/**
+ * The start-and-stop every end-to-end suite repeated, for any fixture that has a `stop` (useTestService's service,
+ * the fault suites' stack). Call it in the `describe` body, after `this.timeout(...)`: mocha gives hooks the
+ * suite's timeout when they are registered.
+ *
+ * Registers a `before` hook that skips the suite loudly (skipSuiteUnless, with unavailableReason's text) when
+ * `mode` cannot run here, and else calls `start`. Hooks the suite registers after this call run after the start,
+ * so they can use the fixture. The stop is registered from that hook, so it is the suite's last `after` hook: the
+ * suite's own `after` hooks (closing servers, killing worker processes, using the service) run while the fixture
+ * is still up, and its database is dropped only then.
+ *
+ * Returns a function giving the started fixture; it throws, naming `what`, when called before the start or after
+ * the stop.
+ */
+export function useStartedFixture<T extends { stop(): Promise<void> }>(
+  mode: StackMode,
+  what: string,
+  start: () => Promise<T>,
+): () => T {
+  let started: T | undefined;
+  before(`start ${what}`, async function () {
+    const missing = unavailableReason(mode);
+    skipSuiteUnless(this, missing === null, missing ?? '');
+    this.test!.parent!.afterAll(`stop ${what}`, async () => {
+      const stopping = started;
+      started = undefined;
+      await stopping?.stop();
+    });
+    started = await start();
+  });
+  return () => {
+    if (!started) throw new Error(`${what} is not running: use it in the hooks and tests of its suite`);
+    return started;
+  };
+}
+
+/** A suite's service from useTestService: the started TestService's fields, read when a hook or test runs. */
+export type SuiteService = Readonly<Omit<TestService, 'stop'>>;
+
+/**
+ * A suite's own service, started and stopped by mocha hooks (useStartedFixture): the suite is skipped loudly when
+ * `mode` cannot run here, else the service starts as startTestService(mode, adjust, roles) starts it, before the
+ * suite's own `before` hooks, and stops after its own `after` hooks.
+ *
+ * Returns it as a SuiteService whose fields read the running service (readThrough), so the suite can name it in
+ * its `describe` body and use `service.url`, `service.service` and the rest in hooks and tests.
+ */
+export function useTestService(
+  mode: StackMode,
+  adjust?: (config: Config) => void,
+  roles?: readonly Role[],
+): SuiteService {
+  const running = useStartedFixture(mode, `the test service (${mode})`, () =>
+    startTestService(mode, adjust, roles),
+  );
+  return readThrough(running, ['mode', 'url', 'config', 'jwtSecret', 'clock', 'service']);
+}
+
+/**
+ * A view of a fixture that exists only once a hook has started it: each of `keys` reads that field of `current()`
+ * when it is used (a method is bound to it), so the view can be handed out in a `describe` body and used in the
+ * hooks and tests. useTestService and useFaultStack give their suites such views.
+ */
+export function readThrough<T extends object, K extends keyof T>(
+  current: () => T,
+  keys: readonly K[],
+): Readonly<Pick<T, K>> {
+  const view = {} as Pick<T, K>;
+  for (const key of keys)
+    Object.defineProperty(view, key, {
+      enumerable: true,
+      get: () => {
+        const target = current();
+        const value = target[key];
+        return typeof value === 'function' ? (value as (...args: never[]) => unknown).bind(target) : value;
+      },
+    });
+  return view;
+}
+
 /** JSON over HTTP with the status and headers, as a client sees them. */
 export async function call(
   base: string,
@@ -161,6 +257,34 @@ export async function registerAndLogin(
     userId: registered.body.id as string,
     token: login.body.access_token as string,
     refreshToken: login.body.refresh_token as string,
+  };
+}
+
+/**
+ * The identity routes called as a client calls them, with `defaultPassword` unless a call gives its own, and the
+ * streams of an email, named by its keyed hash as the service names them: what the identity, attack and forgetting
+ * suites each wrote out again. Every call reads `service` when it runs, so it can be made in the `describe` body.
+ */
+export function identityClient(service: SuiteService, defaultPassword: string) {
+  return {
+    register: (email: string, password = defaultPassword) =>
+      call(service.url, 'POST', '/register', { body: { email, password } }),
+    login: (email: string, password = defaultPassword) =>
+      call(service.url, 'POST', '/login', { body: { email, password } }),
+    refresh: (token: string) =>
+      call(service.url, 'POST', '/refresh', { body: { refresh_token: `Bearer ${token}` } }),
+    logout: (token: string, accessToken?: string) =>
+      call(service.url, 'POST', '/logout', {
+        body: { refresh_token: `Bearer ${token}` },
+        token: accessToken,
+      }),
+    accountOf: (email: string) =>
+      accountStreamId(service.service.infrastructure.personalData.emailHash(email)),
+    attemptsOf: (email: string) =>
+      loginAttemptsStreamId(service.service.infrastructure.personalData.emailHash(email)),
+    /** The event types of a stream, in order. */
+    streamTypes: async (streamId: string) =>
+      (await service.service.infrastructure.store.readStream(streamId)).map((e) => e.type),
   };
 }
 

@@ -25,6 +25,8 @@ import {
   quickWorkerSettings,
   registerAndLogin,
   startTestService,
+  readThrough,
+  useStartedFixture,
   type TestService,
 } from '../../support/service.js';
 import { killAll, startRoleProcess, type Child } from '../../support/processes.js';
@@ -119,6 +121,20 @@ export async function startFaultStack(
       });
     },
   };
+}
+
+/** A suite's fault stack from useFaultStack: the started FaultStack's fields and methods, used when a hook or test runs. */
+export type SuiteFaultStack = Readonly<Omit<FaultStack, 'stop'>>;
+
+/**
+ * A fault suite's stack, started and stopped by mocha hooks (useStartedFixture): the suite is skipped loudly when
+ * the full stack cannot be had, else the stack starts as startFaultStack(roles, adjust) starts it, before the
+ * suite's own `before` hooks, and stops (role processes killed, database dropped) after its own `after` hooks.
+ * Returns it as a SuiteFaultStack that reads the running stack, so the suite can name it in its `describe` body.
+ */
+export function useFaultStack(roles: readonly Role[], adjust?: (config: Config) => void): SuiteFaultStack {
+  const running = useStartedFixture('full', 'the fault stack', () => startFaultStack(roles, adjust));
+  return readThrough(running, ['service', 'url', 'config', 'token', 'db', 'roleProcess', 'apiProcess']);
 }
 
 export interface LoadOptions {
@@ -254,7 +270,7 @@ export async function waitUntilAllTerminal(db: Pool, ids: string[], timeoutMs: n
 }
 
 /** The whole global log, in order. */
-export const readLog = (stack: FaultStack): Promise<RecordedEvent[]> =>
+export const readLog = (stack: SuiteFaultStack): Promise<RecordedEvent[]> =>
   readWholeLog(stack.service.service.infrastructure.store);
 
 export interface HistoryReport {
@@ -399,7 +415,7 @@ function differences(live: Record<string, string[]>, rebuilt: Record<string, str
  * `timeoutMs` to catch up.
  */
 export async function readModelDifferences(
-  stack: FaultStack,
+  stack: SuiteFaultStack,
   events: RecordedEvent[],
   timeoutMs = 30000,
 ): Promise<string[]> {
@@ -516,7 +532,7 @@ export interface KafkaReport {
  * the log is in the run's topic at least once.
  */
 export async function kafkaReport(
-  stack: FaultStack,
+  stack: SuiteFaultStack,
   events: RecordedEvent[],
   timeoutMs = 60000,
 ): Promise<KafkaReport> {
@@ -554,7 +570,7 @@ export interface FaultVerdict {
  * (d) every log event in Kafka.
  */
 export async function expectNothingLost(
-  stack: FaultStack,
+  stack: SuiteFaultStack,
   load: Load,
   options: { done: number; timeoutMs: number },
 ): Promise<FaultVerdict> {
