@@ -15,9 +15,10 @@ import { ConflictError } from '../errors.js';
 import { handleCommand, type CommandContext } from '../commands/commandHandler.js';
 import type { Config } from '../config.js';
 import { foldEvents } from '../domain/decider.js';
-import { fireDueTicks, recordQueuedTicks } from '../domain/schedules/commands.js';
+import { fireDueTicks, recordQueuedTicks, unfiredTicks } from '../domain/schedules/commands.js';
 import { scheduleStreamId, type ScheduleFired } from '../domain/schedules/events.js';
 import { schedule as scheduleDecider, type Schedule } from '../domain/schedules/state.js';
+import { scheduledTaskId } from '../domain/schedules/taskId.js';
 import { taskStreamId } from '../domain/tasks/events.js';
 import { initialTask, task as taskDecider } from '../domain/tasks/state.js';
 import { submitTask } from '../domain/tasks/submitTask.js';
@@ -161,20 +162,31 @@ export class CronScheduler {
     this.seen.set(scheduleId, { revision: head.revision, nextFireAt: state.nextFireAt });
     const now = this.clock();
     const previousRunning = state.overlap === 'skip' && (await this.previousTaskRunning(state));
-    const events = fireDueTicks(
-      {
-        now,
-        previousRunning,
-        catchUp: state.catchUp,
-        missedAfterMs: settings.missedAfterMs,
-        maxCatchUpTicks: settings.maxCatchUpTicks,
-      },
-      state,
-    );
+    const decide = (queued?: ReadonlyMap<string, string>) =>
+      fireDueTicks(
+        {
+          now,
+          previousRunning,
+          catchUp: state.catchUp,
+          missedAfterMs: settings.missedAfterMs,
+          maxCatchUpTicks: settings.maxCatchUpTicks,
+          ...(queued ? { queued } : {}),
+        },
+        state,
+      );
+    let events = decide();
+    // Ticks it skips may have tasks already, queued by a scheduler killed before their ScheduleFired: decide again
+    // knowing them, so they are recorded rather than skipped (only after downtime or an overlap skip).
+    let queued: ReadonlyMap<string, string> = new Map();
+    if (events.some((event) => event.type === 'ScheduleTicksSkipped')) {
+      queued = await this.queuedTicks(state, unfiredTicks(events, state, settings.maxCatchUpTicks));
+      if (queued.size > 0) events = decide(queued);
+    }
     if (events.length === 0) return null;
     const fired = events.filter((event): event is ScheduleFired => event.type === 'ScheduleFired');
+    const toQueue = fired.filter((event) => !queued.has(event.data.tick));
     // The tasks first: a tick recorded as fired always has its task.
-    await Promise.all(fired.map((event) => this.queueTask(state, event, now)));
+    await Promise.all(toQueue.map((event) => this.queueTask(state, event, now)));
     let result;
     try {
       result = await handleCommand(store, streamId, scheduleDecider, () => events, this.context(), {
@@ -218,6 +230,18 @@ export class CronScheduler {
         'queued ticks left unrecorded',
       );
     }
+  }
+
+  /** Of these ticks, those whose tasks are in the log, each with its task's queuedAt. */
+  private async queuedTicks(state: Schedule, ticks: readonly string[]): Promise<Map<string, string>> {
+    const found = await Promise.all(
+      ticks.map(async (tick) => {
+        const [first] = await this.deps.store.readStream(taskStreamId(scheduledTaskId(state.id!, tick)));
+        const queuedAt = first?.type === 'TaskQueued' ? first.data.queuedAt : undefined;
+        return typeof queuedAt === 'string' ? ([tick, queuedAt] as const) : null;
+      }),
+    );
+    return new Map(found.filter((entry): entry is readonly [string, string] => entry !== null));
   }
 
   /** The last fired task's state from its own stream: pending or in progress counts as still running. */

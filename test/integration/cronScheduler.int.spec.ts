@@ -110,6 +110,45 @@ describe('cron scheduler: one task per tick', function () {
     expect(await scheduler().fire(id), 'nothing due any more').to.equal(null);
   });
 
+  it('after downtime, records the tick whose task a killed scheduler had queued instead of skipping it', async () => {
+    const id = await newSchedule(new Date('2026-05-01T13:00:30Z'));
+    const tick = '2026-05-01T13:01:00.000Z';
+    const taskId = scheduledTaskId(id, tick);
+    // Killed after queuing 13:01's task, before its ScheduleFired; no scheduler runs for five minutes.
+    await handleCommand(
+      store,
+      taskStreamId(taskId),
+      task,
+      (state) =>
+        submitTask(
+          {
+            taskId,
+            ownerId: randomUUID(),
+            spec: taskSpec(),
+            idempotencyKey: null,
+            now: new Date('2026-05-01T13:01:00.040Z'),
+            origin: { scheduleId: id, tick },
+          },
+          state,
+        ),
+      testCommandContext(),
+    );
+    now = new Date('2026-05-01T13:06:00.300Z');
+    await scheduler().fire(id);
+    const history = await store.readStream(scheduleStreamId(id));
+    const firedTick = history.find((event) => event.type === 'ScheduleFired' && event.data.tick === tick);
+    expect(firedTick?.data, 'the queued tick is recorded as fired when its task was queued').to.include({
+      taskId,
+      firedAt: '2026-05-01T13:01:00.040Z',
+    });
+    const skippedRanges = history
+      .filter((event) => event.type === 'ScheduleTicksSkipped')
+      .map((event) => [event.data.firstTick, event.data.lastTick] as [string, string]);
+    expect(skippedRanges.filter(([first, last]) => first <= tick && tick <= last)).to.deep.equal([]);
+    expect(skippedRanges.length, 'catch_up none still skips the other missed ticks').to.be.greaterThan(0);
+    expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
+  });
+
   it('fires nothing more from a read-model row that lags the stream', async () => {
     const id = await newSchedule(new Date('2026-05-01T14:00:30Z'));
     // The row as a projector that applied ScheduleCreated only would have it: due at 14:01:00.

@@ -6,6 +6,7 @@ import {
   createSchedule,
   deleteSchedule,
   fireDueTicks,
+  unfiredTicks,
   pauseSchedule,
   planTicks,
   recordQueuedTicks,
@@ -228,6 +229,32 @@ describe('schedules: deciders', () => {
     given(schedule, [created()])
       .when(fireAt(65))
       .then([fired(60, 65, 120)]);
+  });
+
+  it('records, rather than skips, a missed tick whose task a killed scheduler had queued', () => {
+    const first = new Map([[iso(60), iso(60.05)]]);
+    given(schedule, [created()])
+      .when(fireAt(200, { queued: first }))
+      .then([fired(60, 60.05, 240), skipped('missed', 120, 180, 200, 240)]);
+    given(schedule, [created({ catchUp: 'last' })])
+      .when(fireAt(200, { queued: first }))
+      .then([fired(60, 60.05, 240), skipped('missed', 120, 120, 200, 240), fired(180, 200, 240)]);
+    // A queued tick inside a skipped range splits it in two.
+    given(schedule, [created()])
+      .when(fireAt(260, { queued: new Map([[iso(120), iso(120.1)]]) }))
+      .then([
+        fired(120, 120.1, 300),
+        skipped('missed', 60, 60, 260, 300),
+        skipped('missed', 180, 240, 260, 300),
+      ]);
+    // A queued tick the decision fires anyway is fired as usual (its task is there; the scheduler queues no other).
+    given(schedule, [created({ catchUp: 'all' })])
+      .when(fireAt(130, { queued: first }))
+      .then([fired(60, 130, 180), fired(120, 130, 180)]);
+    // Where the scheduler looks for such tasks: the skipped ticks, the earliest first, at most `limit` a range.
+    const state = foldEvents(schedule, [created()]);
+    expect(unfiredTicks([skipped('missed', 60, 240, 260, 300)], state, 2)).to.deep.equal([iso(60), iso(120)]);
+    expect(unfiredTicks([fired(60, 60.2, 120)], state, 2)).to.deep.equal([]);
   });
 
   it('overlap skip: no tick while the previous task runs; of several due ticks only the newest', () => {

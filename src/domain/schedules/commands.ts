@@ -218,6 +218,53 @@ export interface FireDueTicks extends TickRules {
    * model) says; only asked with overlap "skip".
    */
   previousRunning: boolean;
+  /**
+   * Ticks this decision would not fire whose tasks are in the log already, each with its task's `queuedAt`: a
+   * scheduler killed between a tick's two appends queued them, and a restarted one decides after downtime to skip
+   * them (catch_up none or last, overlap skip). They are recorded as fired, when their tasks were queued, and left
+   * out of the skipped ranges, so every scheduled task has its ScheduleFired. The scheduler looks them up among
+   * `unfiredTicks`.
+   */
+  queued?: ReadonlyMap<string, string>;
+}
+
+/**
+ * The ticks a decision skipped (its ScheduleTicksSkipped ranges), the earliest first and at most `limit` of each
+ * range: where a scheduler killed between a tick's two appends can have left a task (the first due ticks, from the
+ * stream's nextFireAt on).
+ */
+export function unfiredTicks(events: readonly ScheduleEvent[], state: Schedule, limit: number): string[] {
+  if (!state.cron || !state.timezone) return [];
+  const cron = parseCron(state.cron, state.timezone);
+  return events.flatMap((event) => {
+    if (event.type !== 'ScheduleTicksSkipped') return [];
+    const first = new Date(event.data.firstTick);
+    const last = Date.parse(event.data.lastTick);
+    return [first, ...cron.nextTicks(Math.max(0, limit - 1), first)]
+      .filter((tick) => tick.getTime() <= last)
+      .map((tick) => tick.toISOString());
+  });
+}
+
+/** `range` without the ticks of `taken` (sorted, inside it): the runs of ticks left, each as its first and last. */
+function rangesWithout(
+  cron: CronSchedule,
+  range: { first: Date; last: Date },
+  taken: readonly Date[],
+): Array<{ first: Date; last: Date }> {
+  const ranges: Array<{ first: Date; last: Date }> = [];
+  let start: Date | null = range.first;
+  for (const tick of taken) {
+    if (start === null) break;
+    if (tick.getTime() > start.getTime()) {
+      const before = cron.previousTicks(1, new Date(tick.getTime() - 1))[0];
+      if (before && before.getTime() >= start.getTime()) ranges.push({ first: start, last: before });
+    }
+    start = cron.next(tick);
+  }
+  if (start !== null && start.getTime() <= range.last.getTime())
+    ranges.push({ first: start, last: range.last });
+  return ranges;
 }
 
 /**
@@ -245,11 +292,47 @@ export function fireDueTicks(command: FireDueTicks, state: Schedule): ScheduleEv
     },
   });
   let fire = plan.fire;
-  if (plan.skipped) events.push(skip('missed', plan.skipped.first, plan.skipped.last));
+  const skipped: Array<{ reason: 'missed' | 'overlap'; first: Date; last: Date }> = [];
+  if (plan.skipped) skipped.push({ reason: 'missed', ...plan.skipped });
   if (state.overlap === 'skip' && fire.length > 0) {
     const overlapping = command.previousRunning ? fire : fire.slice(0, -1);
-    if (overlapping.length > 0) events.push(skip('overlap', overlapping[0]!, overlapping.at(-1)!));
+    if (overlapping.length > 0)
+      skipped.push({ reason: 'overlap', first: overlapping[0]!, last: overlapping.at(-1)! });
     fire = command.previousRunning ? [] : fire.slice(-1);
+  }
+  // Ticks whose tasks a killed scheduler queued: recorded as fired when they were, and skipped by no range.
+  const firing = new Set(fire.map((tick) => tick.getTime()));
+  const queued = [...(command.queued ?? [])]
+    .map(([tick, queuedAt]) => ({ tick: new Date(tick), queuedAt }))
+    .filter(
+      ({ tick }) =>
+        !firing.has(tick.getTime()) && skipped.some((range) => tick >= range.first && tick <= range.last),
+    )
+    .sort((a, b) => a.tick.getTime() - b.tick.getTime());
+  for (const { tick, queuedAt } of queued) {
+    const tickIso = tick.toISOString();
+    events.push({
+      type: 'ScheduleFired',
+      data: {
+        scheduleId: state.id!,
+        tick: tickIso,
+        taskId: scheduledTaskId(state.id!, tickIso),
+        manual: false,
+        firedAt: queuedAt,
+        nextFireAt: nextIso,
+      },
+    });
+  }
+  const cron = queued.length > 0 ? parseCron(state.cron!, state.timezone!) : null;
+  for (const range of skipped) {
+    const left = cron
+      ? rangesWithout(
+          cron,
+          range,
+          queued.map(({ tick }) => tick).filter((tick) => tick >= range.first && tick <= range.last),
+        )
+      : [range];
+    for (const { first, last } of left) events.push(skip(range.reason, first, last));
   }
   for (const tick of fire) {
     const tickIso = tick.toISOString();
