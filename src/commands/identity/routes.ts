@@ -7,7 +7,7 @@ import {
   UnauthorizedError,
   ValidationError,
 } from '../../errors.js';
-import type { Api, ApiHandler, ApiOperation } from '../../infra/http/api.js';
+import { uuidIdParams, type Api, type ApiHandler, type ApiOperation } from '../../infra/http/api.js';
 import { bearerAuthenticator } from '../../infra/http/auth.js';
 import type { JSONSchema } from '../../infra/jsonSchema.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
@@ -480,12 +480,6 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
     },
   );
 
-  const userIdParams: JSONSchema = {
-    type: 'object',
-    required: ['id'],
-    properties: { id: { type: 'string', format: 'uuid' } },
-  };
-
   /**
    * A user's account stream and its state, for the user themself or an admin; 404 for anyone else, as for an unknown
    * id. The user's own session names their stream, so a user reads themself without waiting for the read model;
@@ -513,7 +507,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         "The email is opened from the account's stream, where it is sealed with the user's own key; a forgotten user is 404.",
       tags: ['identity'],
       auth: 'bearer',
-      params: userIdParams,
+      params: uuidIdParams,
       responses: {
         200: {
           description: 'The user',
@@ -554,7 +548,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
         "Appends UserForgotten and destroys the user's data key, so the email sealed in the log, on the bus and in exports can never be opened again; the hash chain still verifies. Their tasks stay, owned by the tombstoned id. Access tokens already issued keep working until they expire (at most 5 minutes); refresh fails at once. For the user themself or an admin; doing it again is a no-op.",
       tags: ['identity'],
       auth: 'bearer',
-      params: userIdParams,
+      params: uuidIdParams,
       responses: {
         204: {
           description: 'Forgotten (or already so)',

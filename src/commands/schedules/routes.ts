@@ -4,7 +4,7 @@
  */
 import type { Request, Response } from 'express';
 import { ValidationError, type FieldError } from '../../errors.js';
-import type { Api, JSONSchema } from '../../infra/http/api.js';
+import { uuidIdParams, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import { GENESIS_HASH } from '../../infra/eventStore/hashChain.js';
 import { claimsOf } from '../../infra/http/auth.js';
@@ -142,11 +142,6 @@ export function registerScheduleCommandRoutes(api: Api, deps: ScheduleCommandDep
     properties: settingsProperties,
     examples: [{ cron: '30 2 * * *' }],
   });
-  const idParams: JSONSchema = {
-    type: 'object',
-    required: ['id'],
-    properties: { id: { type: 'string', format: 'uuid' } },
-  };
 
   const context = (req: Request): CommandContext => ({
     now: clock,
@@ -249,7 +244,7 @@ export function registerScheduleCommandRoutes(api: Api, deps: ScheduleCommandDep
         'before the edit fires. Tasks already queued keep the task they were queued with.',
       tags: ['schedules'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       body: editBody,
       responses: {
         200: { description: 'Changed', schema: refs.schedule, headers: positionHeader },
@@ -296,7 +291,7 @@ export function registerScheduleCommandRoutes(api: Api, deps: ScheduleCommandDep
       summary: 'Delete a schedule: no tick fires after it; its history and its tasks stay',
       tags: ['schedules'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       responses: {
         204: { description: 'Deleted', headers: positionHeader },
         404: problem('No such schedule (or not yours)'),
@@ -326,7 +321,7 @@ export function registerScheduleCommandRoutes(api: Api, deps: ScheduleCommandDep
         summary,
         tags: ['schedules'],
         auth: 'bearer',
-        params: idParams,
+        params: uuidIdParams,
         responses: {
           200: { description: 'The schedule', schema: refs.schedule, headers: positionHeader },
           404: problem('No such schedule (or not yours)'),
@@ -365,7 +360,7 @@ export function registerScheduleCommandRoutes(api: Api, deps: ScheduleCommandDep
         '`schedule_id` and the time of the request as `schedule_tick`; the next tick stays as it was.',
       tags: ['schedules'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       responses: {
         202: {
           description: 'The queued task',

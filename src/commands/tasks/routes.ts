@@ -7,7 +7,7 @@ import type { Request, Response } from 'express';
 import { UnprocessableError, ValidationError } from '../../errors.js';
 import { toFieldErrors } from '../../infra/jsonSchema.js';
 import { problemDocument, toAppError } from '../../infra/http/problemDetails.js';
-import { schemaRef, type Api, type JSONSchema } from '../../infra/http/api.js';
+import { schemaRef, uuidIdParams, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { EventStore } from '../../infra/eventStore/eventStore.js';
 import type { Config } from '../../config.js';
 import type { TaskTypeCatalogue } from '../../domain/tasks/taskTypes.js';
@@ -146,11 +146,6 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
     },
     examples: [{ priority: 'high' }],
   });
-  const idParams: JSONSchema = {
-    type: 'object',
-    required: ['id'],
-    properties: { id: { type: 'string', format: 'uuid' } },
-  };
   const idempotencyHeader: JSONSchema = {
     type: 'object',
     properties: { 'idempotency-key': idempotencyKeySchema },
@@ -357,7 +352,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       summary: 'Edit the title, description or priority of a pending task',
       tags: ['tasks'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       body: editSchema,
       responses: {
         200: { description: 'Edited', schema: taskSchema, headers: positionHeader },
@@ -381,7 +376,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       description: "A pending task is canceled at once; a running one's handler is aborted by its worker.",
       tags: ['tasks'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       responses: {
         200: { description: 'Canceled', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),
@@ -399,7 +394,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
       summary: 'Queue a failed or canceled task again, with fresh attempts',
       tags: ['tasks'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       responses: {
         202: { description: 'Queued again', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),
@@ -420,7 +415,7 @@ export function registerTaskCommandRoutes(api: Api, deps: TaskCommandDeps): Task
         'and the audit log still show it. Archiving an archived task changes nothing.',
       tags: ['tasks'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       responses: {
         200: { description: 'Archived', schema: taskSchema, headers: positionHeader },
         404: problem('No such task (or not yours)'),

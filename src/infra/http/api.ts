@@ -94,6 +94,13 @@ export interface OpenApiDocument {
 
 export const schemaRef = (name: string): JSONSchema => ({ $ref: `#/components/schemas/${name}` });
 
+/** The path parameters of a route on one resource, `/<things>/{id}`, whose ids are UUIDs. */
+export const uuidIdParams: JSONSchema = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', format: 'uuid' } },
+};
+
 const problemSchema: JSONSchema = {
   type: 'object',
   description: 'RFC 9457 problem details',

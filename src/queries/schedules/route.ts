@@ -4,11 +4,12 @@
  */
 import type { Request, Response } from 'express';
 import { NotFoundError, ValidationError } from '../../errors.js';
-import type { Api, JSONSchema } from '../../infra/http/api.js';
+import { uuidIdParams, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { Pool } from '../../infra/db/pool.js';
 import { isPosition, type Position } from '../../infra/eventStore/eventStore.js';
 import { claimsOf, type CallerClaims } from '../../infra/http/auth.js';
 import { sleep } from '../../infra/abort.js';
+import { decodeKeysetCursor, encodeKeysetCursor } from '../keysetCursor.js';
 import {
   ensureScheduleSchemas,
   scheduleExample,
@@ -31,7 +32,7 @@ export interface ScheduleQueryRouteDeps {
 
 const DEFAULT_PAGE_SIZE = 20;
 const MAX_PAGE_SIZE = 100;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** created_at as the schedules list issues it: milliseconds. */
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 /** Admins see every schedule; anyone else only their own. */
@@ -39,24 +40,9 @@ const seesAllSchedules = (claims: CallerClaims): boolean => claims.role === 'adm
 
 const rowView = (row: ScheduleRow): ScheduleResource => scheduleResource(rowToSchedule(row), row.revision);
 
-const encodeCursor = (row: ScheduleRow): string =>
-  Buffer.from(JSON.stringify([row.created_at.toISOString(), row.id]), 'utf8').toString('base64url');
+const encodeCursor = (row: ScheduleRow): string => encodeKeysetCursor(row.created_at.toISOString(), row.id);
 
-function decodeCursor(cursor: string): { createdAt: string; id: string } {
-  const invalid = () => new ValidationError([{ path: '/query/cursor', message: 'is not a valid cursor' }]);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw invalid();
-  }
-  if (!Array.isArray(parsed) || parsed.length !== 2) throw invalid();
-  const [createdAt, id] = parsed as unknown[];
-  if (typeof createdAt !== 'string' || !CURSOR_TIME.test(createdAt) || Number.isNaN(Date.parse(createdAt)))
-    throw invalid();
-  if (typeof id !== 'string' || !UUID.test(id)) throw invalid();
-  return { createdAt, id };
-}
+const decodeCursor = (cursor: string) => decodeKeysetCursor(cursor, CURSOR_TIME);
 
 const minPositionDoc = 'A log position from a command response: wait (bounded) until the read model has it';
 const minPositionHeaders: JSONSchema = {
@@ -118,7 +104,7 @@ export function registerScheduleQueryRoutes(api: Api, deps: ScheduleQueryRouteDe
         'firing and change) is its stream, `schedule-<id>`.',
       tags: ['schedules'],
       auth: 'bearer',
-      params: { type: 'object', required: ['id'], properties: { id: { type: 'string', format: 'uuid' } } },
+      params: uuidIdParams,
       headers: minPositionHeaders,
       responses: {
         200: { description: 'The schedule', schema: refs.schedule, example: scheduleExample },

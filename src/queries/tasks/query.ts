@@ -7,6 +7,7 @@ import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import { isPosition, type EventStore, type Position } from '../../infra/eventStore/eventStore.js';
 import { sleep } from '../../infra/abort.js';
+import { decodeKeysetCursor, encodeKeysetCursor } from '../keysetCursor.js';
 import { taskStreamId } from '../../domain/tasks/events.js';
 import { foldEvents } from '../../domain/decider.js';
 import { task as taskDecider } from '../../domain/tasks/state.js';
@@ -55,30 +56,13 @@ export const MAX_PAGE_SIZE = 100;
 
 const rowView = (row: TaskRow): TaskView => taskResource(rowToTask(row), row.revision);
 
+/** created_at as the tasks list issues it: microseconds. */
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-export function encodeCursor(createdAt: string, id: string): string {
-  return Buffer.from(JSON.stringify([createdAt, id]), 'utf8').toString('base64url');
-}
+export const encodeCursor = encodeKeysetCursor;
 
 /** Throws a 400 for anything this service did not issue (or could not have issued). */
-export function decodeCursor(cursor: string): { createdAt: string; id: string } {
-  const invalid = () => new ValidationError([{ path: '/query/cursor', message: 'is not a valid cursor' }]);
-  if (!/^[A-Za-z0-9_-]{1,200}$/.test(cursor)) throw invalid();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw invalid();
-  }
-  if (!Array.isArray(parsed) || parsed.length !== 2) throw invalid();
-  const [createdAt, id] = parsed as unknown[];
-  if (typeof createdAt !== 'string' || !CURSOR_TIME.test(createdAt) || Number.isNaN(Date.parse(createdAt)))
-    throw invalid();
-  if (typeof id !== 'string' || !UUID.test(id)) throw invalid();
-  return { createdAt, id };
-}
+export const decodeCursor = (cursor: string) => decodeKeysetCursor(cursor, CURSOR_TIME);
 
 export interface TaskQueries {
   /**

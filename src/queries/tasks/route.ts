@@ -1,6 +1,6 @@
 import type { Request, Response } from 'express';
 import { ForbiddenError, NotFoundError, ValidationError } from '../../errors.js';
-import { type Api, type JSONSchema } from '../../infra/http/api.js';
+import { uuidIdParams, type Api, type JSONSchema } from '../../infra/http/api.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import {
@@ -53,8 +53,6 @@ const minPositionQuery = {
   maxLength: 64,
   description: `${minPositionDoc} (same as X-Min-Position)`,
 };
-
-const idParams: JSONSchema = { type: 'object', required: ['id'], properties: { id: uuid } };
 
 const pendingResponse = (schema: JSONSchema) => ({
   description: 'The read model has not reached the requested position within the wait; retry',
@@ -141,7 +139,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
         '(`X-Min-Position` or `min_position`) to read your own write: the answer waits, bounded, for it.',
       tags: ['tasks'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       query: {
         type: 'object',
         additionalProperties: false,
@@ -292,7 +290,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
       description: 'Read from the event store itself, so it is never behind. Owners, auditors and admins.',
       tags: ['tasks'],
       auth: 'bearer',
-      params: idParams,
+      params: uuidIdParams,
       responses: {
         200: {
           description: 'Every event of the task, oldest first',
