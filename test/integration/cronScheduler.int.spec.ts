@@ -76,13 +76,10 @@ describe('cron scheduler: one task per tick', function () {
     return scheduleId;
   };
   const types = async (streamId: string) => (await store.readStream(streamId)).map((event) => event.type);
-
-  it('records a tick whose task a crashed scheduler had queued, without a second task', async () => {
-    const id = await newSchedule(new Date('2026-05-01T12:00:30Z'));
-    const tick = '2026-05-01T12:01:00.000Z';
-    const taskId = scheduledTaskId(id, tick);
-    // What a scheduler killed after its first append leaves behind: the task, and no ScheduleFired.
-    await handleCommand(
+  /** A tick's task queued as a scheduler queues it, without the ScheduleFired that would follow. */
+  const queueTickTask = (scheduleId: string, tick: string, queuedAt: Date) => {
+    const taskId = scheduledTaskId(scheduleId, tick);
+    return handleCommand(
       store,
       taskStreamId(taskId),
       task,
@@ -93,13 +90,21 @@ describe('cron scheduler: one task per tick', function () {
             ownerId: randomUUID(),
             spec: taskSpec(),
             idempotencyKey: null,
-            now: new Date(tick),
-            origin: { scheduleId: id, tick },
+            now: queuedAt,
+            origin: { scheduleId, tick },
           },
           state,
         ),
       testCommandContext(),
     );
+  };
+
+  it('records a tick whose task a crashed scheduler had queued, without a second task', async () => {
+    const id = await newSchedule(new Date('2026-05-01T12:00:30Z'));
+    const tick = '2026-05-01T12:01:00.000Z';
+    const taskId = scheduledTaskId(id, tick);
+    // What a scheduler killed after its first append leaves behind: the task, and no ScheduleFired.
+    await queueTickTask(id, tick, new Date(tick));
     now = new Date('2026-05-01T12:01:00.300Z');
     expect(await scheduler().fire(id)).to.equal(1);
     expect(await types(taskStreamId(taskId))).to.deep.equal(['TaskQueued']);
@@ -115,24 +120,7 @@ describe('cron scheduler: one task per tick', function () {
     const tick = '2026-05-01T13:01:00.000Z';
     const taskId = scheduledTaskId(id, tick);
     // Killed after queuing 13:01's task, before its ScheduleFired; no scheduler runs for five minutes.
-    await handleCommand(
-      store,
-      taskStreamId(taskId),
-      task,
-      (state) =>
-        submitTask(
-          {
-            taskId,
-            ownerId: randomUUID(),
-            spec: taskSpec(),
-            idempotencyKey: null,
-            now: new Date('2026-05-01T13:01:00.040Z'),
-            origin: { scheduleId: id, tick },
-          },
-          state,
-        ),
-      testCommandContext(),
-    );
+    await queueTickTask(id, tick, new Date('2026-05-01T13:01:00.040Z'));
     now = new Date('2026-05-01T13:06:00.300Z');
     await scheduler().fire(id);
     const history = await store.readStream(scheduleStreamId(id));

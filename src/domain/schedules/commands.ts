@@ -309,20 +309,21 @@ export function fireDueTicks(command: FireDueTicks, state: Schedule): ScheduleEv
         !firing.has(tick.getTime()) && skipped.some((range) => tick >= range.first && tick <= range.last),
     )
     .sort((a, b) => a.tick.getTime() - b.tick.getTime());
-  for (const { tick, queuedAt } of queued) {
+  const fired = (tick: Date, firedAt: string): ScheduleFired => {
     const tickIso = tick.toISOString();
-    events.push({
+    return {
       type: 'ScheduleFired',
       data: {
         scheduleId: state.id!,
         tick: tickIso,
         taskId: scheduledTaskId(state.id!, tickIso),
         manual: false,
-        firedAt: queuedAt,
+        firedAt,
         nextFireAt: nextIso,
       },
-    });
-  }
+    };
+  };
+  for (const { tick, queuedAt } of queued) events.push(fired(tick, queuedAt));
   const cron = queued.length > 0 ? parseCron(state.cron!, state.timezone!) : null;
   for (const range of skipped) {
     const left = cron
@@ -334,20 +335,7 @@ export function fireDueTicks(command: FireDueTicks, state: Schedule): ScheduleEv
       : [range];
     for (const { first, last } of left) events.push(skip(range.reason, first, last));
   }
-  for (const tick of fire) {
-    const tickIso = tick.toISOString();
-    events.push({
-      type: 'ScheduleFired',
-      data: {
-        scheduleId: state.id!,
-        tick: tickIso,
-        taskId: scheduledTaskId(state.id!, tickIso),
-        manual: false,
-        firedAt: now,
-        nextFireAt: nextIso,
-      },
-    });
-  }
+  for (const tick of fire) events.push(fired(tick, now));
   // Nothing fired nor skipped (an expression that stopped matching): still move the next tick on.
   if (events.length === 0) events.push(skip('missed', nextFireAt, nextFireAt));
   return events;
