@@ -18,7 +18,8 @@ import { inTransaction } from '../../src/infra/db/pool.js';
 import { applyOnce } from '../../src/projections/projectionRunner.js';
 import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import { taskCacheKey } from '../../src/projections/tasks/table.js';
-import { createTaskQueries, encodeCursor, type TaskQueries } from '../../src/queries/tasks/query.js';
+import { createTaskQueries, type TaskQueries } from '../../src/queries/tasks/query.js';
+import { encodeKeysetCursor } from '../../src/queries/keysetCursor.js';
 import { registerTaskQueryRoutes } from '../../src/queries/tasks/route.js';
 import { ensureTaskSchemas } from '../../src/domain/tasks/representation.js';
 import { foldEvents } from '../../src/domain/decider.js';
@@ -400,7 +401,7 @@ describe('tasks read model', () => {
           Buffer.from('["2025-03-01T09:00:00.000000Z"]').toString('base64url'),
           Buffer.from('["yesterday","0b7e3f0a-3c1d-4e4b-9a55-6d2f1c9e8b10"]').toString('base64url'),
           Buffer.from('["2025-03-01T09:00:00.000000Z","1; DROP TABLE tasks"]').toString('base64url'),
-          encodeCursor('2025-03-01T09:00:00.000000Z', randomUUID()).slice(0, -3),
+          encodeKeysetCursor('2025-03-01T09:00:00.000000Z', randomUUID()).slice(0, -3),
         ];
         for (const cursor of forged) {
           const error = await rejection(queries.listTasks({ ownerId: owner, cursor }));

@@ -276,7 +276,8 @@ export function fireDueTicks(command: FireDueTicks, state: Schedule): ScheduleEv
   if (!state.exists || state.status !== 'active' || state.nextFireAt === null) return [];
   const nextFireAt = new Date(state.nextFireAt);
   if (nextFireAt.getTime() > command.now.getTime()) return [];
-  const plan = planTicks(parseCron(state.cron, state.timezone), nextFireAt, command.now, command);
+  const cron = parseCron(state.cron, state.timezone);
+  const plan = planTicks(cron, nextFireAt, command.now, command);
   const nextIso = iso(plan.next);
   const now = command.now.toISOString();
   const events: ScheduleEvent[] = [];
@@ -324,16 +325,10 @@ export function fireDueTicks(command: FireDueTicks, state: Schedule): ScheduleEv
     };
   };
   for (const { tick, queuedAt } of queued) events.push(fired(tick, queuedAt));
-  const cron = queued.length > 0 ? parseCron(state.cron!, state.timezone!) : null;
   for (const range of skipped) {
-    const left = cron
-      ? rangesWithout(
-          cron,
-          range,
-          queued.map(({ tick }) => tick).filter((tick) => tick >= range.first && tick <= range.last),
-        )
-      : [range];
-    for (const { first, last } of left) events.push(skip(range.reason, first, last));
+    const inside = queued.map(({ tick }) => tick).filter((tick) => tick >= range.first && tick <= range.last);
+    for (const { first, last } of rangesWithout(cron, range, inside))
+      events.push(skip(range.reason, first, last));
   }
   for (const tick of fire) events.push(fired(tick, now));
   // Nothing fired nor skipped (an expression that stopped matching): still move the next tick on.

@@ -59,8 +59,6 @@ const rowView = (row: TaskRow): TaskView => taskResource(rowToTask(row), row.rev
 /** created_at as the tasks list issues it: microseconds. */
 const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/;
 
-export const encodeCursor = encodeKeysetCursor;
-
 /** Throws a 400 for anything this service did not issue (or could not have issued). */
 export const decodeCursor = (cursor: string) => decodeKeysetCursor(cursor, CURSOR_TIME);
 
@@ -148,7 +146,7 @@ export function createTaskQueries(deps: { pool: Pool; cache: Cache; cacheTtlSeco
       const last = page[page.length - 1];
       return {
         items: await withWaitingFor(page.map(rowView)),
-        next_cursor: rows.length > limit && last ? encodeCursor(last.cursor_created_at, last.id) : null,
+        next_cursor: rows.length > limit && last ? encodeKeysetCursor(last.cursor_created_at, last.id) : null,
       };
     },
 

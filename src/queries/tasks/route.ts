@@ -1,6 +1,7 @@
 import type { Request, Response } from 'express';
 import { ForbiddenError, NotFoundError, ValidationError } from '../../errors.js';
 import { uuidIdParams, type Api, type JSONSchema } from '../../infra/http/api.js';
+import { encodeKeysetCursor } from '../keysetCursor.js';
 import type { Cache } from '../../infra/cache/cache.js';
 import type { Pool } from '../../infra/db/pool.js';
 import {
@@ -24,7 +25,6 @@ import {
   createTaskQueries,
   createTaskReads,
   DEFAULT_PAGE_SIZE,
-  encodeCursor,
   MAX_PAGE_SIZE,
   titleWords,
   type TaskQueries,
@@ -239,7 +239,7 @@ export function registerTaskQueryRoutes(api: Api, deps: TaskQueryRouteDeps): Tas
           schema: refs.taskList,
           example: {
             items: [taskExample],
-            next_cursor: encodeCursor('2025-03-01T09:00:00.000000Z', taskExample.id),
+            next_cursor: encodeKeysetCursor('2025-03-01T09:00:00.000000Z', taskExample.id),
           },
         },
         202: pendingResponse(refs.readModelPending),
