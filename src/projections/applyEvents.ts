@@ -69,7 +69,7 @@ export async function applyEvents(
   if (handled.length > 0) {
     const streams = handled.map((i) => events[i]!.streamId);
     const revisions = options.exclusive
-      ? await readGuards(client, projection.name, streams)
+      ? await readGuards(client, projection.name, streamsSeenBefore(handled.map((i) => events[i]!)))
       : await lockGuards(client, projection.name, streams);
     // Fresh: after the stored guard and after anything earlier in this batch (Kafka can deliver an event twice
     // in one batch when the relay republished it).
@@ -91,16 +91,17 @@ export async function applyEvents(
       const indexOf = new Map(fresh.map((index) => [events[index]!, index]));
       const onBadEvent = (event: RecordedEvent, error: unknown) => bad.set(indexOf.get(event)!, error);
       const batch = fresh.map((i) => events[i]!);
+      const projectOptions = { exclusive: options.exclusive ?? false };
       if (options.onRefusal === 'throw') {
         try {
-          stale = await projection.project(client, batch, onBadEvent);
+          stale = await projection.project(client, batch, onBadEvent, projectOptions);
         } catch (error) {
           throw isDataError(error) ? new BatchRefusedError(error) : error;
         }
       } else {
         await client.query('SAVEPOINT apply_batch');
         try {
-          stale = await projection.project(client, batch, onBadEvent);
+          stale = await projection.project(client, batch, onBadEvent, projectOptions);
           await client.query('RELEASE SAVEPOINT apply_batch');
         } catch (error) {
           if (!isDataError(error)) throw error;
@@ -212,14 +213,26 @@ async function lockGuards(
   return new Map(rows.map((row) => [row.stream_id, row.revision]));
 }
 
+/**
+ * The streams of these events (in log order) that may have a guard already: not those whose first event here is
+ * their first event ever. Only for exclusive appliers, which are given each event of the log once and in order,
+ * so a stream whose revision 0 is in this batch was never applied before.
+ */
+function streamsSeenBefore(events: readonly RecordedEvent[]): string[] {
+  const first = new Map<string, number>();
+  for (const event of events) if (!first.has(event.streamId)) first.set(event.streamId, event.revision);
+  return [...first].flatMap(([stream, revision]) => (revision === 0 ? [] : [stream]));
+}
+
 async function readGuards(
   client: PoolClient,
   projection: string,
   streams: readonly string[],
 ): Promise<Map<string, number>> {
+  if (streams.length === 0) return new Map();
   const { rows } = await client.query<{ stream_id: string; revision: number }>(
     `SELECT stream_id, revision FROM projection_stream_progress WHERE projection = $1 AND stream_id = ANY ($2::text[])`,
-    [projection, [...new Set(streams)]],
+    [projection, streams],
   );
   return new Map(rows.map((row) => [row.stream_id, row.revision]));
 }

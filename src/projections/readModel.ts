@@ -36,7 +36,17 @@ export interface Projection {
     client: PoolClient,
     events: readonly RecordedEvent[],
     onBadEvent: OnBadEvent,
+    options?: ProjectOptions,
   ): Promise<StaleEntry[]>;
+}
+
+export interface ProjectOptions {
+  /**
+   * The caller created these tables empty and gives them each event of the log once, in log order (a rebuild):
+   * a stream whose revision 0 is in the batch has nothing in them yet. The live projector never says so: its
+   * rows also guard themselves against old events, should the tables and the guards ever be restored apart.
+   */
+  exclusive?: boolean;
 }
 
 /**
@@ -49,6 +59,12 @@ export interface FoldDefinition<Row> {
   tables: readonly ReadModelTable[];
   /** The row the event is about. Throws (a TypeError) on an event that does not name one properly. */
   keyOf(event: RecordedEvent): string;
+  /**
+   * True when each row is built from one stream's events only, and keyOf throws on an event whose key is not its
+   * stream's. Then, for an exclusive applier (see {@link ProjectOptions}), a stream's first event (revision 0)
+   * finds no row, and its key is not loaded.
+   */
+  rowPerStream?: boolean;
   /** The current rows of these keys; a key without a row is left out. */
   load(client: PoolClient, keys: readonly string[]): Promise<Map<string, Row>>;
   /** Pure. Returns `row` itself when nothing changes. Throws a TypeError or RangeError on data it cannot use. */
@@ -121,7 +137,7 @@ export function defineProjection<Row>(definition: FoldDefinition<Row>): Projecti
     name,
     eventTypes,
     tables,
-    async project(client, events, onBadEvent) {
+    async project(client, events, onBadEvent, options) {
       const keyed: Array<{ event: RecordedEvent; key: string }> = [];
       for (const event of events) {
         try {
@@ -132,7 +148,13 @@ export function defineProjection<Row>(definition: FoldDefinition<Row>): Projecti
         }
       }
       if (keyed.length === 0) return [];
-      const rows = await definition.load(client, [...new Set(keyed.map((k) => k.key))]);
+      // Each key's first event in the batch decides whether its row may exist (see rowPerStream).
+      const firstRevision = new Map<string, number>();
+      for (const { event, key } of keyed) if (!firstRevision.has(key)) firstRevision.set(key, event.revision);
+      const toLoad = [...firstRevision].flatMap(([key, revision]) =>
+        options?.exclusive && definition.rowPerStream && revision === 0 ? [] : [key],
+      );
+      const rows = toLoad.length > 0 ? await definition.load(client, toLoad) : new Map<string, Row>();
       // Each changed row, and the position of the last event that changed it (a Map keeps first-touch order).
       const changed = new Map<string, Position>();
       for (const { event, key } of keyed) {

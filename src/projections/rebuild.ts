@@ -10,6 +10,7 @@ import {
   assertSameShape,
   createTables,
   ident,
+  type DeferredIndex,
   qualified,
   readModelTables,
 } from './rebuildTables.js';
@@ -97,7 +98,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
       .slice(0, 19);
     schema = `rebuild_${stamp}`;
     const oldSchema = `rebuild_old_${stamp}`;
-    await createTables(control, schema, tables);
+    const deferredIndexes = await createTables(control, schema, tables);
     logger.info({ schema, tables }, 'rebuilding read models from the log');
 
     const context: ApplyContext = {
@@ -110,9 +111,12 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     };
     const total = await countEvents(pool, store);
     const bulkStarted = Date.now();
-    const bulk = await applyLogInParallel(context, options.concurrency ?? 2, (events) =>
+    const lanes = Math.max(1, Math.floor(options.concurrency ?? 2));
+    const bulk = await applyLogInParallel(context, lanes, (events) =>
       options.onProgress?.({ events, total: total === null ? null : Math.max(total, events) }),
     );
+    // Part of the bulk phase's time: the tables are not whole without them.
+    await buildIndexes(pool, deferredIndexes, lanes);
     const bulkMs = Math.max(1, Date.now() - bulkStarted);
     let events = bulk.events;
     let position = bulk.position;
@@ -225,10 +229,9 @@ async function countEvents(pool: Pool, store: EventStore): Promise<number | null
  */
 async function applyLogInParallel(
   context: ApplyContext,
-  concurrency: number,
+  lanes: number,
   onPage: (events: number) => void,
 ): Promise<{ events: number; position: Position | null }> {
-  const lanes = Math.max(1, Math.floor(concurrency));
   let position: Position | null = null;
   let events = 0;
   let next = context.store.readAll({ after: null, limit: context.pageSize });
@@ -269,6 +272,27 @@ async function applyLogInParallel(
       await recordPosition(client, context, position!);
     });
   return { events, position };
+}
+
+/**
+ * The secondary indexes createTables left out, built from the filled tables, `lanes` at a time (CREATE INDEX takes
+ * a SHARE lock, which does not block another CREATE INDEX, even on the same table).
+ */
+async function buildIndexes(pool: Pool, indexes: readonly DeferredIndex[], lanes: number): Promise<void> {
+  const queue = [...indexes];
+  const lane = async () => {
+    for (let index = queue.shift(); index; index = queue.shift()) {
+      const { definition } = index;
+      await inTransaction(pool, async (client) => {
+        await client.query(`SELECT set_config('maintenance_work_mem', '128MB', true)`);
+        await client.query(definition);
+      });
+    }
+  };
+  // Settled, not all: a failed lane's caller drops the schema, which must not wait on a sibling still building.
+  const results = await Promise.allSettled(Array.from({ length: Math.min(lanes, queue.length) }, lane));
+  const failure = results.find((result) => result.status === 'rejected');
+  if (failure) throw failure.reason;
 }
 
 function laneOf(streamId: string, lanes: number): number {

@@ -34,11 +34,25 @@ export const allTableNames = (tables: readonly ReadModelTable[]): string[] => [
   ...tables.map((table) => table.name),
 ];
 
+/** A secondary index of a rebuilt table: dropped while the log is applied, built again after it. */
+export interface DeferredIndex {
+  name: string;
+  /** `CREATE INDEX <name> ON <schema>.<table> ...`, as PostgreSQL printed it for the new table. */
+  definition: string;
+}
+
+/**
+ * Creates the new tables with the live ones' shape and names. Their secondary indexes (neither unique nor behind a
+ * constraint) are dropped again and returned: maintaining them row by row took most of a rebuild's upserts (the
+ * tasks table has seven, one of them a full-text GIN index), and building each once from the finished table is
+ * several times cheaper. Unique indexes stay: the upserts' ON CONFLICT and the constraints need them.
+ */
 export async function createTables(
   client: PoolClient,
   schema: string,
   tables: readonly ReadModelTable[],
-): Promise<void> {
+): Promise<DeferredIndex[]> {
+  const deferred: DeferredIndex[] = [];
   await client.query('BEGIN');
   try {
     await client.query(`CREATE SCHEMA ${ident(schema)}`);
@@ -48,8 +62,18 @@ export async function createTables(
       );
       await alignNames(client, schema, name);
       await assertSameShape(client, schema, name);
+      const { rows } = await client.query<DeferredIndex>(
+        `SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS definition
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = $1::regclass AND NOT i.indisunique AND NOT i.indisprimary
+            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)`,
+        [qualified(schema, name)],
+      );
+      for (const index of rows) await client.query(`DROP INDEX ${qualified(schema, index.name)}`);
+      deferred.push(...rows);
     }
     await client.query('COMMIT');
+    return deferred;
   } catch (error) {
     await client.query('ROLLBACK');
     throw error;

@@ -58,6 +58,7 @@ export const schedulesProjection = defineProjection<ScheduleState>({
   name: 'schedules',
   eventTypes: SCHEDULE_EVENT_TYPES,
   tables: [{ name: 'schedules', streamOf: `'schedule-' || r.id` }],
+  rowPerStream: true, // keyOf checks the event's stream is its row's
   keyOf(recorded) {
     const scheduleId = (recorded as unknown as ScheduleEvent).data.scheduleId;
     if (typeof scheduleId !== 'string' || recorded.streamId !== scheduleStreamId(scheduleId))

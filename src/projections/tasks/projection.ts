@@ -86,6 +86,7 @@ export const tasksProjection = defineProjection<TaskState>({
   name: 'tasks',
   eventTypes: TASK_EVENT_TYPES,
   tables: [{ name: 'tasks', streamOf: `'task-' || r.id` }],
+  rowPerStream: true, // keyOf checks the event's stream is its row's
   keyOf(recorded) {
     const taskId = (recorded as unknown as TaskEvent).data.taskId;
     // TypeErrors count as bad data: logged and skipped, never a stuck pipeline.
