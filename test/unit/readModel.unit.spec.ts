@@ -29,7 +29,9 @@ function countingFold(rowPerStream: boolean) {
     keyOf: (recorded) => recorded.streamId,
     load(_client, keys) {
       loads.push([...keys]);
-      return Promise.resolve(new Map(keys.flatMap((key) => (stored.has(key) ? [[key, stored.get(key)!]] : []))));
+      return Promise.resolve(
+        new Map(keys.flatMap((key) => (stored.has(key) ? [[key, stored.get(key)!]] : []))),
+      );
     },
     evolve: (row) => (row ?? 0) + 1,
     write(_client, changed) {
