@@ -23,8 +23,10 @@ export interface ApplyEventsOptions {
    */
   partitionPositions: ReadonlyMap<number, Position> | null;
   /**
-   * Nobody else writes these guards (a rebuild's own tables): they are read, not locked, and written in one
-   * upsert, which saves a write of every guard row.
+   * The caller owns these tables alone, created them empty, and gives them each event of the log exactly once, in
+   * log order (a rebuild): the guards are read, not locked, and written in one upsert; a stream whose revision 0 is
+   * in the batch has no guard to read, and a `rowPerStream` fold loads no row for it. Never for a consumer that
+   * may be given an event twice (a bus): its revision 0 would pass as new and reset the row.
    */
   exclusive?: boolean;
   /**

@@ -27,7 +27,7 @@ export interface RebuildReport {
   /** The last log position the rebuilt tables contain. */
   position: Position | null;
   durationMs: number;
-  /** Of the bulk phase: reading the log and applying it, without verify and swap. */
+  /** Of the bulk phase: reading the log, applying it and building the deferred indexes; not verify and swap. */
   eventsPerSecond: number;
   verified: boolean;
   /** Tables that differ from the live ones; empty when they are equal or verify was off. */
@@ -53,7 +53,10 @@ export interface RebuildOptions {
    * pages of 1000, 22,000 to 26,000 with 5000.
    */
   pageSize?: number;
-  /** Transactions applying a page at once, each for its own share of the streams (2: one per core measured). */
+  /**
+   * Transactions applying a page at once, each for its own share of the streams, and indexes built at once after
+   * (2: one per core measured).
+   */
   concurrency?: number;
   /** Differing rows reported per table. */
   sampleLimit?: number;
@@ -116,6 +119,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
       options.onProgress?.({ events, total: total === null ? null : Math.max(total, events) }),
     );
     // Part of the bulk phase's time: the tables are not whole without them.
+    logger.info({ schema, indexes: deferredIndexes.length }, "log applied; building the new tables' indexes");
     await buildIndexes(pool, deferredIndexes, lanes);
     const bulkMs = Math.max(1, Date.now() - bulkStarted);
     let events = bulk.events;
@@ -223,7 +227,7 @@ async function countEvents(pool: Pool, store: EventStore): Promise<number | null
 
 /**
  * The bulk of the log, page by page (the next page is read while this one is applied). A page is split by stream
- * over `concurrency` transactions: a stream's events stay in order in one of them, and no read model row depends
+ * over `lanes` transactions: a stream's events stay in order in one of them, and no read model row depends
  * on two streams, so the transactions cannot conflict. Stops at the first short page: whatever arrives after
  * that is caught up by verify or the swap.
  */
@@ -280,16 +284,27 @@ async function applyLogInParallel(
  */
 async function buildIndexes(pool: Pool, indexes: readonly DeferredIndex[], lanes: number): Promise<void> {
   const queue = [...indexes];
+  let failed = false;
   const lane = async () => {
-    for (let index = queue.shift(); index; index = queue.shift()) {
+    for (let index = queue.shift(); index && !failed; index = queue.shift()) {
       const { definition } = index;
       await inTransaction(pool, async (client) => {
-        await client.query(`SELECT set_config('maintenance_work_mem', '128MB', true)`);
+        // One index of a large table may outlast the pool's statement timeout, as verify and swap may. Memory for
+        // the sort: at least 128MB, never less than the server gives.
+        await client.query(
+          `SELECT set_config('statement_timeout', '0', true),
+                  set_config('maintenance_work_mem',
+                    CASE WHEN pg_size_bytes(current_setting('maintenance_work_mem')) < 134217728
+                         THEN '128MB' ELSE current_setting('maintenance_work_mem') END, true)`,
+        );
         await client.query(definition);
+      }).catch((error: unknown) => {
+        failed = true; // the other lanes take no further index
+        throw error;
       });
     }
   };
-  // Settled, not all: a failed lane's caller drops the schema, which must not wait on a sibling still building.
+  // Settled, not all: the caller drops the schema on a failure, after every lane has stopped building.
   const results = await Promise.allSettled(Array.from({ length: Math.min(lanes, queue.length) }, lane));
   const failure = results.find((result) => result.status === 'rejected');
   if (failure) throw failure.reason;

@@ -26,7 +26,10 @@ function countingFold(rowPerStream: boolean) {
     eventTypes: new Set(['Counted']),
     tables: [{ name: 'counts', streamOf: 'r.id' }],
     rowPerStream,
-    keyOf: (recorded) => recorded.streamId,
+    keyOf: (recorded) => {
+      if (recorded.data.unusable) throw new TypeError(`${recorded.streamId} names no row`);
+      return recorded.streamId;
+    },
     load(_client, keys) {
       loads.push([...keys]);
       return Promise.resolve(
@@ -68,6 +71,17 @@ describe('a read model fold', () => {
       await projection.project(noClient, batch, () => undefined, { exclusive: exclusive! });
       expect(loads).to.deep.equal([['a', 'b']]);
     }
+  });
+
+  it("loads the row of a stream whose revision 0 was unusable: its next event is the key's first", async () => {
+    const { projection, loads } = countingFold(true);
+    const unusable = { ...event('b', 0), data: { unusable: true } };
+    const bad: RecordedEvent[] = [];
+    await projection.project(noClient, [unusable, event('b', 1)], (recorded) => bad.push(recorded), {
+      exclusive: true,
+    });
+    expect(bad).to.deep.equal([unusable]);
+    expect(loads).to.deep.equal([['b']]);
   });
 
   it('makes no load at all when every stream of the batch starts in it', async () => {
