@@ -23,10 +23,9 @@ export interface ApplyEventsOptions {
    */
   partitionPositions: ReadonlyMap<number, Position> | null;
   /**
-   * The caller owns these tables alone, created them empty, and gives them each event of the log exactly once, in
-   * log order (a rebuild): the guards are read, not locked, and written in one upsert; a stream whose revision 0 is
-   * in the batch has no guard to read, and a `rowPerStream` fold loads no row for it. Never for a consumer that
-   * may be given an event twice (a bus): its revision 0 would pass as new and reset the row.
+   * The caller's promise of `ProjectOptions.exclusive` in readModel.ts (a rebuild; never a bus consumer, which
+   * may be given an event twice): the guards are read, not locked, and written in one upsert, and a stream whose
+   * revision 0 is in the batch has no guard to read.
    */
   exclusive?: boolean;
   /**

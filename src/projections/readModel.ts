@@ -1,4 +1,5 @@
 import type { PoolClient } from '../infra/db/pool.js';
+import { isUuid } from '../infra/uuid.js';
 import type { StaleEntry } from '../infra/cache/cache.js';
 import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 
@@ -43,8 +44,9 @@ export interface Projection {
 export interface ProjectOptions {
   /**
    * The caller created these tables empty and gives them each event of the log once, in log order (a rebuild):
-   * a stream whose revision 0 is in the batch has nothing in them yet. The live projector never says so: its
-   * rows also guard themselves against old events, should the tables and the guards ever be restored apart.
+   * a stream whose revision 0 is in the batch has nothing in them yet. The live projector never says so: a bus
+   * may give it an event twice (its revision 0 would reset the row), and its rows also guard themselves against
+   * old events, should the tables and the guards ever be restored apart.
    */
   exclusive?: boolean;
 }
@@ -79,8 +81,6 @@ export interface FoldDefinition<Row> {
 export type ColumnType =
   'uuid' | 'text' | 'integer' | 'bigint' | 'double precision' | 'timestamptz' | 'jsonb';
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /**
  * Throws a TypeError when the database would reject `value` for the column. A fold checks every row it makes, so
  * a bad event is rejected where it happens, as one-by-one writes would reject it, even when a later event of the
@@ -95,7 +95,7 @@ export function checkColumn(column: string, type: ColumnType, nullable: boolean,
   let ok: boolean;
   switch (type) {
     case 'uuid':
-      ok = typeof value === 'string' && UUID.test(value);
+      ok = typeof value === 'string' && isUuid(value);
       break;
     case 'text':
       ok = typeof value === 'string' && !value.includes('\u0000');

@@ -3,8 +3,7 @@
  * pair as opaque base64url JSON, and its strict decoding.
  */
 import { ValidationError } from '../errors.js';
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+import { isUuid } from '../infra/uuid.js';
 
 /** The cursor of a page that ends at the row (createdAt, id). */
 export function encodeKeysetCursor(createdAt: string, id: string): string {
@@ -28,6 +27,6 @@ export function decodeKeysetCursor(cursor: string, time: RegExp): { createdAt: s
   const [createdAt, id] = parsed as unknown[];
   if (typeof createdAt !== 'string' || !time.test(createdAt) || Number.isNaN(Date.parse(createdAt)))
     throw invalid();
-  if (typeof id !== 'string' || !UUID.test(id)) throw invalid();
+  if (typeof id !== 'string' || !isUuid(id)) throw invalid();
   return { createdAt, id };
 }

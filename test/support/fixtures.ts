@@ -3,8 +3,25 @@ import { handleCommand, type CommandContext } from '../../src/commands/commandHa
 import { taskStreamId, type TaskSpec } from '../../src/domain/tasks/events.js';
 import { task } from '../../src/domain/tasks/state.js';
 import { submitTask } from '../../src/domain/tasks/submitTask.js';
-import type { EventStore } from '../../src/infra/eventStore/eventStore.js';
+import type { EventStore, RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
 import type { ClaimRequest } from '../../src/workers/schedule.js';
+
+/** A recorded event for code that only looks at its stream, revision, position and type: data `{}`, no metadata. */
+export const recordedEvent = (
+  streamId: string,
+  revision: number,
+  position: string,
+  type = 'TaskQueued',
+): RecordedEvent => ({
+  streamId,
+  revision,
+  position,
+  type,
+  data: {},
+  rawData: '{}',
+  metadata: {} as RecordedEvent['metadata'],
+  recordedAt: new Date(0).toISOString(),
+});
 
 /** A fresh address per call, labelled by the suite that made it, so suites sharing a database never collide. */
 export const newEmail = (label: string): string => `${label}-${randomBytes(5).toString('hex')}@example.com`;

@@ -1,19 +1,12 @@
 import { expect } from 'chai';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
-import { rejection } from '../support/fixtures.js';
+import { recordedEvent, rejection } from '../support/fixtures.js';
 import { PartitionBatchCombiner, type PartitionBatch } from '../../src/projections/partitionBatchCombiner.js';
 
 function events(partition: number, count: number): RecordedEvent[] {
-  return Array.from({ length: count }, (_, i) => ({
-    streamId: `stream-${partition}`,
-    revision: i,
-    position: `${partition}-${i}`,
-    type: 'TaskQueued',
-    data: {},
-    rawData: '{}',
-    metadata: {} as RecordedEvent['metadata'],
-    recordedAt: new Date(0).toISOString(),
-  }));
+  return Array.from({ length: count }, (_, i) =>
+    recordedEvent(`stream-${partition}`, i, `${partition}-${i}`),
+  );
 }
 
 /** An apply that ends only when the test says so, recording what each call was given. */

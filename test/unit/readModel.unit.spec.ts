@@ -2,19 +2,10 @@ import { expect } from 'chai';
 import type { PoolClient } from '../../src/infra/db/pool.js';
 import type { RecordedEvent } from '../../src/infra/eventStore/eventStore.js';
 import { defineProjection } from '../../src/projections/readModel.js';
+import { recordedEvent } from '../support/fixtures.js';
 
-function event(streamId: string, revision: number): RecordedEvent {
-  return {
-    streamId,
-    revision,
-    position: `${streamId}-${revision}`,
-    type: 'Counted',
-    data: {},
-    rawData: '{}',
-    metadata: {} as RecordedEvent['metadata'],
-    recordedAt: new Date(0).toISOString(),
-  };
-}
+const event = (streamId: string, revision: number): RecordedEvent =>
+  recordedEvent(streamId, revision, `${streamId}-${revision}`, 'Counted');
 
 /** A fold whose rows are counts kept in a Map: what each load and write was given is recorded. */
 function countingFold(rowPerStream: boolean) {

@@ -2,6 +2,7 @@
  * Finding an email's account, and forgetting a user: what register, login, grant-role and DELETE /users/{id} share.
  */
 import { randomUUID } from 'node:crypto';
+import { isUuid } from '../../infra/uuid.js';
 import { NotFoundError } from '../../errors.js';
 import type { EventStore, Position } from '../../infra/eventStore/eventStore.js';
 import type { Pool } from '../../infra/db/pool.js';
@@ -79,8 +80,6 @@ export async function forgetAccount(
   return { userId, changed: result.events.length > 0, position: result.position };
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /** `task-manager users forget <email|id>`: by email (found as login finds it) or by user id (the read model). */
 export async function forgetByEmailOrId(
   deps: { store: EventStore; personalData: PersonalData; pool: Pool },
@@ -94,7 +93,7 @@ export async function forgetByEmailOrId(
     causationId: null,
     userId: null,
   };
-  if (UUID.test(emailOrId)) {
+  if (isUuid(emailOrId)) {
     const streamId = await accountStreamOfUser(deps.pool, emailOrId);
     if (!streamId) throw new NotFoundError(`no user ${emailOrId}`);
     const state = foldEvents(account, await deps.store.readStream(streamId));
