@@ -130,6 +130,15 @@ export function isDataError(error: unknown): boolean {
   return code.startsWith('22') || code.startsWith('23'); // data exceptions, integrity constraint violations
 }
 
+const uniqueKeys = (keyed: ReadonlyArray<{ key: string }>): string[] => [...new Set(keyed.map((k) => k.key))];
+
+/** For an exclusive applier of a rowPerStream fold: the keys whose first event here is not their stream's first. */
+function keysSeenBefore(keyed: ReadonlyArray<{ event: RecordedEvent; key: string }>): string[] {
+  const firstRevision = new Map<string, number>();
+  for (const { event, key } of keyed) if (!firstRevision.has(key)) firstRevision.set(key, event.revision);
+  return [...firstRevision].flatMap(([key, revision]) => (revision === 0 ? [] : [key]));
+}
+
 /** A projection from a fold: one read of the rows a batch touches, one write of the rows it changed. */
 export function defineProjection<Row>(definition: FoldDefinition<Row>): Projection {
   const { name, eventTypes, tables } = definition;
@@ -148,12 +157,8 @@ export function defineProjection<Row>(definition: FoldDefinition<Row>): Projecti
         }
       }
       if (keyed.length === 0) return [];
-      // Each key's first event in the batch decides whether its row may exist (see rowPerStream).
-      const firstRevision = new Map<string, number>();
-      for (const { event, key } of keyed) if (!firstRevision.has(key)) firstRevision.set(key, event.revision);
-      const toLoad = [...firstRevision].flatMap(([key, revision]) =>
-        options?.exclusive && definition.rowPerStream && revision === 0 ? [] : [key],
-      );
+      const toLoad =
+        options?.exclusive && definition.rowPerStream ? keysSeenBefore(keyed) : uniqueKeys(keyed);
       const rows = toLoad.length > 0 ? await definition.load(client, toLoad) : new Map<string, Row>();
       // Each changed row, and the position of the last event that changed it (a Map keeps first-touch order).
       const changed = new Map<string, Position>();
