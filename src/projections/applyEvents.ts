@@ -3,7 +3,7 @@ import { prepared } from '../infra/db/prepared.js';
 import type { StaleEntry } from '../infra/cache/cache.js';
 import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
-import { isDataError, type Projection } from './readModel.js';
+import { isDataError, type Projection, type Queryable } from './readModel.js';
 
 export type ApplyOutcome = 'applied' | 'duplicate' | 'ignored' | 'bad_data';
 
@@ -72,20 +72,7 @@ export async function applyEvents(
     const revisions = options.exclusive
       ? await readGuards(client, projection.name, streamsSeenBefore(handled.map((i) => events[i]!)))
       : await lockGuards(client, projection.name, streams);
-    // Fresh: after the stored guard and after anything earlier in this batch (Kafka can deliver an event twice
-    // in one batch when the relay republished it).
-    const fresh: number[] = [];
-    const newest = new Map<string, RecordedEvent>();
-    for (const index of handled) {
-      const event = events[index]!;
-      const seen = newest.get(event.streamId)?.revision ?? revisions.get(event.streamId) ?? -1;
-      if (event.revision <= seen) {
-        outcomes[index] = 'duplicate';
-        continue;
-      }
-      newest.set(event.streamId, event);
-      fresh.push(index);
-    }
+    const { fresh, newest } = freshEvents(events, handled, revisions, outcomes);
 
     if (fresh.length > 0) {
       const bad = new Map<number, unknown>();
@@ -111,20 +98,7 @@ export async function applyEvents(
           stale = await applyOneByOne(client, projection, fresh, events, bad, onBadEvent);
         }
       }
-      for (const [index, error] of bad) {
-        outcomes[index] = 'bad_data';
-        const event = events[index]!;
-        options.logger.error(
-          {
-            err: error,
-            projection: projection.name,
-            stream: event.streamId,
-            revision: event.revision,
-            type: event.type,
-          },
-          'projection skipped an event it cannot use',
-        );
-      }
+      markBadEvents(options.logger, projection, events, bad, outcomes);
       // A bad event still moves its stream's guard: it would be just as bad when delivered again. The partition's
       // position moves in the same statement.
       await writeGuards(
@@ -141,6 +115,147 @@ export async function applyEvents(
   if (options.partitionPositions)
     await recordPartitionPositions(client, projection.name, options.partitionPositions);
   return { outcomes, stale: newestPerKey(stale) };
+}
+
+/**
+ * The handled events after their stream's guard and after anything earlier in this batch (Kafka can deliver an
+ * event twice in one batch when the relay republished it), and each stream's newest of them; the others are
+ * marked duplicates in `outcomes`.
+ */
+function freshEvents(
+  events: readonly RecordedEvent[],
+  handled: readonly number[],
+  revisions: ReadonlyMap<string, number>,
+  outcomes: ApplyOutcome[],
+): { fresh: number[]; newest: Map<string, RecordedEvent> } {
+  const fresh: number[] = [];
+  const newest = new Map<string, RecordedEvent>();
+  for (const index of handled) {
+    const event = events[index]!;
+    const seen = newest.get(event.streamId)?.revision ?? revisions.get(event.streamId) ?? -1;
+    if (event.revision <= seen) {
+      outcomes[index] = 'duplicate';
+      continue;
+    }
+    newest.set(event.streamId, event);
+    fresh.push(index);
+  }
+  return { fresh, newest };
+}
+
+/** Marks and logs the events the projection could not use (by index into `events`). */
+function markBadEvents(
+  logger: Logger,
+  projection: Projection,
+  events: readonly RecordedEvent[],
+  bad: ReadonlyMap<number, unknown>,
+  outcomes: ApplyOutcome[],
+): void {
+  for (const [index, error] of bad) {
+    outcomes[index] = 'bad_data';
+    const event = events[index]!;
+    logger.error(
+      {
+        err: error,
+        projection: projection.name,
+        stream: event.streamId,
+        revision: event.revision,
+        type: event.type,
+      },
+      'projection skipped an event it cannot use',
+    );
+  }
+}
+
+/** Some stream guards moved between their read and the one-statement write: apply the batch the careful way. */
+export class GuardMovedError extends Error {
+  override name = 'GuardMovedError';
+  constructor(cause: unknown) {
+    super('projection guards moved since they were read; apply the batch again under their locks', { cause });
+  }
+}
+
+/**
+ * The live projector's common case, in three round trips and no transaction of its own: read the batch's stream
+ * guards, read the rows its fresh events touch (both without locks), then one statement writes the changed rows,
+ * sets each guard to its stream's newest event only where it still holds the revision read (compare-and-set), and
+ * moves the partitions' positions; if any guard moved in between (another consumer was given these events: a
+ * rebalance), `projection_guards_unmoved` (migrations/0019) fails the whole statement and nothing is written.
+ *
+ * Only for folds whose rows are each built from one stream (`rowPerStream`): the guard's compare-and-set then
+ * covers its stream's row, which the careful path (applyEvents, in a transaction) covers by locking guards and
+ * rows. Events the fold rejects are left out and still move their guards, as there.
+ *
+ * Throws GuardMovedError when a guard moved, BatchRefusedError when the database refused a write: the caller then
+ * applies the batch with applyEvents, which sorts out duplicates and bad events. Other errors throw as they are.
+ */
+export async function applyEventsInOneWrite(
+  pool: Queryable,
+  projection: Projection,
+  events: readonly RecordedEvent[],
+  options: Pick<ApplyEventsOptions, 'logger' | 'partitionPositions'>,
+): Promise<AppliedBatch> {
+  if (!projection.rowPerStream) throw new TypeError(`${projection.name} has rows built from several streams`);
+  const outcomes: ApplyOutcome[] = events.map((event) =>
+    projection.eventTypes.has(event.type) ? 'applied' : 'ignored',
+  );
+  const handled = events.flatMap((event, index) => (outcomes[index] === 'applied' ? [index] : []));
+  const positions = options.partitionPositions ?? new Map<number, Position>();
+  const streams = [...new Set(handled.map((i) => events[i]!.streamId))];
+  const revisions = await readGuards(pool, projection.name, streams);
+  const { fresh, newest } = freshEvents(events, handled, revisions, outcomes);
+  if (fresh.length === 0) {
+    if (positions.size > 0) await recordPartitionPositions(pool, projection.name, positions);
+    return { outcomes, stale: [] };
+  }
+
+  const bad = new Map<number, unknown>();
+  const indexOf = new Map(fresh.map((index) => [events[index]!, index]));
+  const folded = await projection.fold(
+    pool,
+    fresh.map((i) => events[i]!),
+    (event, error) => bad.set(indexOf.get(event)!, error),
+    { unlocked: true },
+  );
+  const values: unknown[] = [projection.name];
+  const parameter = (value: unknown) => `$${values.push(value)}`;
+  // Each write keeps its own text, its parameters renumbered after those before it.
+  const writes = folded.writes.map((write, n) => {
+    const offset = values.length;
+    values.push(...(write.values ?? []));
+    return `write_${n} AS (${write.text.replace(/\$(\d+)/g, (_, k: string) => `$${Number(k) + offset}`)})`;
+  });
+  const seen = [...newest.values()].filter((event) => revisions.has(event.streamId));
+  const unseen = [...newest.values()].filter((event) => !revisions.has(event.streamId));
+  const guardsMoved = `guards_moved AS (
+      UPDATE projection_stream_progress p SET revision = i.revision, position = i.position
+        FROM unnest(${parameter(seen.map((e) => e.streamId))}::text[], ${parameter(seen.map((e) => revisions.get(e.streamId)))}::bigint[],
+                    ${parameter(seen.map((e) => e.revision))}::bigint[], ${parameter(seen.map((e) => e.position))}::text[])
+             AS i (stream_id, expected, revision, position)
+       WHERE p.projection = $1 AND p.stream_id = i.stream_id AND p.revision = i.expected
+      RETURNING 1)`;
+  const guardsCreated = `guards_created AS (
+      INSERT INTO projection_stream_progress (projection, stream_id, revision, position)
+      SELECT $1, * FROM unnest(${parameter(unseen.map((e) => e.streamId))}::text[], ${parameter(unseen.map((e) => e.revision))}::bigint[],
+                               ${parameter(unseen.map((e) => e.position))}::text[])
+      ON CONFLICT (projection, stream_id) DO NOTHING
+      RETURNING 1)`;
+  const parts = [...writes, guardsMoved, guardsCreated];
+  if (positions.size > 0)
+    parts.push(
+      `positions AS (${positionsUpsert(parameter([...positions.keys()]), parameter([...positions.values()]))})`,
+    );
+  const statement = `WITH ${parts.join(',\n')}
+    SELECT projection_guards_unmoved((SELECT count(*) FROM guards_moved) + (SELECT count(*) FROM guards_created),
+                                     ${parameter(newest.size)})`;
+  try {
+    await pool.query(statement, values);
+  } catch (error) {
+    if ((error as { code?: string }).code === '40001') throw new GuardMovedError(error);
+    throw isDataError(error) ? new BatchRefusedError(error) : error;
+  }
+  markBadEvents(options.logger, projection, events, bad, outcomes);
+  return { outcomes, stale: newestPerKey(folded.stale) };
 }
 
 /** The newest position of each partition's events: what a batch of them moves the partitions' positions to. */
@@ -226,7 +341,7 @@ function streamsSeenBefore(events: readonly RecordedEvent[]): string[] {
 }
 
 async function readGuards(
-  client: PoolClient,
+  client: Queryable,
   projection: string,
   streams: readonly string[],
 ): Promise<Map<string, number>> {
@@ -284,7 +399,7 @@ const positionsUpsert = (partitions: string, positions: string) =>
 
 /** Several partitions' positions of one projection in one statement, each only ever moving forward. */
 export async function recordPartitionPositions(
-  client: Pick<PoolClient, 'query'>,
+  client: Queryable,
   projection: string,
   positions: ReadonlyMap<number, string>,
 ): Promise<void> {

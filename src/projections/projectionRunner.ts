@@ -6,7 +6,9 @@ import type { Position, RecordedEvent } from '../infra/eventStore/eventStore.js'
 import type { Logger } from '../infra/logger.js';
 import {
   applyEvents,
+  applyEventsInOneWrite,
   BatchRefusedError,
+  GuardMovedError,
   positionsByPartition,
   recordPartitionPositions,
   type AppliedBatch,
@@ -48,7 +50,10 @@ export function projectionMetrics(registry: Registry): ProjectionMetrics {
   return metrics;
 }
 
-/** A batch in one transaction: the read-model change, the stream guards and the partition position commit together. */
+/**
+ * A batch applied exactly once: the read-model change, the stream guards and the partition positions commit
+ * together, in one statement for folds with a row per stream (applyEventsInOneWrite), else in one transaction.
+ */
 export async function applyBatchOnce(
   pool: Pool,
   projection: Projection,
@@ -56,16 +61,29 @@ export async function applyBatchOnce(
   logger: Logger,
   partitionPositions: ReadonlyMap<number, Position> = positionsByPartition([{ partition: 0, events }]),
 ): Promise<AppliedBatch> {
-  try {
-    // Without a savepoint first: a batch the database refuses is rare, and then applied again, carefully.
-    return await inTransaction(pool, (client) =>
-      applyEvents(client, projection, events, { logger, partitionPositions, onRefusal: 'throw' }),
-    );
-  } catch (error) {
-    if (!(error instanceof BatchRefusedError)) throw error;
-    return inTransaction(pool, (client) =>
+  const carefully = () =>
+    inTransaction(pool, (client) =>
       applyEvents(client, projection, events, { logger, partitionPositions, onRefusal: 'savepoint' }),
     );
+  const inOneTransaction = async () => {
+    try {
+      // Without a savepoint first: a batch the database refuses is rare, and then applied again, carefully.
+      return await inTransaction(pool, (client) =>
+        applyEvents(client, projection, events, { logger, partitionPositions, onRefusal: 'throw' }),
+      );
+    } catch (error) {
+      if (!(error instanceof BatchRefusedError)) throw error;
+      return carefully();
+    }
+  };
+  if (!projection.rowPerStream) return inOneTransaction();
+  try {
+    return await applyEventsInOneWrite(pool, projection, events, { logger, partitionPositions });
+  } catch (error) {
+    if (error instanceof BatchRefusedError) return carefully();
+    // Another consumer applied some of these events meanwhile: under the guards' locks they are found applied.
+    if (error instanceof GuardMovedError) return inOneTransaction();
+    throw error;
   }
 }
 

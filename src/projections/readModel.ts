@@ -1,3 +1,4 @@
+import type { QueryConfig } from 'pg';
 import type { PoolClient } from '../infra/db/pool.js';
 import { isUuid } from '../infra/uuid.js';
 import type { StaleEntry } from '../infra/cache/cache.js';
@@ -27,6 +28,8 @@ export interface Projection {
   readonly name: string;
   readonly eventTypes: ReadonlySet<string>;
   readonly tables: readonly ReadModelTable[];
+  /** Each row is built from one stream's events only (see FoldDefinition.rowPerStream). */
+  readonly rowPerStream: boolean;
   /**
    * Folds the events onto the rows they touch, in memory, and writes each changed row once. Returns the cache
    * entries the change makes stale, each with the position of the last event its row now reflects. Events whose
@@ -39,6 +42,30 @@ export interface Projection {
     onBadEvent: OnBadEvent,
     options?: ProjectOptions,
   ): Promise<StaleEntry[]>;
+  /**
+   * As `project`, but the changed rows' writes are returned, not run: the caller runs them in one statement with
+   * the guards' compare-and-set (applyEventsInOneWrite). The rows the batch touches are read through `client`.
+   */
+  fold(
+    client: Queryable,
+    events: readonly RecordedEvent[],
+    onBadEvent: OnBadEvent,
+    options?: ProjectOptions,
+  ): Promise<FoldedBatch>;
+}
+
+/** What reads rows: a pooled client inside a transaction, or the pool itself for one statement. */
+export type Queryable = Pick<PoolClient, 'query'>;
+
+/** What a fold's write is given: statements go to it one after the other (run at once, or recorded). */
+export interface StatementSink {
+  query(text: string, values: unknown[]): Promise<unknown>;
+}
+
+/** A batch folded in memory: the statements that write its changed rows, in order, and the cache entries they make stale. */
+export interface FoldedBatch {
+  writes: QueryConfig[];
+  stale: StaleEntry[];
 }
 
 export interface ProjectOptions {
@@ -49,6 +76,11 @@ export interface ProjectOptions {
    * old events, should the tables and the guards ever be restored apart.
    */
   exclusive?: boolean;
+  /**
+   * Read the rows without locking them: the caller compares-and-sets the streams' guards in the statement that
+   * writes the rows, which covers rows built from one stream each (`rowPerStream`). Exclusive appliers never lock.
+   */
+  unlocked?: boolean;
 }
 
 /**
@@ -67,12 +99,18 @@ export interface FoldDefinition<Row> {
    * finds no row, and its key is not loaded.
    */
   rowPerStream?: boolean;
-  /** The current rows of these keys; a key without a row is left out. */
-  load(client: PoolClient, keys: readonly string[]): Promise<Map<string, Row>>;
+  /**
+   * The current rows of these keys; a key without a row is left out. With `lock`, each row read is locked FOR
+   * UPDATE until the transaction ends, so another applier of a different stream that touches the same row waits.
+   */
+  load(client: Queryable, keys: readonly string[], lock: boolean): Promise<Map<string, Row>>;
   /** Pure. Returns `row` itself when nothing changes. Throws a TypeError or RangeError on data it cannot use. */
   evolve(row: Row | null, event: RecordedEvent): Row | null;
-  /** Writes the changed rows (`null`: delete it) in as few statements as it can. */
-  write(client: PoolClient, changed: ReadonlyArray<{ key: string; row: Row | null }>): Promise<void>;
+  /**
+   * Writes the changed rows (`null`: delete it) in as few statements as it can. It must not read what it wrote:
+   * its statements may be recorded and run later as parts of one statement, which sees none of the others' writes.
+   */
+  write(sink: StatementSink, changed: ReadonlyArray<{ key: string; row: Row | null }>): Promise<void>;
   /** The query cache's key for a row, when queries cache this read model's rows. */
   cacheKeyOf?(key: string): string;
 }
@@ -130,6 +168,8 @@ export function isDataError(error: unknown): boolean {
   return code.startsWith('22') || code.startsWith('23'); // data exceptions, integrity constraint violations
 }
 
+const NOTHING_FOLDED: FoldedBatch = { writes: [], stale: [] };
+
 const uniqueKeys = (keyed: ReadonlyArray<{ key: string }>): string[] => [...new Set(keyed.map((k) => k.key))];
 
 /** For an exclusive applier of a rowPerStream fold: the keys whose first event here is not their stream's first. */
@@ -142,49 +182,64 @@ function keysSeenBefore(keyed: ReadonlyArray<{ event: RecordedEvent; key: string
 /** A projection from a fold: one read of the rows a batch touches, one write of the rows it changed. */
 export function defineProjection<Row>(definition: FoldDefinition<Row>): Projection {
   const { name, eventTypes, tables } = definition;
+  const fold: Projection['fold'] = async (client, events, onBadEvent, options) => {
+    const keyed: Array<{ event: RecordedEvent; key: string }> = [];
+    for (const event of events) {
+      try {
+        keyed.push({ event, key: definition.keyOf(event) });
+      } catch (error) {
+        if (!isDataError(error)) throw error;
+        onBadEvent(event, error);
+      }
+    }
+    if (keyed.length === 0) return NOTHING_FOLDED;
+    const toLoad = options?.exclusive && definition.rowPerStream ? keysSeenBefore(keyed) : uniqueKeys(keyed);
+    const lock = !(options?.exclusive || options?.unlocked);
+    const rows = toLoad.length > 0 ? await definition.load(client, toLoad, lock) : new Map<string, Row>();
+    // Each changed row, and the position of the last event that changed it (a Map keeps first-touch order).
+    const changed = new Map<string, Position>();
+    for (const { event, key } of keyed) {
+      const before = rows.get(key) ?? null;
+      let after: Row | null;
+      try {
+        after = definition.evolve(before, event);
+      } catch (error) {
+        if (!isDataError(error)) throw error;
+        onBadEvent(event, error);
+        continue;
+      }
+      if (after === before) continue;
+      if (after === null) rows.delete(key);
+      else rows.set(key, after);
+      changed.set(key, event.position);
+    }
+    if (changed.size === 0) return NOTHING_FOLDED;
+    const writes: QueryConfig[] = [];
+    await definition.write(
+      {
+        query: (text, values) => {
+          writes.push({ text, values });
+          return Promise.resolve();
+        },
+      },
+      [...changed.keys()].map((key) => ({ key, row: rows.get(key) ?? null })),
+    );
+    const { cacheKeyOf } = definition;
+    const stale = cacheKeyOf
+      ? [...changed].map(([key, position]) => ({ key: cacheKeyOf(key), position }))
+      : [];
+    return { writes, stale };
+  };
   return {
     name,
     eventTypes,
     tables,
+    rowPerStream: definition.rowPerStream ?? false,
+    fold,
     async project(client, events, onBadEvent, options) {
-      const keyed: Array<{ event: RecordedEvent; key: string }> = [];
-      for (const event of events) {
-        try {
-          keyed.push({ event, key: definition.keyOf(event) });
-        } catch (error) {
-          if (!isDataError(error)) throw error;
-          onBadEvent(event, error);
-        }
-      }
-      if (keyed.length === 0) return [];
-      const toLoad =
-        options?.exclusive && definition.rowPerStream ? keysSeenBefore(keyed) : uniqueKeys(keyed);
-      const rows = toLoad.length > 0 ? await definition.load(client, toLoad) : new Map<string, Row>();
-      // Each changed row, and the position of the last event that changed it (a Map keeps first-touch order).
-      const changed = new Map<string, Position>();
-      for (const { event, key } of keyed) {
-        const before = rows.get(key) ?? null;
-        let after: Row | null;
-        try {
-          after = definition.evolve(before, event);
-        } catch (error) {
-          if (!isDataError(error)) throw error;
-          onBadEvent(event, error);
-          continue;
-        }
-        if (after === before) continue;
-        if (after === null) rows.delete(key);
-        else rows.set(key, after);
-        changed.set(key, event.position);
-      }
-      if (changed.size === 0) return [];
-      await definition.write(
-        client,
-        [...changed.keys()].map((key) => ({ key, row: rows.get(key) ?? null })),
-      );
-      const { cacheKeyOf } = definition;
-      if (!cacheKeyOf) return [];
-      return [...changed].map(([key, position]) => ({ key: cacheKeyOf(key), position }));
+      const { writes, stale } = await fold(client, events, onBadEvent, options);
+      for (const write of writes) await client.query(write);
+      return stale;
     },
   };
 }

@@ -16,13 +16,14 @@ import { cacheMetrics, type StaleEntry } from '../../src/infra/cache/cache.js';
 import { MemoryCache } from '../../src/infra/cache/memoryCache.js';
 import {
   applyEvents,
+  applyEventsInOneWrite,
+  GuardMovedError,
   positionsByPartition,
   recordPartitionPositions,
   type ApplyOutcome,
 } from '../../src/projections/applyEvents.js';
 import {
   applyBatchOnce,
-  applyOnce,
   projectionMetrics,
   runProjections,
 } from '../../src/projections/projectionRunner.js';
@@ -184,16 +185,24 @@ function history(): Step[] {
   return steps;
 }
 
-/** The projection, except that its first write dies after writing, as a dropped connection would. */
+/**
+ * The projection, except that its first batch dies before it commits, as a dropped connection would: after its
+ * writes inside a transaction, or (one-statement path) after the fold, before the statement that writes.
+ */
 function failingOnce(projection: Projection): Projection & { failuresLeft: number } {
+  const dropped = () => Object.assign(new Error('terminating connection'), { code: '57P01' });
   const flaky = {
     ...projection,
     failuresLeft: 1,
     async project(...args: Parameters<Projection['project']>) {
       const keys = await projection.project(...args);
-      if (flaky.failuresLeft-- > 0)
-        throw Object.assign(new Error('terminating connection'), { code: '57P01' });
+      if (flaky.failuresLeft-- > 0) throw dropped();
       return keys;
+    },
+    async fold(...args: Parameters<Projection['fold']>) {
+      const folded = await projection.fold(...args);
+      if (flaky.failuresLeft-- > 0) throw dropped();
+      return folded;
     },
   };
   return flaky;
@@ -243,16 +252,21 @@ describe('projections in batches', function () {
   }
 
   /**
-   * The reference: every event to every projection, one transaction each, as the runner used to (positions of
-   * events a projection ignores moved too, as the runner does lazily).
+   * The reference: every event to every projection, one transaction each, under the guards' locks, as the runner
+   * used to (positions of events a projection ignores moved too, as the runner does lazily). Never the
+   * one-statement path, which the batches below take for the tasks.
    */
   async function oneByOne(pool: Pool, events: readonly RecordedEvent[]): Promise<ApplyOutcome[]> {
     const outcomes: ApplyOutcome[] = [];
     for (const event of events)
       for (const projection of PROJECTIONS)
-        if (projection.eventTypes.has(event.type))
-          outcomes.push((await applyOnce(pool, projection, event, logger)).outcome);
-        else await recordPartitionPositions(pool, projection.name, new Map([[0, event.position]]));
+        if (projection.eventTypes.has(event.type)) {
+          const partitionPositions = positionsByPartition([{ partition: 0, events: [event] }]);
+          const applied = await inTransaction(pool, (client) =>
+            applyEvents(client, projection, [event], { logger, partitionPositions }),
+          );
+          outcomes.push(applied.outcomes[0]!);
+        } else await recordPartitionPositions(pool, projection.name, new Map([[0, event.position]]));
     return outcomes;
   }
 
@@ -398,6 +412,78 @@ describe('projections in batches', function () {
     ]);
     const tasks = (pool: Pool) => pool.query('SELECT * FROM tasks ORDER BY id').then((r) => r.rows);
     expect(await tasks(batched.pool)).to.deep.equal(await tasks(one.pool));
+  });
+
+  describe('in one statement (folds with a row per stream)', () => {
+    /** The tasks projection, except that another consumer applies `prefix` while this one folds its batch. */
+    function racedBy(
+      prefix: readonly RecordedEvent[],
+    ): Projection & { snapshotAfterRace?: Record<string, unknown> } {
+      let raced = false;
+      const racing: Projection & { snapshotAfterRace?: Record<string, unknown> } = {
+        ...tasksProjection,
+        async fold(...args: Parameters<Projection['fold']>) {
+          const folded = await tasksProjection.fold(...args);
+          if (!raced) {
+            raced = true;
+            await applyBatchOnce(batched.pool, tasksProjection, prefix, logger);
+            racing.snapshotAfterRace = await snapshot(batched.pool);
+          }
+          return folded;
+        },
+      };
+      return racing;
+    }
+    const tasksOnly = async (pool: Pool) => {
+      const { tasks, projection_stream_progress: guards } = await snapshot(pool);
+      return {
+        tasks,
+        guards: (guards as Array<{ projection: string }>).filter((g) => g.projection === 'tasks'),
+      };
+    };
+
+    it('writes nothing, rows included, when a guard moved between its read and the write', async () => {
+      const events = await record(history());
+      const taskEvents = events.filter((event) => tasksProjection.eventTypes.has(event.type));
+      const racing = racedBy(taskEvents.slice(0, Math.floor(taskEvents.length / 2)));
+      let failure: unknown = null;
+      await applyEventsInOneWrite(batched.pool, racing, events, {
+        logger,
+        partitionPositions: positionsByPartition([{ partition: 0, events }]),
+      }).catch((error: unknown) => (failure = error));
+      expect(failure).to.be.instanceOf(GuardMovedError);
+      expect(racing.snapshotAfterRace).to.not.equal(undefined);
+      expect(await snapshot(batched.pool)).to.deep.equal(racing.snapshotAfterRace);
+    });
+
+    it('applies the events another consumer did not, once, after losing the race to it', async () => {
+      const events = await record(history());
+      await oneByOne(one.pool, events);
+      const taskEvents = events.filter((event) => tasksProjection.eventTypes.has(event.type));
+      const prefix = taskEvents.slice(0, Math.floor(taskEvents.length / 2));
+      const { outcomes } = await applyBatchOnce(batched.pool, racedBy(prefix), events, logger);
+
+      const expected = events.map((event) =>
+        !tasksProjection.eventTypes.has(event.type)
+          ? 'ignored'
+          : prefix.includes(event)
+            ? 'duplicate'
+            : 'applied',
+      );
+      expect(outcomes).to.deep.equal(expected);
+      expect(await tasksOnly(batched.pool)).to.deep.equal(await tasksOnly(one.pool));
+    });
+
+    it('is refused for a fold whose rows may span streams', async () => {
+      const events = await record(history());
+      let failure: unknown = null;
+      await applyEventsInOneWrite(batched.pool, usersProjection, events, {
+        logger,
+        partitionPositions: null,
+      }).catch((error: unknown) => (failure = error));
+      expect(failure).to.be.instanceOf(TypeError);
+      expect((await snapshot(batched.pool)).users).to.deep.equal([]);
+    });
   });
 
   it('runs on the bus in batches: retried after a database failure, applied once, cache keys invalidated per batch', async () => {

@@ -30,7 +30,7 @@ export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
     if (typeof sessionId !== 'string') throw new TypeError(`${event.type} names no session`);
     return sessionId;
   },
-  async load(client, keys) {
+  async load(client, keys, lock) {
     const { rows } = await client.query<{
       session_id: string;
       user_id: string;
@@ -38,7 +38,7 @@ export const refreshTokensProjection = defineProjection<RefreshTokenRow>({
       created_at: Date;
     }>(
       `SELECT session_id, user_id, expires_at, created_at FROM refresh_tokens
-        WHERE session_id = ANY ($1::uuid[]) FOR UPDATE`,
+        WHERE session_id = ANY ($1::uuid[])${lock ? ' FOR UPDATE' : ''}`,
       [keys],
     );
     return new Map(

@@ -65,9 +65,9 @@ export const schedulesProjection = defineProjection<ScheduleState>({
       throw new TypeError(`${recorded.type} in ${recorded.streamId} names schedule ${String(scheduleId)}`);
     return scheduleId;
   },
-  async load(client, ids) {
+  async load(client, ids, lock) {
     const { rows } = await client.query<ScheduleRow>(
-      `SELECT ${SCHEDULE_COLUMNS} FROM schedules WHERE id = ANY ($1::uuid[]) FOR UPDATE`,
+      `SELECT ${SCHEDULE_COLUMNS} FROM schedules WHERE id = ANY ($1::uuid[])${lock ? ' FOR UPDATE' : ''}`,
       [ids],
     );
     return new Map(

@@ -2,8 +2,7 @@
  * src/projections/tasks: the tasks read model: its projection (this file, the table's only writer) and the
  * module that owns the table (table.ts: columns, row, mapping, cache key, reads).
  */
-import { checkColumn, defineProjection, type ColumnType } from '../readModel.js';
-import type { PoolClient } from '../../infra/db/pool.js';
+import { checkColumn, defineProjection, type ColumnType, type StatementSink } from '../readModel.js';
 import { TASK_EVENT_TYPES, taskStreamId, type TaskEvent } from '../../domain/tasks/events.js';
 import { evolveTask, initialTask, type Task } from '../../domain/tasks/state.js';
 import { rowToTask, TASK_COLUMNS, taskCacheKey, type TaskRow } from './table.js';
@@ -71,7 +70,7 @@ const UPSERT_TASKS = `INSERT INTO tasks (${TASK_COLUMN_LIST})
     .map(([column]) => `${column} = excluded.${column}`)
     .join(', ')}`;
 
-async function upsertTasks(client: PoolClient, states: readonly TaskState[]): Promise<void> {
+async function upsertTasks(client: StatementSink, states: readonly TaskState[]): Promise<void> {
   const rows = states.map((state) =>
     Object.fromEntries(TASK_WRITE_COLUMNS.map(([column, , , value]) => [column, value(state) ?? null])),
   );
@@ -94,9 +93,9 @@ export const tasksProjection = defineProjection<TaskState>({
       throw new TypeError(`${recorded.type} in ${recorded.streamId} names task ${String(taskId)}`);
     return taskId;
   },
-  async load(client, taskIds) {
+  async load(client, taskIds, lock) {
     const { rows } = await client.query<TaskRow>(
-      `SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ANY ($1::uuid[]) FOR UPDATE`,
+      `SELECT ${TASK_COLUMNS} FROM tasks WHERE id = ANY ($1::uuid[])${lock ? ' FOR UPDATE' : ''}`,
       [taskIds],
     );
     return new Map(

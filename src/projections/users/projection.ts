@@ -38,7 +38,7 @@ export const usersProjection = defineProjection<UserRow>({
   eventTypes: new Set(['UserRegistered', 'RoleGranted', 'UserForgotten']),
   tables: [{ name: 'users', streamOf: 'r.account_stream' }],
   keyOf: (event) => stringField((event.data as { userId?: unknown }).userId, 'userId'),
-  async load(client, keys) {
+  async load(client, keys, lock) {
     const { rows } = await client.query<{
       id: string;
       account_stream: string;
@@ -46,7 +46,7 @@ export const usersProjection = defineProjection<UserRow>({
       created_at: Date;
       forgotten_at: Date | null;
     }>(
-      'SELECT id, account_stream, role, created_at, forgotten_at FROM users WHERE id = ANY ($1::uuid[]) FOR UPDATE',
+      `SELECT id, account_stream, role, created_at, forgotten_at FROM users WHERE id = ANY ($1::uuid[])${lock ? ' FOR UPDATE' : ''}`,
       [keys],
     );
     return new Map(
