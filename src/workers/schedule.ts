@@ -139,6 +139,11 @@ export interface HeldQueue {
 export interface ClaimRound {
   claimed: ClaimedTask[];
   held: HeldQueue[];
+  /**
+   * The round took as many rows as it asked for, so more may be due at once: look again now. False when the
+   * schedule had fewer due rows than the worker's free slots: nothing more is due until something new wakes it.
+   */
+  mayHaveMore: boolean;
 }
 
 /**
@@ -168,7 +173,7 @@ export async function claimRound(
   request: ClaimRequest,
 ): Promise<ClaimRound> {
   const fullQueues = [...request.roomByQueue].filter(([, room]) => room <= 0).map(([queue]) => queue);
-  if (request.limit <= 0) return { claimed: [], held: [] };
+  if (request.limit <= 0) return { claimed: [], held: [], mayHaveMore: false };
   const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
   const queues = queueScope(request.onlyQueues, '$3');
   const defaults = request.queueDefaults ?? {};
@@ -222,13 +227,10 @@ export async function claimRound(
   const held: HeldQueue[] = rows
     .filter((row) => row.task_id === null)
     .map((row) => ({ queue: row.queue, heldBy: row.held_by as HeldQueue['heldBy'], retryAt: row.retry_at }));
-  const claimed = await startClaimed(
-    pool,
-    store,
-    request,
-    rows.filter((row) => row.task_id !== null),
-  );
-  return { claimed, held };
+  const claimedRows = rows.filter((row) => row.task_id !== null);
+  const claimed = await startClaimed(pool, store, request, claimedRows);
+  const taken = new Set(claimedRows.map((row) => row.task_id)).size;
+  return { claimed, held, mayHaveMore: taken >= request.limit };
 }
 
 /** Step two: the TaskStarted of each claimed row, at the revision read; rows that do not start go back. */

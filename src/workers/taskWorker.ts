@@ -79,6 +79,13 @@ interface RunningAttempt {
   done: Promise<void>;
 }
 
+/** What one look of the dispatcher found (see `claimDueTasks`). */
+interface DispatchLook {
+  claimed: number;
+  mayHaveMore: boolean;
+  nextDueMs: number | null;
+}
+
 /** How stale the worker's view of the pause switch may be. */
 const PAUSE_CHECK_MS = 100;
 /** How long the bus may gather the workers' wake-up events when the store itself wakes them (see `gatherMs`). */
@@ -290,20 +297,21 @@ export class TaskWorker {
       const woken = this.wokenSinceLastLook;
       this.wokenSinceLastLook = false;
       let claimed = 0;
+      let mayHaveMore = false;
       let nextDueMs: number | null = null;
       try {
         if (!(await this.paused()) && this.running.size < settings.concurrency) {
-          ({ claimed, nextDueMs } = await this.claimDueTasks());
+          ({ claimed, mayHaveMore, nextDueMs } = await this.claimDueTasks());
         }
       } catch (error) {
         logger.warn({ err: error }, 'dispatch failed; retrying');
         await sleep(settings.pollIntervalMs, this.stopping.signal);
         continue;
       }
-      if (claimed > 0) {
-        quickRetries = 0;
-        continue;
-      }
+      if (claimed > 0) quickRetries = 0;
+      // A round that emptied the schedule of due work waits for a wake-up (an append, a free slot, the bus) or the
+      // next due time: looking again at once would find nothing, at the price of a claim statement per round.
+      if (mayHaveMore) continue;
       // The read model may lag the bus by a moment; the schedule is written with the events, so it never lags.
       if (!this.usesSchedule && (woken || this.wokenSinceLastLook)) quickRetries = 4;
       let waitMs = settings.pollIntervalMs;
@@ -313,19 +321,22 @@ export class TaskWorker {
     }
   }
 
-  /** One look: claim as many due tasks as there are free slots, highest priority first. */
-  private async claimDueTasks(): Promise<{ claimed: number; nextDueMs: number | null }> {
+  /**
+   * One look: claim as many due tasks as there are free slots, highest priority first. `mayHaveMore`: look again
+   * at once; `nextDueMs`: else when the next delayed task is due (null: none, or not known).
+   */
+  private async claimDueTasks(): Promise<DispatchLook> {
     return this.usesSchedule ? this.claimFromSchedule() : this.claimFromReadModel();
   }
 
-  private async claimFromSchedule(): Promise<{ claimed: number; nextDueMs: number | null }> {
+  private async claimFromSchedule(): Promise<DispatchLook> {
     const { settings, pool } = this.options;
     const roomByQueue = new Map<string, number>();
     for (const queue of Object.keys(settings.queues)) roomByQueue.set(queue, this.queueLimit(queue));
     for (const { queue } of this.running.values())
       roomByQueue.set(queue, (roomByQueue.get(queue) ?? this.queueLimit(queue)) - 1);
     const now = this.clock();
-    const { claimed, held } = await claimRound(pool, this.options.store, {
+    const { claimed, held, mayHaveMore } = await claimRound(pool, this.options.store, {
       limit: settings.concurrency - this.running.size,
       now,
       roomByQueue,
@@ -344,18 +355,18 @@ export class TaskWorker {
     });
     for (const claim of claimed) this.startAttempt(claim);
     this.waitingForCapacity = held.some((queue) => queue.heldBy === 'limit');
-    let nextDueMs = claimed.length === 0 ? await msUntilNextDue(pool, now, settings.onlyQueues) : null;
+    let nextDueMs = mayHaveMore ? null : await msUntilNextDue(pool, now, settings.onlyQueues);
     // A rate limit's window frees a start at a known time: look again then.
     for (const queue of held)
       if (queue.retryAt) {
         const ms = Math.max(1, queue.retryAt.getTime() - now.getTime());
         nextDueMs = nextDueMs === null ? ms : Math.min(nextDueMs, ms);
       }
-    return { claimed: claimed.length, nextDueMs };
+    return { claimed: claimed.length, mayHaveMore, nextDueMs };
   }
 
   /** EventStoreDB: the read model says what is due; each claim is an append at the revision just read. */
-  private async claimFromReadModel(): Promise<{ claimed: number; nextDueMs: number | null }> {
+  private async claimFromReadModel(): Promise<DispatchLook> {
     const { settings, pool } = this.options;
     const free = settings.concurrency - this.running.size;
     const busyQueues = new Map<string, number>();
@@ -381,7 +392,8 @@ export class TaskWorker {
       }
     }
     const nextDueMs = claimed === 0 ? await msUntilNextDueTask(pool, now, settings.onlyQueues) : null;
-    return { claimed, nextDueMs };
+    // The read model may lag: after a round that started something, look again at once.
+    return { claimed, mayHaveMore: claimed > 0, nextDueMs };
   }
 
   /** The claim; false when another worker got there first or the task is no longer startable. */

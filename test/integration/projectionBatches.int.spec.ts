@@ -22,11 +22,7 @@ import {
   recordPartitionPositions,
   type ApplyOutcome,
 } from '../../src/projections/applyEvents.js';
-import {
-  applyBatchOnce,
-  projectionMetrics,
-  runProjections,
-} from '../../src/projections/projectionRunner.js';
+import { applyBatchOnce, projectionMetrics, runProjections } from '../../src/projections/projectionRunner.js';
 import type { Projection } from '../../src/projections/readModel.js';
 import { PROJECTIONS } from '../../src/projections/index.js';
 import { tasksProjection } from '../../src/projections/tasks/projection.js';

@@ -10,6 +10,7 @@ import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgres
 import { silentLogger } from '../../src/infra/logger.js';
 import {
   claimDueTasks,
+  claimRound,
   msUntilNextDue,
   expiredLeases,
   rebuildSchedule,
@@ -124,6 +125,17 @@ describe('the task schedule (inline projection) and batched claims', function ()
     const rest = await claimDueTasks(db.pool, store, request('w', 10));
     expect(rest.map((c) => c.state.id)).to.deep.equal([low]);
     expect(rest.map((c) => c.state.id)).not.to.include(later);
+  });
+
+  it('says whether more may be due: only a round that took as many rows as it asked for', async () => {
+    await Promise.all([submit(), submit(), submit()]);
+    const full = await claimRound(db.pool, store, request('w', 2));
+    expect([full.claimed.length, full.mayHaveMore]).to.deep.equal([2, true]);
+    // One left of the three: a round asking for two empties the schedule, and says so, so the worker waits.
+    const last = await claimRound(db.pool, store, request('w', 2));
+    expect([last.claimed.length, last.mayHaveMore]).to.deep.equal([1, false]);
+    const none = await claimRound(db.pool, store, request('w', 2));
+    expect([none.claimed.length, none.mayHaveMore]).to.deep.equal([0, false]);
   });
 
   it('keeps a row another writer changed during the claim out of the claim (a cancel wins)', async () => {
