@@ -144,7 +144,12 @@ export interface ClaimRound {
    * schedule had fewer due rows than the worker's free slots: nothing more is due until something new wakes it.
    */
   mayHaveMore: boolean;
+  /** When the earliest pending task of the worker's queues not due yet falls due, read in the claim's own statement. */
+  nextDueAt: Date | null;
 }
+
+/** The claim statement's last row: not a task nor a held queue, but when the next pending task falls due. */
+const NEXT_DUE = 'next_due';
 
 /**
  * The claim, in two steps. First one statement takes the most urgent due rows this worker has room for, marks
@@ -173,7 +178,7 @@ export async function claimRound(
   request: ClaimRequest,
 ): Promise<ClaimRound> {
   const fullQueues = [...request.roomByQueue].filter(([, room]) => room <= 0).map(([queue]) => queue);
-  if (request.limit <= 0) return { claimed: [], held: [], mayHaveMore: false };
+  if (request.limit <= 0) return { claimed: [], held: [], mayHaveMore: false, nextDueAt: null };
   const claimLeaseUntil = new Date(request.now.getTime() + CLAIM_LEASE_MS);
   const queues = queueScope(request.onlyQueues, '$3');
   const defaults = request.queueDefaults ?? {};
@@ -209,6 +214,9 @@ export async function claimRound(
        FROM claimed c JOIN events e ON e.stream_id = 'task-' || c.task_id::text
      UNION ALL
      SELECT task_id, queue, stream_id, revision::text, type, data, hash, held_by, retry_at FROM limited
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, '${NEXT_DUE}',
+            (SELECT min(run_at) FROM task_schedule WHERE status = 'pending' AND run_at > $1 AND ${queues.condition})
       ORDER BY stream_id, revision`,
     [
       request.now,
@@ -225,12 +233,13 @@ export async function claimRound(
     ],
   );
   const held: HeldQueue[] = rows
-    .filter((row) => row.task_id === null)
+    .filter((row) => row.task_id === null && row.held_by !== NEXT_DUE)
     .map((row) => ({ queue: row.queue, heldBy: row.held_by as HeldQueue['heldBy'], retryAt: row.retry_at }));
+  const nextDueAt = rows.find((row) => row.held_by === NEXT_DUE)?.retry_at ?? null;
   const claimedRows = rows.filter((row) => row.task_id !== null);
   const claimed = await startClaimed(pool, store, request, claimedRows);
   const taken = new Set(claimedRows.map((row) => row.task_id)).size;
-  return { claimed, held, mayHaveMore: taken >= request.limit };
+  return { claimed, held, mayHaveMore: taken >= request.limit, nextDueAt };
 }
 
 /** Step two: the TaskStarted of each claimed row, at the revision read; rows that do not start go back. */
@@ -360,22 +369,6 @@ function foldStreams(
     revision: Number(events.at(-1)!.revision),
     hash: events.at(-1)!.hash,
   }));
-}
-
-/** Milliseconds until the next pending task of these queues falls due, or null when none waits. */
-export async function msUntilNextDue(
-  pool: Pool,
-  now: Date,
-  onlyQueues: readonly string[],
-): Promise<number | null> {
-  const queues = queueScope(onlyQueues, '$2');
-  const { rows } = await pool.query<{ run_at: Date | null }>(
-    `SELECT min(run_at) AS run_at FROM task_schedule
-      WHERE status = 'pending' AND run_at > $1 AND ${queues.condition}`,
-    [now, queues.value],
-  );
-  const runAt = rows[0]?.run_at;
-  return runAt ? runAt.getTime() - now.getTime() : null;
 }
 
 /** Running attempts whose lease has ended: their worker stopped (killed, or lost its host). */

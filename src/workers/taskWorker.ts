@@ -45,7 +45,6 @@ import {
   dependencyFailures,
   expiredLeases,
   regateWaitingTasks,
-  msUntilNextDue,
   releaseAbandonedClaims,
   type ClaimedTask,
 } from './schedule.js';
@@ -336,7 +335,7 @@ export class TaskWorker {
     for (const { queue } of this.running.values())
       roomByQueue.set(queue, (roomByQueue.get(queue) ?? this.queueLimit(queue)) - 1);
     const now = this.clock();
-    const { claimed, held, mayHaveMore } = await claimRound(pool, this.options.store, {
+    const { claimed, held, mayHaveMore, nextDueAt } = await claimRound(pool, this.options.store, {
       limit: settings.concurrency - this.running.size,
       now,
       roomByQueue,
@@ -355,7 +354,7 @@ export class TaskWorker {
     });
     for (const claim of claimed) this.startAttempt(claim);
     this.waitingForCapacity = held.some((queue) => queue.heldBy === 'limit');
-    let nextDueMs = mayHaveMore ? null : await msUntilNextDue(pool, now, settings.onlyQueues);
+    let nextDueMs = mayHaveMore || !nextDueAt ? null : nextDueAt.getTime() - now.getTime();
     // A rate limit's window frees a start at a known time: look again then.
     for (const queue of held)
       if (queue.retryAt) {

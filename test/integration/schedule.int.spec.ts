@@ -11,7 +11,6 @@ import { silentLogger } from '../../src/infra/logger.js';
 import {
   claimDueTasks,
   claimRound,
-  msUntilNextDue,
   expiredLeases,
   rebuildSchedule,
   releaseAbandonedClaims,
@@ -89,10 +88,10 @@ describe('the task schedule (inline projection) and batched claims', function ()
     const claimed = await claimDueTasks(db.pool, store, request('w', 10));
     expect(claimed.map((c) => c.state.id).sort()).to.deep.equal([...own].sort());
     const both = { ...request('w2', 10), onlyQueues: [mine, second] };
-    expect(await claimDueTasks(db.pool, store, both)).to.deep.equal([]); // the second queue's task is not due yet
-    const nextDue = await msUntilNextDue(db.pool, new Date(), [mine, second]);
-    expect(nextDue).to.be.within(50_000, 60_000);
-    expect(await msUntilNextDue(db.pool, new Date(), [mine])).to.equal(null);
+    const round = await claimRound(db.pool, store, both);
+    expect(round.claimed).to.deep.equal([]); // the second queue's task is not due yet
+    expect(round.nextDueAt!.getTime() - both.now.getTime()).to.be.within(50_000, 60_000);
+    expect((await claimRound(db.pool, store, request('w2', 10))).nextDueAt).to.equal(null);
     expect(other).to.be.a('string');
 
     // The plan of a one-queue claim seeks that queue in the index by queue (migrations/0012). A table this small
@@ -127,15 +126,18 @@ describe('the task schedule (inline projection) and batched claims', function ()
     expect(rest.map((c) => c.state.id)).not.to.include(later);
   });
 
-  it('says whether more may be due: only a round that took as many rows as it asked for', async () => {
+  it('says whether more may be due (a round took as many rows as it asked for), and when the next task falls due', async () => {
     await Promise.all([submit(), submit(), submit()]);
     const full = await claimRound(db.pool, store, request('w', 2));
-    expect([full.claimed.length, full.mayHaveMore]).to.deep.equal([2, true]);
-    // One left of the three: a round asking for two empties the schedule, and says so, so the worker waits.
+    expect([full.claimed.length, full.mayHaveMore, full.nextDueAt]).to.deep.equal([2, true, null]);
+    const runAt = new Date(Date.now() + 60_000);
+    await submit({ runAt: runAt.toISOString() });
+    // One due of the three: a round asking for two empties the schedule, and says so, so the worker waits.
     const last = await claimRound(db.pool, store, request('w', 2));
     expect([last.claimed.length, last.mayHaveMore]).to.deep.equal([1, false]);
+    expect(last.nextDueAt?.toISOString()).to.equal(runAt.toISOString());
     const none = await claimRound(db.pool, store, request('w', 2));
-    expect([none.claimed.length, none.mayHaveMore]).to.deep.equal([0, false]);
+    expect([none.claimed.length, none.mayHaveMore, none.held]).to.deep.equal([0, false, []]);
   });
 
   it('keeps a row another writer changed during the claim out of the claim (a cancel wins)', async () => {
