@@ -150,6 +150,59 @@ describe('the PostgreSQL log horizon', function () {
   });
 });
 
+describe('NOTIFY only when another process listens', function () {
+  this.timeout(30_000);
+  let db: TestDatabase;
+  let alone: PostgresEventStore;
+  let later: PostgresEventStore | null = null;
+  let observer: pg.Client;
+  const notified: string[] = [];
+  before(async () => {
+    db = await createTestDatabase('notifyalone');
+    alone = testEventStore(db, { listenersRecheckMs: 50 });
+    // Hears every NOTIFY on the channel, but is not a store's listener (another application_name): it counts for nothing.
+    observer = new pg.Client({ connectionString: db.url, application_name: 'notify-observer' });
+    await observer.connect();
+    observer.on('notification', (message) => notified.push(message.payload ?? ''));
+    await observer.query('LISTEN task_manager_events');
+  });
+  after(async () => {
+    await observer?.end();
+    await alone?.close();
+    await later?.close();
+    await db?.drop();
+  });
+
+  it('sends none while its own listener is the only one, and does once another store listens', async () => {
+    const stopAlone = alone.onAppended(() => undefined);
+    const listeners = async () => {
+      const { rows } = await db.pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'task-manager-listen' AND query LIKE 'SELECT pg_backend_pid%'`,
+      );
+      return rows[0]!.n;
+    };
+    try {
+      await waitFor('its own listener', async () => ((await listeners()) === 1 ? true : undefined));
+      await alone.append(`alone-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(notified).to.deep.equal([]);
+
+      later = testEventStore(db); // another process's store
+      const heardLater: Array<ReadonlySet<string> | null> = [];
+      const stopLater = later.onAppended((types) => heardLater.push(types));
+      await waitFor('both listeners', async () => ((await listeners()) === 2 ? true : undefined));
+      await new Promise((resolve) => setTimeout(resolve, 100)); // past the 50 ms the answer is kept
+      await alone.append(`alone-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
+      await waitFor('the other store to hear the NOTIFY', () => (heardLater.length > 0 ? true : undefined));
+      expect(notified).to.have.length(1);
+      stopLater();
+    } finally {
+      stopAlone();
+    }
+  });
+});
+
 describe('append wake-ups (onAppended)', function () {
   this.timeout(30_000);
   let db: TestDatabase;
@@ -175,7 +228,8 @@ describe('append wake-ups (onAppended)', function () {
       // Both LISTEN connections open before the append, so a missed NOTIFY cannot pass for an ignored one.
       await waitFor('both stores listening', async () => {
         const { rows } = await db.pool.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'`,
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+            WHERE datname = current_database() AND query LIKE 'SELECT pg_backend_pid%'`,
         );
         return rows[0]!.n >= 2 || undefined;
       });

@@ -85,7 +85,7 @@ export async function createSiblingDatabase(pool: Pool, databaseUrl: string): Pr
 /** The PostgreSQL event store on a test database: silent, polling every 100 ms, reading 100 events a page. */
 export function testEventStore(
   db: Pick<TestDatabase, 'pool' | 'url'>,
-  options: { logger?: Logger; pollIntervalMs?: number; batchSize?: number } = {},
+  options: { logger?: Logger; pollIntervalMs?: number; batchSize?: number; listenersRecheckMs?: number } = {},
 ): PostgresEventStore {
   return new PostgresEventStore({
     pool: db.pool,
@@ -93,6 +93,7 @@ export function testEventStore(
     logger: options.logger ?? silentLogger(),
     pollIntervalMs: options.pollIntervalMs ?? 100,
     batchSize: options.batchSize ?? 100,
+    listenersRecheckMs: options.listenersRecheckMs,
   });
 }
 

@@ -32,6 +32,8 @@ import { prepared } from '../../db/prepared.js';
 const NOTIFY_CHANNEL = 'task_manager_events';
 /** Appends in one process announce themselves to other processes at most this often. */
 const NOTIFY_COALESCE_MS = 10;
+/** What a store's LISTEN connection calls itself, so a store can tell whether another one listens. */
+const LISTENER_APPLICATION_NAME = 'task-manager-listen';
 
 interface EventRow {
   sequence: number;
@@ -83,6 +85,11 @@ export interface PostgresEventStoreOptions {
   batchSize: number;
   /** Group commit: the most appends one statement carries, and how many statements may be in flight. */
   groupCommit?: { maxBatch: number; maxInFlight: number };
+  /**
+   * How long the answer to "does another process listen for appends?" is kept (default 2000 ms). A process that
+   * starts listening meanwhile finds new events by polling (pollIntervalMs) until the answer is asked again.
+   */
+  listenersRecheckMs?: number;
 }
 
 /**
@@ -96,6 +103,9 @@ export class PostgresEventStore implements EventStore {
   private readonly wakeups = new EventEmitter();
   private wakeupCount = 0;
   private listener: pg.Client | null = null;
+  /** The server process of this store's own LISTEN connection, which `othersListen` leaves out. */
+  private listenerPid: number | null = null;
+  private othersListening: { answer: boolean; askedAt: number } | null = null;
   private listenerStarting: Promise<void> | null = null;
   private closed = false;
   private notifyPending = false;
@@ -244,11 +254,34 @@ export class PostgresEventStore implements EventStore {
     clearTimeout(this.notifyTimer);
     if (!this.notifyPending) return;
     this.notifyPending = false;
-    await this.options.pool
-      .query(prepared('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, this.instanceId]))
-      .catch((error) => {
-        this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
-      });
+    try {
+      if (!(await this.othersListen())) return;
+      await this.options.pool.query(prepared('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, this.instanceId]));
+    } catch (error) {
+      this.options.logger.debug({ err: error }, 'NOTIFY failed; other processes poll');
+    }
+  }
+
+  /**
+   * Whether another store (another process) listens on this database: when none does (one process runs every
+   * role, the default), an append sends no NOTIFY, which would only come back to this store's own listener.
+   * Asked at most every `listenersRecheckMs`; any failure to ask counts as yes.
+   */
+  private async othersListen(): Promise<boolean> {
+    const now = Date.now();
+    const known = this.othersListening;
+    if (known && now - known.askedAt < (this.options.listenersRecheckMs ?? 2000)) return known.answer;
+    const { rows } = await this.options.pool
+      .query<{ listening: boolean }>(
+        prepared(
+          `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                           WHERE datname = current_database() AND application_name = $1 AND pid <> $2) AS listening`,
+          [LISTENER_APPLICATION_NAME, this.listenerPid ?? 0],
+        ),
+      )
+      .catch(() => ({ rows: [{ listening: true }] }));
+    this.othersListening = { answer: rows[0]?.listening ?? true, askedAt: now };
+    return this.othersListening.answer;
   }
 
   /** The same events appended again (a retried request): answer as the first append did, write nothing. */
@@ -358,7 +391,7 @@ export class PostgresEventStore implements EventStore {
     this.listenerStarting ??= (async () => {
       const client = new pg.Client({
         connectionString: this.options.connectionString,
-        application_name: 'task-manager-listen',
+        application_name: LISTENER_APPLICATION_NAME,
       });
       client.on('notification', (message) => {
         // Our own NOTIFY coming back: this process's readers were woken at the append already. Waking them again
@@ -372,14 +405,21 @@ export class PostgresEventStore implements EventStore {
           { err: error },
           'event log LISTEN connection lost; polling until it is back',
         );
-        if (this.listener === client) this.listener = null;
+        if (this.listener === client) {
+          this.listener = null;
+          this.listenerPid = null;
+        }
         client.end().catch(() => undefined);
       });
       try {
         await client.connect();
         await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
+        const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
         if (this.closed) await client.end();
-        else this.listener = client;
+        else {
+          this.listener = client;
+          this.listenerPid = rows[0]!.pid;
+        }
       } catch (error) {
         client.end().catch(() => undefined);
         this.options.logger.debug({ err: error }, 'LISTEN failed; polling only');
