@@ -273,6 +273,14 @@ export class TaskWorker {
     };
   }
 
+  /** No room for another attempt: the worker runs as many as it may, or as many of this queue as it may. */
+  private atCapacity(queue: string): boolean {
+    if (this.running.size >= this.options.settings.concurrency) return true;
+    let inQueue = 0;
+    for (const runningAttempt of this.running.values()) if (runningAttempt.queue === queue) inQueue++;
+    return inQueue >= this.queueLimit(queue);
+  }
+
   private queueLimit(queue: string): number {
     return this.options.settings.queues[queue] ?? this.options.settings.defaultQueueConcurrency;
   }
@@ -447,9 +455,12 @@ export class TaskWorker {
         ),
       )
       .finally(() => {
+        const slotWasMissing = this.atCapacity(runningAttempt.queue);
         this.running.delete(taskId);
         this.metrics.running.set(this.running.size);
-        this.wake(); // a slot is free
+        // A slot is free where there was none: due work the last look had no room for may start now. Otherwise
+        // the last look found no more due work, and a new look would only cost a claim statement.
+        if (slotWasMissing) this.wake();
       });
     this.running.set(taskId, runningAttempt);
     this.metrics.running.set(this.running.size);
