@@ -20,9 +20,9 @@ export type OnBadEvent = (event: RecordedEvent, error: unknown) => void;
 
 /**
  * A read model built from the log, and the one registry of read models: rebuild takes its tables from here.
- * The runner (applyEvents) owns idempotency: `project` is only given events not applied yet, each stream's in
- * revision order, inside the transaction that also records the guards and positions, so it must only use
- * `client`.
+ * The runner (applyEvents, applyEventsInOneWrite) owns idempotency: `project` and `fold` are only given events not
+ * applied yet, each stream's in revision order, inside the transaction (or before the one statement) that also
+ * records the guards and positions, so they must only use `client`.
  */
 export interface Projection {
   readonly name: string;
