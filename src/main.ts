@@ -27,6 +27,7 @@ import { bearerAuthenticator } from './infra/http/auth.js';
 import { projectionMetrics, runProjections } from './projections/projectionRunner.js';
 import { PROJECTIONS } from './projections/index.js';
 import { projectionReached } from './projections/watermark.js';
+import { ensureReadModelClaimIndexes } from './projections/tasks/table.js';
 import { createHandlerRegistry } from './workers/handlers/index.js';
 import { TASK_TYPES, TaskTypes } from './domain/tasks/taskTypes.js';
 import { registerTaskCommandRoutes } from './commands/tasks/routes.js';
@@ -89,6 +90,8 @@ export async function createEventStore(
 ): Promise<EventStore> {
   if (config.eventStore === 'esdb') {
     const { EsdbEventStore } = await import('./infra/eventStore/esdb/esdbEventStore.js');
+    // Its workers claim from the tasks read model (there is no inline schedule), through these indexes.
+    await ensureReadModelClaimIndexes(pool);
     return new EsdbEventStore({ connectionString: config.eventstoreUrl!, logger });
   }
   return new PostgresEventStore({

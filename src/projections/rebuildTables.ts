@@ -60,6 +60,7 @@ export async function createTables(
       await client.query(
         `CREATE TABLE ${qualified(schema, name)} (LIKE ${qualified('public', name)} INCLUDING ALL)`,
       );
+      await copyStorageParameters(client, schema, name);
       await alignNames(client, schema, name);
       await assertSameShape(client, schema, name);
       const { rows } = await client.query<DeferredIndex>(
@@ -80,7 +81,19 @@ export async function createTables(
   }
 }
 
+/** LIKE ... INCLUDING ALL copies no storage parameter (the `tasks` fillfactor, migrations/0020); this does. */
+async function copyStorageParameters(client: PoolClient, schema: string, table: string): Promise<void> {
+  const { rows } = await client.query<{ options: string | null }>(
+    `SELECT array_to_string(reloptions, ', ') AS options FROM pg_class WHERE oid = $1::regclass`,
+    [qualified('public', table)],
+  );
+  const options = rows[0]?.options;
+  if (options) await client.query(`ALTER TABLE ${qualified(schema, table)} SET (${options})`);
+}
+
 interface Shape {
+  /** Storage parameters (`fillfactor=80`). */
+  options: string[];
   columns: string[];
   /** name -> definition without its name and table */
   indexes: Record<string, string>;
@@ -89,6 +102,10 @@ interface Shape {
 
 async function shapeOf(client: PoolClient, schema: string, table: string): Promise<Shape> {
   const relation = qualified(schema, table);
+  const options = await client.query<{ options: string[] | null }>(
+    'SELECT reloptions AS options FROM pg_class WHERE oid = $1::regclass',
+    [relation],
+  );
   const columns = await client.query<{ column: string }>(
     `SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
             || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '') || a.attidentity::text || a.attgenerated::text AS column
@@ -110,6 +127,7 @@ async function shapeOf(client: PoolClient, schema: string, table: string): Promi
     [relation],
   );
   return {
+    options: [...(options.rows[0]?.options ?? [])].sort(),
     columns: columns.rows.map((row) => row.column),
     indexes: Object.fromEntries(indexes.rows.map((row) => [row.name, row.definition])),
     constraints: Object.fromEntries(constraints.rows.map((row) => [row.name, row.definition])),
@@ -117,8 +135,8 @@ async function shapeOf(client: PoolClient, schema: string, table: string): Promi
 }
 
 /**
- * LIKE names copied indexes by the default rule (`tasks_queue_priority_run_at_created_at_idx`, not
- * `tasks_dispatch`); after the swap they are the live ones, and later migrations refer to them by name.
+ * LIKE names copied indexes by the default rule (`tasks_created_at_id_idx`, not `tasks_listing`); after the swap
+ * they are the live ones, and later migrations refer to them by name.
  */
 async function alignNames(client: PoolClient, schema: string, table: string): Promise<void> {
   const rename = async (kind: 'constraints' | 'indexes', statement: (from: string, to: string) => string) => {

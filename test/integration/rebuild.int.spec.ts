@@ -383,7 +383,13 @@ async function structure(pool: Pool): Promise<unknown> {
         AND relname IN ('events', 'log_checkpoints', 'schema_migrations', 'relay_partition_heads')
       ORDER BY relname`,
   );
-  return { indexes, constraints, untouched };
+  // Storage parameters too (the tasks table's fillfactor, migrations/0020), which LIKE does not copy by itself.
+  const { rows: storage } = await pool.query(
+    `SELECT relname, reloptions FROM pg_class
+      WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND reloptions IS NOT NULL ORDER BY relname`,
+  );
+  expect(storage).to.deep.include({ relname: 'tasks', reloptions: ['fillfactor=80'] });
+  return { indexes, constraints, untouched, storage };
 }
 
 const keysOf = (report: RebuildReport) =>
@@ -449,7 +455,7 @@ describe('rebuilding read models', function () {
     expect(await snapshot(db.pool)).to.deep.equal(original);
     expect(await schemaExists(db.pool, report.oldSchema!)).to.equal(true);
     expect(await schemaExists(db.pool, report.schema)).to.equal(false);
-    // The swapped-in tables carry the live index and constraint names (tasks_dispatch, not a generated one), and
+    // The swapped-in tables carry the live index and constraint names (tasks_listing, not a generated one), and
     // the log and the other tables are the very same relations.
     expect(await structure(db.pool)).to.deep.equal(before);
   });

@@ -266,6 +266,41 @@ describe('tasks read model', () => {
       expect(await readRow(id)).to.deep.equal(before);
     });
 
+    it('updates a task row in place (heap-only) as it starts and ends, so no index grows with its status', async () => {
+      const id = randomUUID();
+      const [queuedEvent, startedEvent, succeededEvent] = await append(
+        id,
+        queued(id, randomUUID()),
+        started(id, 1, at(1)),
+        {
+          type: 'TaskSucceeded',
+          data: { taskId: id, attempt: 1, result: { ok: true }, resultTruncated: false, finishedAt: at(2) },
+        },
+      );
+      await inTransaction(database.pool, (client) =>
+        tasksProjection.project(client, [queuedEvent!], () => {}),
+      );
+      // Each event in its own statement, as the projector writes them when they come one by one. The counts are
+      // the backend's own, not yet reported, and are read before and after inside one transaction, so nothing
+      // else running in the database can change the difference.
+      const hotUpdates = await inTransaction(database.pool, async (client) => {
+        const counts = async () =>
+          (
+            await client.query<{ hot: number; all: number }>(
+              `SELECT pg_stat_get_xact_tuples_hot_updated('tasks'::regclass)::int AS hot,
+                      pg_stat_get_xact_tuples_updated('tasks'::regclass)::int AS all`,
+            )
+          ).rows[0]!;
+        const before = await counts();
+        for (const event of [startedEvent!, succeededEvent!])
+          await tasksProjection.project(client, [event], () => {});
+        const after = await counts();
+        return { hot: after.hot - before.hot, all: after.all - before.all };
+      });
+      expect(hotUpdates).to.deep.equal({ hot: 2, all: 2 });
+      expect((await readRow(id))?.status).to.equal('done');
+    });
+
     it("returns the task's cache key as stale, at the position of the event applied", async () => {
       const id = randomUUID();
       const [recorded] = await append(id, queued(id, randomUUID()));

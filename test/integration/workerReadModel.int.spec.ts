@@ -17,6 +17,7 @@ import { silentLogger } from '../../src/infra/logger.js';
 import { projectionMetrics, runProjections } from '../../src/projections/projectionRunner.js';
 import { tasksProjection } from '../../src/projections/tasks/projection.js';
 import {
+  ensureReadModelClaimIndexes,
   msUntilNextDueTask,
   selectDueTaskRows,
   selectExpiredLeaseTaskIds,
@@ -54,6 +55,9 @@ describe('the worker on the tasks read model (the EventStoreDB path)', function 
 
   before(async () => {
     db = await createTestDatabase('wrm');
+    // What the service does when it starts on EventStoreDB: the claims' indexes, which migrations leave out.
+    await ensureReadModelClaimIndexes(db.pool);
+    await ensureReadModelClaimIndexes(db.pool); // and again at the next start
     store = testEventStore(db, { pollIntervalMs: 20 });
     bus = new DirectBus({ store, checkpoints: new LogCheckpoints(db.pool), logger: silentLogger() });
     projector = await runProjections({
@@ -75,6 +79,23 @@ describe('the worker on the tasks read model (the EventStoreDB path)', function 
     await store?.close();
     await db?.drop();
   });
+  it('has the indexes its claims and lease reaper read, which the PostgreSQL path goes without', async () => {
+    const { rows } = await db.pool.query<{ indexname: string }>(
+      `SELECT indexname FROM pg_indexes WHERE tablename = 'tasks' AND indexname IN ('tasks_dispatch', 'tasks_lease_expiry')
+        ORDER BY 1`,
+    );
+    expect(rows.map((row) => row.indexname)).to.deep.equal(['tasks_dispatch', 'tasks_lease_expiry']);
+    const fresh = await createTestDatabase('wrmpg');
+    try {
+      const { rows: none } = await fresh.pool.query(
+        `SELECT indexname FROM pg_indexes WHERE tablename = 'tasks' AND indexname IN ('tasks_dispatch', 'tasks_lease_expiry')`,
+      );
+      expect(none).to.deep.equal([]);
+    } finally {
+      await fresh.drop();
+    }
+  });
+
   // Each test uses a queue of its own, so tests never see each other's tasks.
   let queue = '';
   beforeEach(() => (queue = `q${randomUUID().slice(0, 8)}`));

@@ -173,6 +173,20 @@ export interface DueTaskFilter {
 }
 
 /**
+ * The indexes the worker's claims and lease reaper read on EventStoreDB, where they work from this read model. On
+ * PostgreSQL the workers read the schedule instead, and these indexes would keep every update of a task row from
+ * being heap-only (migrations/0020), so only the EventStoreDB path creates them, when it starts.
+ */
+export async function ensureReadModelClaimIndexes(pool: Pool): Promise<void> {
+  await pool.query(
+    `CREATE INDEX IF NOT EXISTS tasks_dispatch ON tasks (queue, priority DESC, run_at, created_at) WHERE status = 'pending'`,
+  );
+  await pool.query(
+    `CREATE INDEX IF NOT EXISTS tasks_lease_expiry ON tasks (lease_until) WHERE status = 'in_progress'`,
+  );
+}
+
+/**
  * Pending tasks due by `now` (the worker's claim on EventStoreDB), highest priority first, then the earliest due:
  * candidates only, as the row may lag the log; the claim's append at the row's revision decides.
  */
