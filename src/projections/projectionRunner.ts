@@ -113,8 +113,8 @@ export async function applyOnce(
  * The projector: one consumer for every read model, so each event is fetched and decoded once, not once per read
  * model. A batch goes to each projection that wants any of its events, in parallel (each in its own statement or
  * transaction, see applyBatchOnce, with its own guards and positions); the others record the batch's position
- * lazily. A failure of any one makes
- * the bus redeliver the batch to all: those that applied it already skip it by their guards.
+ * lazily. A failure of any one makes the bus redeliver the batch to all: those that applied it already skip it by
+ * their guards.
  *
  * The consumer group is named for the set of projections (`projection.refresh_tokens+tasks+users`), so every
  * member of a group runs the same set; a single projection keeps its old group name, `projection.<name>`.

@@ -150,6 +150,16 @@ describe('the PostgreSQL log horizon', function () {
   });
 });
 
+/** Stores whose LISTEN connection is up: their last statement, after LISTEN, asked for the backend's pid. */
+async function storesListening(db: TestDatabase): Promise<number> {
+  const { rows } = await db.pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name = 'task-manager-listen'
+        AND query LIKE 'SELECT pg_backend_pid%'`,
+  );
+  return rows[0]!.n;
+}
+
 describe('NOTIFY only when another process listens', function () {
   this.timeout(30_000);
   let db: TestDatabase;
@@ -175,15 +185,8 @@ describe('NOTIFY only when another process listens', function () {
 
   it('sends none while its own listener is the only one, and does once another store listens', async () => {
     const stopAlone = alone.onAppended(() => undefined);
-    const listeners = async () => {
-      const { rows } = await db.pool.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity
-          WHERE datname = current_database() AND application_name = 'task-manager-listen' AND query LIKE 'SELECT pg_backend_pid%'`,
-      );
-      return rows[0]!.n;
-    };
     try {
-      await waitFor('its own listener', async () => ((await listeners()) === 1 ? true : undefined));
+      await waitFor('its own listener', async () => ((await storesListening(db)) === 1 ? true : undefined));
       await alone.append(`alone-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
       await new Promise((resolve) => setTimeout(resolve, 300));
       expect(notified).to.deep.equal([]);
@@ -191,7 +194,7 @@ describe('NOTIFY only when another process listens', function () {
       later = testEventStore(db); // another process's store
       const heardLater: Array<ReadonlySet<string> | null> = [];
       const stopLater = later.onAppended((types) => heardLater.push(types));
-      await waitFor('both listeners', async () => ((await listeners()) === 2 ? true : undefined));
+      await waitFor('both listeners', async () => ((await storesListening(db)) === 2 ? true : undefined));
       await new Promise((resolve) => setTimeout(resolve, 100)); // past the 50 ms the answer is kept
       await alone.append(`alone-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
       await waitFor('the other store to hear the NOTIFY', () => (heardLater.length > 0 ? true : undefined));
@@ -226,13 +229,7 @@ describe('append wake-ups (onAppended)', function () {
     const stopThere = there.onAppended((types) => heardThere.push(types));
     try {
       // Both LISTEN connections open before the append, so a missed NOTIFY cannot pass for an ignored one.
-      await waitFor('both stores listening', async () => {
-        const { rows } = await db.pool.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity
-            WHERE datname = current_database() AND query LIKE 'SELECT pg_backend_pid%'`,
-        );
-        return rows[0]!.n >= 2 || undefined;
-      });
+      await waitFor('both stores listening', async () => (await storesListening(db)) >= 2 || undefined);
       await here.append(`wake-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
       expect(heardHere.map((types) => (types ? [...types] : null))).to.deep.equal([['TaskQueued']]);
       await waitFor('the other store to hear the NOTIFY', () => heardThere.length > 0 || undefined);
