@@ -10,5 +10,6 @@ COPY config.yml ./config.yml
 USER node
 EXPOSE 3000
 # config.yml and .env are read from /home/app: mount your own over them.
-ENTRYPOINT ["node", "bin/task-manager.mjs"]
+# A young generation of 32 MB semi-spaces: fewer scavenges (README, "Node's young generation").
+ENTRYPOINT ["node", "--max-semi-space-size=32", "bin/task-manager.mjs"]
 CMD ["start"]

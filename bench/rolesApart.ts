@@ -8,6 +8,7 @@ import { stringify } from 'yaml';
 import type { Config } from '../src/config.js';
 import type { Role } from '../src/main.js';
 import { createTestDatabase, type TestDatabase } from '../test/support/postgres.js';
+import { SERVICE_NODE_FLAGS } from './serviceNodeFlags.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const START_TIMEOUT_MS = 60_000;
@@ -72,7 +73,7 @@ async function startProcess(config: Config, group: ProcessGroup, dir: string): P
   const api = roles.includes('api');
   const file = path.join(dir, `config-${roles.join('-')}.yml`);
   writeFileSync(file, stringify({ ...config, logLevel: api ? 'silent' : 'info', port: 0 }));
-  const args = ['bin/task-manager.mjs', 'start', '--roles', roles.join(',')];
+  const args = [...SERVICE_NODE_FLAGS, 'bin/task-manager.mjs', 'start', '--roles', roles.join(',')];
   if (group.apiProcesses) args.push('--processes', String(group.apiProcesses));
   const child = spawn(process.execPath, args, {
     cwd: ROOT,

@@ -38,6 +38,7 @@ import {
   type TopologyResult,
 } from './report.js';
 import { ensureServices } from './services.js';
+import { missingServiceNodeFlags, SERVICE_NODE_FLAGS } from './serviceNodeFlags.js';
 import { mb, round, sleep, slope } from './stats.js';
 
 const log = (message: string) =>
@@ -400,7 +401,13 @@ class Bench {
       cache: 'redis',
       log_level: config.logLevel,
       bcrypt_cost: config.auth.bcryptCost,
+      service_node_flags: process.execArgv.filter((flag) => SERVICE_NODE_FLAGS.includes(flag)),
     };
+    const missing = missingServiceNodeFlags(process.execArgv);
+    if (missing.length > 0)
+      this.results.details.errors.push(
+        `the service ran without ${missing.join(' ')}, which npm start gives it: start the bench with npm run bench`,
+      );
     const email = `bench-${Date.now()}@example.com`;
     const password = 'bench-password-1';
     const registered = await call(this.url, 'POST', '/register', { body: { email, password } });
