@@ -54,8 +54,10 @@ export interface RebuildOptions {
    */
   pageSize?: number;
   /**
-   * Transactions applying a page at once, each for its own share of the streams, and indexes built at once after
-   * (2: one per core measured).
+   * Transactions applying a page at once, each for its own share of the streams, and indexes built at once after.
+   * 3 on 2 cores: one more lane than cores keeps PostgreSQL busy while this process folds the next share. An
+   * 87,000-event log rebuilt alternately: 15,500 to 19,300 events/s with 2 lanes (5 runs, mean 16,900), 19,100
+   * to 22,900 with 3 (7 runs, mean 20,800); 4 and 6 no better than 3.
    */
   concurrency?: number;
   /** Differing rows reported per table. */
@@ -114,7 +116,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     };
     const total = await countEvents(pool, store);
     const bulkStarted = Date.now();
-    const lanes = Math.max(1, Math.floor(options.concurrency ?? 2));
+    const lanes = Math.max(1, Math.floor(options.concurrency ?? 3));
     const bulk = await applyLogInParallel(context, lanes, (events) =>
       options.onProgress?.({ events, total: total === null ? null : Math.max(total, events) }),
     );
