@@ -1,4 +1,4 @@
-import { setFlagsFromString } from 'node:v8';
+import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { mb } from './stats.js';
 
@@ -11,6 +11,21 @@ export interface MemorySample {
   at: number;
   rss_mb: number;
   heap_used_mb: number;
+  /**
+   * The JS heap outside the young generation: what survived the scavenges, where a leak accumulates. heap_used_mb
+   * also holds the young generation's garbage of the moment, up to its size (2 x 32 MB semi-spaces in the service),
+   * which swings a sample by tens of MB and a 10-minute trend by more than the 5 MB that counts as flat.
+   */
+  retained_heap_mb: number;
+}
+
+const YOUNG_SPACES = new Set(['new_space', 'new_large_object_space']);
+
+/** Bytes the young generation holds now. */
+function youngGenerationBytes(): number {
+  return getHeapSpaceStatistics()
+    .filter((space) => YOUNG_SPACES.has(space.space_name))
+    .reduce((sum, space) => sum + space.space_used_size, 0);
 }
 
 export class MemorySampler {
@@ -34,7 +49,12 @@ export class MemorySampler {
     const usage = process.memoryUsage();
     this.peakRss = Math.max(this.peakRss, usage.rss);
     this.phasePeak = Math.max(this.phasePeak, usage.rss);
-    const sample = { at: Date.now(), rss_mb: mb(usage.rss), heap_used_mb: mb(usage.heapUsed) };
+    const sample = {
+      at: Date.now(),
+      rss_mb: mb(usage.rss),
+      heap_used_mb: mb(usage.heapUsed),
+      retained_heap_mb: mb(Math.max(0, usage.heapUsed - youngGenerationBytes())),
+    };
     this.samples.push(sample);
     if (this.samples.length > 20_000) this.samples.splice(0, 10_000);
     return sample;

@@ -114,12 +114,14 @@ export interface PipelineProfile {
 export interface SoakResult {
   minutes: number;
   rate_per_s: number;
-  samples: Array<{ minute: number; rss_mb: number; heap_used_mb: number }>;
+  samples: Array<{ minute: number; rss_mb: number; heap_used_mb: number; retained_heap_mb: number }>;
   rss_mb_start: number;
   rss_mb_end: number;
   rss_mb_per_min: number | null;
   rss_mb_per_min_second_half: number | null;
   heap_mb_per_min: number | null;
+  /** The trend of the heap outside the young generation, which `flat` is judged on. */
+  retained_heap_mb_per_min: number | null;
   flat: boolean;
   e2e: E2eResult;
 }
@@ -585,7 +587,7 @@ export function renderTable(r: BenchResults): string {
         [
           'soak',
           r.details.soak
-            ? `${r.details.soak.minutes} min at ${r.details.soak.rate_per_s}/s: RSS ${fmt(r.details.soak.rss_mb_start)} -> ${fmt(r.details.soak.rss_mb_end)} MB (${fmt(r.soak_rss_mb_per_min, 2)} MB/min, second half ${fmt(r.details.soak.rss_mb_per_min_second_half, 2)}); heap ${fmt(r.details.soak.heap_mb_per_min, 2)} MB/min`
+            ? `${r.details.soak.minutes} min at ${r.details.soak.rate_per_s}/s: RSS ${fmt(r.details.soak.rss_mb_start)} -> ${fmt(r.details.soak.rss_mb_end)} MB (${fmt(r.soak_rss_mb_per_min, 2)} MB/min, second half ${fmt(r.details.soak.rss_mb_per_min_second_half, 2)}); heap ${fmt(r.details.soak.heap_mb_per_min, 2)} MB/min, retained ${fmt(r.details.soak.retained_heap_mb_per_min, 2)} MB/min`
             : 'not run (--soak N)',
         ],
       ],
