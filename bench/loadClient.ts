@@ -1,7 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { CallMessage, Operations, ReplyMessage } from './loadProcess.js';
-import { withoutServiceNodeFlags } from './serviceNodeFlags.js';
+import { nodeOptionsWithoutServiceFlags, withoutServiceNodeFlags } from './serviceNodeFlags.js';
 
 type Args<K extends keyof Operations> = Parameters<Operations[K]>[0];
 type Result<K extends keyof Operations> = Awaited<ReturnType<Operations[K]>>;
@@ -29,15 +29,20 @@ export class LoadClient {
   }
 
   /**
-   * Forks with this process's own Node options (so `--import tsx` carries over) but the service's flags, and
-   * environment.
+   * Forks with this process's own Node options (so `--import tsx` carries over) without the service's flags,
+   * and with its environment.
    * NO_LOG_SUCCESS is Graphile Worker's switch for its line per completed job, as a user who wants speed sets it.
    */
   static start(): LoadClient {
     const child = fork(fileURLToPath(new URL('./loadProcess.ts', import.meta.url)), [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       execArgv: withoutServiceNodeFlags(process.execArgv),
-      env: { ...process.env, KAFKAJS_NO_PARTITIONER_WARNING: '1', NO_LOG_SUCCESS: '1' },
+      env: {
+        ...process.env,
+        NODE_OPTIONS: nodeOptionsWithoutServiceFlags(process.env.NODE_OPTIONS),
+        KAFKAJS_NO_PARTITIONER_WARNING: '1',
+        NO_LOG_SUCCESS: '1',
+      },
     });
     return new LoadClient(child);
   }

@@ -12,9 +12,10 @@ export interface MemorySample {
   rss_mb: number;
   heap_used_mb: number;
   /**
-   * The JS heap outside the young generation: what survived the scavenges, where a leak accumulates. heap_used_mb
-   * also holds the young generation's garbage of the moment, up to its size (2 x 32 MB semi-spaces in the service),
-   * which swings a sample by tens of MB and a 10-minute trend by more than the 5 MB that counts as flat.
+   * The JS heap outside the young generation: what survived the scavenges, where a leak accumulates (with old
+   * garbage not yet collected, which a major collection clears). heap_used_mb also holds the young generation's
+   * garbage of the moment, up to a semi-space (32 MB in the service), which swings a sample by tens of MB and a
+   * 10-minute trend by more than the 5 MB that counts as flat.
    */
   retained_heap_mb: number;
 }

@@ -32,6 +32,7 @@ import {
   type PipelineProfile,
   type RatePoint,
   type RolesApartRecord,
+  type SoakResult,
   type SubmitProfile,
   type Target,
   type TargetRatio,
@@ -401,9 +402,11 @@ class Bench {
       cache: 'redis',
       log_level: config.logLevel,
       bcrypt_cost: config.auth.bcryptCost,
-      service_node_flags: process.execArgv.filter((flag) => SERVICE_NODE_FLAGS.includes(flag)),
+      service_node_flags: SERVICE_NODE_FLAGS.filter(
+        (flag) => !missingServiceNodeFlags(process.execArgv, process.env.NODE_OPTIONS).includes(flag),
+      ),
     };
-    const missing = missingServiceNodeFlags(process.execArgv);
+    const missing = missingServiceNodeFlags(process.execArgv, process.env.NODE_OPTIONS);
     if (missing.length > 0)
       this.results.details.errors.push(
         `the service ran without ${missing.join(' ')}, which npm start gives it: start the bench with npm run bench`,
@@ -790,8 +793,7 @@ class Bench {
     const base =
       this.results.details.e2e_max?.offered_per_s ?? this.results.details.e2e_burst?.achieved_per_s ?? 30;
     const rate = Math.max(2, Math.min(100, niceRate(base * 0.3)));
-    const samples: Array<{ minute: number; rss_mb: number; heap_used_mb: number; retained_heap_mb: number }> =
-      [];
+    const samples: SoakResult['samples'] = [];
     const t0 = Date.now();
     const take = () => {
       const s = this.memory.sample();

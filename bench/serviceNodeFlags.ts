@@ -11,6 +11,16 @@ export const SERVICE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=32'
 export const withoutServiceNodeFlags = (execArgv: readonly string[]): string[] =>
   execArgv.filter((flag) => !SERVICE_NODE_FLAGS.includes(flag));
 
-/** The service's flags this process lacks (the bench started without `npm run bench`): said in the report. */
-export const missingServiceNodeFlags = (execArgv: readonly string[]): string[] =>
-  SERVICE_NODE_FLAGS.filter((flag) => !execArgv.includes(flag));
+/**
+ * The service's flags this process lacks, on its command line or in NODE_OPTIONS (the bench started without
+ * `npm run bench`): said in the report.
+ */
+export const missingServiceNodeFlags = (execArgv: readonly string[], nodeOptions = ''): string[] =>
+  SERVICE_NODE_FLAGS.filter((flag) => !execArgv.includes(flag) && !nodeOptions.split(/\s+/).includes(flag));
+
+/** NODE_OPTIONS without the service's flags, for the load process's environment (undefined stays undefined). */
+export const nodeOptionsWithoutServiceFlags = (nodeOptions: string | undefined): string | undefined =>
+  nodeOptions
+    ?.split(/\s+/)
+    .filter((option) => option !== '' && !SERVICE_NODE_FLAGS.includes(option))
+    .join(' ');

@@ -55,9 +55,10 @@ export interface RebuildOptions {
   pageSize?: number;
   /**
    * Transactions applying a page at once, each for its own share of the streams, and indexes built at once after.
-   * 3 on 2 cores: one more lane than cores keeps PostgreSQL busy while this process folds the next share. An
-   * 87,000-event log rebuilt alternately: 15,500 to 19,300 events/s with 2 lanes (5 runs, mean 16,900), 19,100
-   * to 22,900 with 3 (7 runs, mean 20,800); 4 and 6 no better than 3.
+   * 3, measured on 2 cores (not derived from the core count): a lane more than the cores keeps PostgreSQL busy
+   * while this process folds the next share. An 87,000-event log rebuilt alternately: 15,500 to 19,300 events/s
+   * with 2 lanes (5 runs, mean 16,900), 19,100 to 22,900 with 3 (7 runs, mean 20,800); 4 no better (4 runs). Each
+   * index build takes at least 128 MB of maintenance_work_mem, so 3 at once take 384 MB on the server.
    */
   concurrency?: number;
   /** Differing rows reported per table. */

@@ -29,7 +29,10 @@ describe('access token verifier', () => {
     const token = issueAccessToken(settings, subject, issuedAt, 'jti-1');
     const first = verify(token);
     expect(first).to.include({ userId: 'user-1', role: 'user', sessionId: 'session-1', jti: 'jti-1' });
+    expect(Object.isFrozen(first), 'claims shared between requests are frozen').to.equal(true);
     const expiresAt = issuedAt.getTime() + settings.accessTtlSeconds * 1000;
+    // A caller that moves the Date it was handed does not move the remembered expiry.
+    first.expiresAt.setTime(expiresAt + 3_600_000);
     clock.set(expiresAt - 1);
     expect(verify(token), 'remembered').to.equal(first);
     clock.set(expiresAt);
@@ -40,7 +43,7 @@ describe('access token verifier', () => {
     );
   });
 
-  it('never remembers a refused token, and a changed signature misses the remembered one', () => {
+  it('refuses a changed signature and another secret, also after a valid token was remembered', () => {
     const clock = handClock(issuedAt);
     const verify = accessTokenVerifier(settings, clock.now);
     const token = issueAccessToken(settings, subject, issuedAt, 'jti-2');

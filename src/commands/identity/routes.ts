@@ -155,6 +155,8 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
   const credentials = api.addSchema('Credentials', credentialsSchema);
   const refreshBody = api.addSchema('RefreshTokenBody', refreshTokenBodySchema);
   const tokenPair = api.addSchema('TokenPair', tokenPairSchema);
+  // One for all logouts, so a token verified once is not verified again (accessTokenVerifier remembers it).
+  const authenticateLogout = bearerAuthenticator(accessTokenVerifier(tokens, clock));
   // Compared against when the email is unknown, so both failures cost one bcrypt comparison at the same cost.
   const dummyHash = bcrypt.hashSync('no account has this password', deps.auth.bcryptCost);
 
@@ -399,7 +401,7 @@ export function registerIdentityRoutes(api: Api, deps: IdentityDeps): IdentityRo
     // Logout needs no access token, but one that is sent must belong to the session's user.
     let caller: string | null = null;
     if (req.get('authorization')) {
-      bearerAuthenticator(accessTokenVerifier(tokens, clock))(req);
+      authenticateLogout(req);
       caller = req.auth!.userId;
     }
     const result = await handleCommand(

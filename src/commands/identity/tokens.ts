@@ -101,16 +101,18 @@ export function accessTokenVerifier(
   clock: () => Date,
   remember = 10000,
 ): AccessTokenVerifier {
-  const verified = new Map<string, Readonly<AccessClaims>>();
+  // The expiry is kept apart from the (frozen) claims handed out: nothing done to their Date can stretch it.
+  const verified = new Map<string, { claims: Readonly<AccessClaims>; expiresAtMs: number }>();
   return (token) => {
     const now = clock();
     const known = verified.get(token);
     // jsonwebtoken refuses a token from its `exp` second on; expiresAt is that second, so this is the same test.
-    if (known && now.getTime() < known.expiresAt.getTime()) return known;
+    // (Our tokens carry no `nbf`, the one other check that depends on the time.)
+    if (known && now.getTime() < known.expiresAtMs) return known.claims;
     verified.delete(token);
     const claims = Object.freeze(verifyAccessToken(settings, token, now));
     if (verified.size >= remember) verified.delete(verified.keys().next().value!);
-    verified.set(token, claims);
+    verified.set(token, { claims, expiresAtMs: claims.expiresAt.getTime() });
     return claims;
   };
 }
