@@ -388,6 +388,7 @@ class Bench {
     cleanups.push(() => this.stopInProcessService());
     this.benchDatabases.add(new URL(service.config.databaseUrl!).pathname.slice(1));
     const { config } = service;
+    const missingFlags = missingServiceNodeFlags(process.execArgv, process.env.NODE_OPTIONS);
     this.results.settings = {
       event_store: config.eventStore,
       bus: 'kafka',
@@ -402,14 +403,11 @@ class Bench {
       cache: 'redis',
       log_level: config.logLevel,
       bcrypt_cost: config.auth.bcryptCost,
-      service_node_flags: SERVICE_NODE_FLAGS.filter(
-        (flag) => !missingServiceNodeFlags(process.execArgv, process.env.NODE_OPTIONS).includes(flag),
-      ),
+      service_node_flags: SERVICE_NODE_FLAGS.filter((flag) => !missingFlags.includes(flag)),
     };
-    const missing = missingServiceNodeFlags(process.execArgv, process.env.NODE_OPTIONS);
-    if (missing.length > 0)
+    if (missingFlags.length > 0)
       this.results.details.errors.push(
-        `the service ran without ${missing.join(' ')}, which npm start gives it: start the bench with npm run bench`,
+        `the service ran without ${missingFlags.join(' ')}, which npm start gives it: start the bench with npm run bench`,
       );
     const email = `bench-${Date.now()}@example.com`;
     const password = 'bench-password-1';

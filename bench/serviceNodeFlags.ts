@@ -15,12 +15,14 @@ export const withoutServiceNodeFlags = (execArgv: readonly string[]): string[] =
  * The service's flags this process lacks, on its command line or in NODE_OPTIONS (the bench started without
  * `npm run bench`): said in the report.
  */
-export const missingServiceNodeFlags = (execArgv: readonly string[], nodeOptions = ''): string[] =>
-  SERVICE_NODE_FLAGS.filter((flag) => !execArgv.includes(flag) && !nodeOptions.split(/\s+/).includes(flag));
+export const missingServiceNodeFlags = (execArgv: readonly string[], nodeOptions = ''): string[] => {
+  const given = [...execArgv, ...optionsOf(nodeOptions)];
+  return SERVICE_NODE_FLAGS.filter((flag) => !given.includes(flag));
+};
 
 /** NODE_OPTIONS without the service's flags, for the load process's environment (undefined stays undefined). */
 export const nodeOptionsWithoutServiceFlags = (nodeOptions: string | undefined): string | undefined =>
-  nodeOptions
-    ?.split(/\s+/)
-    .filter((option) => option !== '' && !SERVICE_NODE_FLAGS.includes(option))
-    .join(' ');
+  nodeOptions === undefined ? undefined : withoutServiceNodeFlags(optionsOf(nodeOptions)).join(' ');
+
+const optionsOf = (nodeOptions: string): string[] =>
+  nodeOptions.split(/\s+/).filter((option) => option !== '');
