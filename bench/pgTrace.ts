@@ -30,6 +30,8 @@ const LABELS: Array<[RegExp, string]> = [
   [/FROM tasks WHERE id = \$1 FOR UPDATE/, 'projection: SELECT task FOR UPDATE'],
   [/^INSERT INTO tasks/, 'projection: upsert task'],
   [/^SELECT id, queue FROM tasks/, 'worker: dispatch (due tasks)'],
+  [/task_schedule_claim_limited/, 'worker: claim (task_schedule)'],
+  [/^WITH appends AS/, 'append (group commit)'],
   [/SELECT min\(run_at\)/, 'worker: next due time'],
   [/lease_until < \$1/, 'worker: lease reaper'],
   [/FROM tasks WHERE id = \$1$/, 'query: task row (GET)'],

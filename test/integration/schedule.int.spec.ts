@@ -11,6 +11,7 @@ import { silentLogger } from '../../src/infra/logger.js';
 import {
   claimDueTasks,
   claimRound,
+  claimStatement,
   expiredLeases,
   rebuildSchedule,
   releaseAbandonedClaims,
@@ -111,6 +112,57 @@ describe('the task schedule (inline projection) and batched claims', function ()
       await client.query('COMMIT');
       expect(rows.map((row) => row['QUERY PLAN']).join('\n')).to.include('task_schedule_due_by_queue');
     } finally {
+      client.release();
+    }
+  });
+
+  it('claims from a large backlog by walking the index in order, never by sorting the backlog', async () => {
+    // 20,000 due rows of this queue and 20,000 of another, only inside a transaction that is rolled back (the
+    // other tests verify the schedule against the log). With statistics (an analyzed, empty queue_settings too,
+    // as after any VACUUM ANALYZE), the claim's plan must walk an index in the claim's order and stop at its
+    // LIMIT: sorting the due rows makes every claim cost as much as the whole backlog (it did, when the managed
+    // queues were left out by anti-joins that PostgreSQL estimated to leave one row).
+    const client = await db.pool.connect();
+    const planOf = async (onlyQueues: string[]) => {
+      const statement = claimStatement(testClaimRequest('w', 16, { now: now(), onlyQueues }));
+      const { rows } = await client.query<{ 'QUERY PLAN': unknown }>(
+        `EXPLAIN (FORMAT JSON) ${statement.text}`,
+        statement.values,
+      );
+      type PlanNode = {
+        'Node Type': string;
+        'Subplan Name'?: string;
+        'Relation Name'?: string;
+        Plans?: PlanNode[];
+      };
+      const nodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(nodes)];
+      const root = (rows[0]!['QUERY PLAN'] as Array<{ Plan: PlanNode }>)[0]!.Plan;
+      const due = nodes(root).find((node) => node['Subplan Name'] === 'CTE due');
+      expect(due, 'the claim has a CTE due').to.not.equal(undefined);
+      return nodes(due!);
+    };
+    try {
+      await client.query('BEGIN');
+      await client.query(
+        `INSERT INTO task_schedule (task_id, queue, priority, status, run_at, attempt, created_at)
+         SELECT gen_random_uuid(), q, i % 5, 'pending', now() - interval '1 hour' + i * interval '10 ms', 0, now()
+           FROM generate_series(1, 20000) i, unnest($1::text[]) q`,
+        [[queue, `${queue}x`]],
+      );
+      await client.query('DELETE FROM queue_settings');
+      await client.query('ANALYZE task_schedule, queue_settings');
+      for (const onlyQueues of [[queue], [], [queue, `${queue}b`]]) {
+        const plan = await planOf(onlyQueues);
+        const shape = JSON.stringify(plan.map((node) => node['Node Type']));
+        expect(
+          plan.map((node) => node['Node Type']),
+          `${onlyQueues.length} queue(s): ${shape}`,
+        ).not.to.include('Sort');
+        const scan = plan.find((node) => node['Relation Name'] === 'task_schedule');
+        expect(scan?.['Node Type'], `${onlyQueues.length} queue(s): ${shape}`).to.equal('Index Scan');
+      }
+    } finally {
+      await client.query('ROLLBACK');
       client.release();
     }
   });
