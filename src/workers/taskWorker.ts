@@ -10,13 +10,13 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Config } from '../config.js';
 import type { EventBus, RunningConsumer } from '../infra/bus/bus.js';
 import type { Pool } from '../infra/db/pool.js';
-import type { EventStore, JsonValue } from '../infra/eventStore/eventStore.js';
+import type { AppendedEvent, EventStore, JsonValue } from '../infra/eventStore/eventStore.js';
 import type { Logger } from '../infra/logger.js';
 import { backoffMs, sleep } from '../infra/abort.js';
 import { ConflictError, IllegalStateError } from '../errors.js';
 import { handleCommand, type CommandContext } from '../commands/commandHandler.js';
 import { foldEvents } from '../domain/decider.js';
-import { taskStreamId, type TaskEvent } from '../domain/tasks/events.js';
+import { taskStreamId, type TaskEvent, type TaskQueued } from '../domain/tasks/events.js';
 import { task, type Task } from '../domain/tasks/state.js';
 import {
   expireLease,
@@ -204,7 +204,7 @@ export class TaskWorker {
         // The switch is cached for a second; its events make every worker look again at once.
         if (events.some((event) => event.type === 'WorkersPaused' || event.type === 'WorkersResumed'))
           this.pausedCache.readAt = 0;
-        if (events.some((event) => this.wakes(event.type))) this.wake();
+        if (events.some((event) => this.wakes(event))) this.wake();
       },
     });
     // Appends in this process (and, through NOTIFY, in others) wake the dispatcher before the bus can: the
@@ -212,8 +212,8 @@ export class TaskWorker {
     // Only appends that may make a task startable: this process's own TaskStarted and outcomes, say, do not.
     if (this.usesSchedule)
       this.stopWatchingAppends =
-        this.options.store.onAppended?.((types) => {
-          if (types === null || [...types].some((type) => this.wakes(type))) this.wake();
+        this.options.store.onAppended?.((appended) => {
+          if (appended === null || appended.some((event) => this.wakes(event))) this.wake();
         }) ?? null;
     this.loops = [this.dispatchLoop(), this.reapLoop()];
     if (this.usesSchedule) this.loops.push(this.cancelWatchLoop());
@@ -241,8 +241,19 @@ export class TaskWorker {
     }
   }
 
-  private wakes(type: string): boolean {
-    return WAKING_EVENTS.has(type) || (this.waitingForCapacity && CAPACITY_EVENTS.has(type));
+  /**
+   * Whether an event may have made a task this worker serves startable. A TaskQueued names its queue, so one of a
+   * queue this worker leaves alone (`onlyQueues`) wakes nothing: each wake-up is a claim, and a worker of one
+   * queue made 47 empty claims a second while another queue was being filled (the bench's submit phase).
+   */
+  private wakes(event: AppendedEvent): boolean {
+    const { type } = event;
+    if (this.waitingForCapacity && CAPACITY_EVENTS.has(type)) return true;
+    if (!WAKING_EVENTS.has(type)) return false;
+    const { onlyQueues } = this.options.settings;
+    if (type !== 'TaskQueued' || onlyQueues.length === 0) return true;
+    const queue = (event.data as Partial<TaskQueued['data']>).spec?.queue;
+    return typeof queue !== 'string' || onlyQueues.includes(queue);
   }
 
   private wake(): void {

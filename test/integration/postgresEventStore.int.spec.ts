@@ -4,6 +4,7 @@ import pg from 'pg';
 import { eventStoreContract } from '../contract/eventStore.contract.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import type { AppendedEvent } from '../../src/infra/eventStore/eventStore.js';
 import { waitFor } from '../support/wait.js';
 
 let database: TestDatabase;
@@ -192,8 +193,8 @@ describe('NOTIFY only when another process listens', function () {
       expect(notified).to.deep.equal([]);
 
       later = testEventStore(db); // another process's store
-      const heardLater: Array<ReadonlySet<string> | null> = [];
-      const stopLater = later.onAppended((types) => heardLater.push(types));
+      const heardLater: Array<readonly AppendedEvent[] | null> = [];
+      const stopLater = later.onAppended((appended) => heardLater.push(appended));
       await waitFor('both listeners', async () => ((await storesListening(db)) === 2 ? true : undefined));
       await new Promise((resolve) => setTimeout(resolve, 100)); // past the 50 ms the answer is kept
       await alone.append(`alone-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
@@ -222,16 +223,20 @@ describe('append wake-ups (onAppended)', function () {
     await db?.drop();
   });
 
-  it("tells this process's listeners the appended types at once, other processes through NOTIFY, and not itself twice", async () => {
-    const heardHere: Array<ReadonlySet<string> | null> = [];
-    const heardThere: Array<ReadonlySet<string> | null> = [];
-    const stopHere = here.onAppended((types) => heardHere.push(types));
-    const stopThere = there.onAppended((types) => heardThere.push(types));
+  it("tells this process's listeners the appended events at once, other processes through NOTIFY, and not itself twice", async () => {
+    const heardHere: Array<readonly AppendedEvent[] | null> = [];
+    const heardThere: Array<readonly AppendedEvent[] | null> = [];
+    const stopHere = here.onAppended((appended) => heardHere.push(appended));
+    const stopThere = there.onAppended((appended) => heardThere.push(appended));
     try {
       // Both LISTEN connections open before the append, so a missed NOTIFY cannot pass for an ignored one.
       await waitFor('both stores listening', async () => (await storesListening(db)) >= 2 || undefined);
-      await here.append(`wake-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
-      expect(heardHere.map((types) => (types ? [...types] : null))).to.deep.equal([['TaskQueued']]);
+      const appended = { ...event('TaskQueued'), data: { spec: { queue: 'q1' } } };
+      await here.append(`wake-${randomUUID()}`, [appended], { expectedRevision: 'no_stream' });
+      // Type and data, which a worker of some queues reads a TaskQueued's queue from.
+      expect(heardHere.map((events) => events?.map(({ type, data }) => ({ type, data })))).to.deep.equal([
+        [{ type: 'TaskQueued', data: appended.data }],
+      ]);
       await waitFor('the other store to hear the NOTIFY', () => heardThere.length > 0 || undefined);
       expect(heardThere).to.deep.equal([null]);
       // Its own NOTIFY came back to this store too; it must not count as another append.

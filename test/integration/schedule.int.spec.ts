@@ -21,6 +21,7 @@ import {
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
 import { startTestWorker } from '../support/worker.js';
+import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { queueTestTask, taskSpec, testClaimRequest, testCommandContext } from '../support/fixtures.js';
 
 const spec = taskSpec;
@@ -205,6 +206,41 @@ describe('the task schedule (inline projection) and batched claims', function ()
     expect(claimed.map((c) => c.state.id)).not.to.include(taskId);
     const events = await store.readStream(taskStreamId(taskId));
     expect(events.map((e) => e.type)).to.deep.equal(['TaskQueued', 'TaskCanceled']);
+  });
+
+  it('wakes a worker for a TaskQueued of a queue it serves, never of one it leaves alone', async () => {
+    // Only wake-ups make it look (its poll is a minute away); each look is a claim, counted here.
+    const worker = TaskWorker.prototype as unknown as {
+      claimDueTasks: (...args: unknown[]) => Promise<unknown>;
+    };
+    const claimDueTasksOf = worker.claimDueTasks;
+    let looks = 0;
+    worker.claimDueTasks = function (this: unknown, ...args: unknown[]) {
+      looks++;
+      return claimDueTasksOf.apply(this, args);
+    };
+    const bus = new DirectBus({ store, checkpoints: new LogCheckpoints(db.pool), logger: silentLogger() });
+    const running = await startTestWorker({ store, pool: db.pool, bus }, queue, { pollIntervalMs: 60_000 });
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 400));
+    try {
+      await settle(); // its first look, at start
+      const before = looks;
+      // Both wake-up paths see these: the store's append signal at once, the (direct) bus a moment later.
+      await Promise.all(Array.from({ length: 20 }, () => submit({ queue: `${queue}-elsewhere` })));
+      await settle();
+      expect(looks - before, 'looks after TaskQueued of another queue').to.equal(0);
+      const own = await submit();
+      await waitFor(
+        'the task of its own queue to run',
+        async () =>
+          (await store.readStream(taskStreamId(own))).some((e) => e.type === 'TaskSucceeded') || undefined,
+      );
+      expect(looks).to.be.greaterThan(before);
+    } finally {
+      worker.claimDueTasks = claimDueTasksOf;
+      await running.stop();
+      await bus.close();
+    }
   });
 
   it('leaves no task stuck when a worker dies between its claim and running it: the lease ends, another worker runs it', async () => {

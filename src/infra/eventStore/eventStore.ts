@@ -45,6 +45,9 @@ export interface NewEvent {
   metadata: EventContext;
 }
 
+/** What an append wake-up tells of each event appended in this process (see `EventStore.onAppended`). */
+export type AppendedEvent = Pick<NewEvent, 'type' | 'data'>;
+
 export interface EventMetadata extends EventContext {
   eventId: string;
   /** SHA-256 hex over (stream, revision, type, exact data bytes, previous hash): see hashChain.ts. */
@@ -146,11 +149,11 @@ export interface EventStore {
   subscribeToAll(options: SubscribeOptions): AsyncIterable<RecordedEvent>;
   /**
    * Calls `listener` soon after events are appended (by this process at once; by others when the adapter can
-   * tell), as a hint to look again: with the types of the events this process appended, or null for another
-   * process's appends, whose types it does not know. Returns the function that removes the listener. Optional:
-   * the bus stays the way events are delivered.
+   * tell), as a hint to look again: with the events this process appended (type and data: a worker of some
+   * queues looks at a TaskQueued's queue), or null for another process's appends, which it does not know.
+   * Returns the function that removes the listener. Optional: the bus stays the way events are delivered.
    */
-  onAppended?(listener: (types: ReadonlySet<string> | null) => void): () => void;
+  onAppended?(listener: (appended: readonly AppendedEvent[] | null) => void): () => void;
   /** The position of the newest event in the log, or null for an empty log. */
   headPosition(): Promise<Position | null>;
   /** Cheap check for /ready. */

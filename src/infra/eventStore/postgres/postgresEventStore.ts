@@ -19,6 +19,7 @@ import {
   WrongExpectedRevisionError,
   type AppendOptions,
   type AppendResult,
+  type AppendedEvent,
   type EventMetadata,
   type EventStore,
   type NewEvent,
@@ -243,7 +244,7 @@ export class PostgresEventStore implements EventStore {
    */
   private announce(events: readonly NewEvent[]): void {
     this.wakeupCount++;
-    this.wakeups.emit('wake', new Set(events.map((event) => event.type)));
+    this.wakeups.emit('wake', events);
     if (this.notifyPending || this.closed) return;
     this.notifyPending = true;
     this.notifyTimer = setTimeout(() => void this.notifyOthers(), NOTIFY_COALESCE_MS);
@@ -428,7 +429,7 @@ export class PostgresEventStore implements EventStore {
     await this.listenerStarting;
   }
 
-  onAppended(listener: (types: ReadonlySet<string> | null) => void): () => void {
+  onAppended(listener: (appended: readonly AppendedEvent[] | null) => void): () => void {
     this.wakeups.on('wake', listener);
     void this.ensureListening().catch(() => undefined);
     return () => this.wakeups.off('wake', listener);
