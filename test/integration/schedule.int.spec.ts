@@ -168,6 +168,64 @@ describe('the task schedule (inline projection) and batched claims', function ()
     }
   });
 
+  it('finds when the next task falls due without reading the pending backlog', async () => {
+    // 20,000 pending rows not due yet in this queue and 20,000 in another, alone in the schedule inside a
+    // transaction that is rolled back. A
+    // round that finds nothing due looks up the next due time; no scan of it may return more than a few rows
+    // (before migrations/0021 every pending row went to min(run_at)). EXPLAIN ANALYZE runs the claim, which
+    // claims nothing here (nothing is due), then the claim itself gives the answer.
+    const client = await db.pool.connect();
+    type PlanNode = {
+      'Node Type': string;
+      'Actual Rows'?: number;
+      'Relation Name'?: string;
+      Plans?: PlanNode[];
+    };
+    const nodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(nodes)];
+    try {
+      await client.query('BEGIN');
+      // The earlier tests' rows too are gone until the rollback: a claim of every queue sees only these.
+      await client.query('DELETE FROM task_schedule');
+      await client.query(
+        `INSERT INTO task_schedule (task_id, queue, priority, status, run_at, attempt, created_at)
+         SELECT gen_random_uuid(), q, i % 5, 'pending', now() + interval '1 hour' + i * interval '10 ms', 0, now()
+           FROM generate_series(1, 20000) i, unnest($1::text[]) q`,
+        [[queue, `${queue}x`]],
+      );
+      await client.query('ANALYZE task_schedule');
+      for (const onlyQueues of [[queue], []]) {
+        const statement = claimStatement(testClaimRequest('w', 16, { now: now(), onlyQueues }));
+        const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+          `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.text}`,
+          statement.values,
+        );
+        const plan = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+        const widest = Math.max(
+          ...plan
+            .filter((node) => node['Relation Name'] === 'task_schedule')
+            .map((node) => node['Actual Rows'] ?? 0),
+        );
+        expect(widest, `${onlyQueues.length} queue(s): rows from one scan of task_schedule`).to.be.below(100);
+        // The lookup ran, and found the earliest of them.
+        const { rows: answer } = await client.query<{ held_by: string | null; retry_at: Date | null }>(
+          statement.text,
+          statement.values,
+        );
+        const { rows: earliest } = await client.query<{ at: Date }>(
+          `SELECT min(run_at) AS at FROM task_schedule WHERE status = 'pending'
+              AND (cardinality($1::text[]) = 0 OR queue = ANY($1::text[]))`,
+          [onlyQueues],
+        );
+        expect(answer.find((row) => row.held_by === 'next_due')?.retry_at?.toISOString()).to.equal(
+          earliest[0]!.at.toISOString(),
+        );
+      }
+    } finally {
+      await client.query('ROLLBACK');
+      client.release();
+    }
+  });
+
   it('claims the highest priority first, and never a task before its run_at', async () => {
     const low = await submit({ priority: 1 });
     const high = await submit({ priority: 9 });
