@@ -26,6 +26,18 @@ import { queueTestTask, taskSpec, testClaimRequest, testCommandContext } from '.
 
 const spec = taskSpec;
 
+/** A node of an `EXPLAIN (FORMAT JSON)` plan, with the fields these tests read. */
+interface PlanNode {
+  'Node Type': string;
+  'Subplan Name'?: string;
+  'Relation Name'?: string;
+  'Actual Rows'?: number;
+  Plans?: PlanNode[];
+}
+
+/** The node and every node under it. */
+const planNodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(planNodes)];
+
 describe('the task schedule (inline projection) and batched claims', function () {
   this.timeout(60_000);
   let db: TestDatabase;
@@ -130,17 +142,10 @@ describe('the task schedule (inline projection) and batched claims', function ()
         `EXPLAIN (FORMAT JSON) ${statement.text}`,
         statement.values,
       );
-      type PlanNode = {
-        'Node Type': string;
-        'Subplan Name'?: string;
-        'Relation Name'?: string;
-        Plans?: PlanNode[];
-      };
-      const nodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(nodes)];
       const root = (rows[0]!['QUERY PLAN'] as Array<{ Plan: PlanNode }>)[0]!.Plan;
-      const due = nodes(root).find((node) => node['Subplan Name'] === 'CTE due');
+      const due = planNodes(root).find((node) => node['Subplan Name'] === 'CTE due');
       expect(due, 'the claim has a CTE due').to.not.equal(undefined);
-      return nodes(due!);
+      return planNodes(due!);
     };
     try {
       await client.query('BEGIN');
@@ -170,18 +175,10 @@ describe('the task schedule (inline projection) and batched claims', function ()
 
   it('finds when the next task falls due without reading the pending backlog', async () => {
     // 20,000 pending rows not due yet in this queue and 20,000 in another, alone in the schedule inside a
-    // transaction that is rolled back. A
-    // round that finds nothing due looks up the next due time; no scan of it may return more than a few rows
-    // (before migrations/0021 every pending row went to min(run_at)). EXPLAIN ANALYZE runs the claim, which
-    // claims nothing here (nothing is due), then the claim itself gives the answer.
+    // transaction that is rolled back. A round that finds nothing due looks up the next due time; no scan of it
+    // may return more than a few rows (before migrations/0021 every pending row went to min(run_at)). EXPLAIN
+    // ANALYZE runs the claim, which claims nothing here (nothing is due), then the claim itself gives the answer.
     const client = await db.pool.connect();
-    type PlanNode = {
-      'Node Type': string;
-      'Actual Rows'?: number;
-      'Relation Name'?: string;
-      Plans?: PlanNode[];
-    };
-    const nodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(nodes)];
     try {
       await client.query('BEGIN');
       // The earlier tests' rows too are gone until the rollback: a claim of every queue sees only these.
@@ -199,7 +196,7 @@ describe('the task schedule (inline projection) and batched claims', function ()
           `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.text}`,
           statement.values,
         );
-        const plan = nodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+        const plan = planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
         const widest = Math.max(
           ...plan
             .filter((node) => node['Relation Name'] === 'task_schedule')
