@@ -6,6 +6,14 @@ import { createTestDatabase, type TestDatabase, testEventStore } from '../suppor
 import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import type { AppendedEvent } from '../../src/infra/eventStore/eventStore.js';
 import { waitFor } from '../support/wait.js';
+import { planNodes, planRoot } from '../support/plans.js';
+import { createPool } from '../../src/infra/db/pool.js';
+import { silentLogger } from '../../src/infra/logger.js';
+import { GENESIS_HASH } from '../../src/infra/eventStore/hashChain.js';
+import {
+  GROUP_COMMIT_STATEMENT,
+  GroupCommitAppender,
+} from '../../src/infra/eventStore/postgres/groupCommit.js';
 
 let database: TestDatabase;
 let store: PostgresEventStore;
@@ -245,6 +253,124 @@ describe('append wake-ups (onAppended)', function () {
     } finally {
       stopHere();
       stopThere();
+    }
+  });
+});
+
+describe("the group commit's statement, planned once per connection", function () {
+  this.timeout(60_000);
+  let db: TestDatabase;
+  before(async () => {
+    db = await createTestDatabase('gcplan');
+  });
+  after(async () => {
+    await db?.drop();
+  });
+
+  /** Two new streams of one event each, as the group commit's ten column arrays. */
+  const twoNewStreams = () => {
+    const streams = [`plan-${randomUUID()}`, `plan-${randomUUID()}`];
+    return [
+      [0, 1],
+      streams,
+      [null, null],
+      [0, 1],
+      [randomUUID(), randomUUID()],
+      streams,
+      [0, 0],
+      ['PlanChecked', 'PlanChecked'],
+      ['{}', '{}'],
+      ['{}', '{}'],
+    ];
+  };
+
+  /** The scans of `events` in the generic plan (the one a group-commit connection keeps) of the statement. */
+  const eventScansOfGenericPlan = async () => {
+    const client = new pg.Client({
+      connectionString: db.url,
+      options: '-c plan_cache_mode=force_generic_plan',
+    });
+    await client.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(
+        `PREPARE group_commit (int[], text[], bigint[], int[], uuid[], text[], bigint[], text[], text[], text[])
+         AS ${GROUP_COMMIT_STATEMENT}`,
+      );
+      // EXPLAIN takes no parameters: the arrays are written out as literals.
+      const literal = (items: unknown[]) =>
+        `'{${items.map((item) => (item === null ? 'NULL' : JSON.stringify(String(item)))).join(',')}}'`;
+      const { rows } = await client.query<Record<string, unknown>>(
+        `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE group_commit (${twoNewStreams().map(literal).join(', ')})`,
+      );
+      return planNodes(planRoot(rows)).filter(
+        (node) => node['Relation Name'] === 'events' && node['Node Type'] !== 'ModifyTable',
+      );
+    } finally {
+      await client.query('ROLLBACK');
+      await client.end();
+    }
+  };
+
+  it('probes the indexes whether it was planned on an empty log or a large one', async () => {
+    // A plan is kept until the table's statistics change. Planned on an empty log, a join of the batch to
+    // `events` became a hash join over a sequential scan, which a large log would then pay on every append.
+    for (const size of ['empty', 'large']) {
+      if (size === 'large') {
+        await db.pool.query(
+          `INSERT INTO events (stream_id, revision, event_id, type, data, metadata)
+           SELECT 'filler-' || i, 0, gen_random_uuid(), 'Filler', '{}', '{}' FROM generate_series(1, 30000) i`,
+        );
+        await db.pool.query('ANALYZE events');
+      }
+      const scans = await eventScansOfGenericPlan();
+      expect(scans.length, `${size} log: reads of events in the plan`).to.be.above(0);
+      for (const scan of scans)
+        expect(scan['Node Type'], `${size} log: every read of events`).to.be.oneOf([
+          'Index Scan',
+          'Index Only Scan',
+        ]);
+    }
+  });
+
+  it("runs on the store's own connections, which reuse one generic plan", async () => {
+    const store = testEventStore(db);
+    try {
+      for (let i = 0; i < 3; i++)
+        await store.append(`plan-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' });
+      const { rows } = await db.pool.query<{ application_name: string }>(
+        // pg_stat_activity keeps the first track_activity_query_size bytes of a statement.
+        `SELECT application_name FROM pg_stat_activity
+          WHERE datname = current_database() AND query <> '' AND starts_with($1, query)`,
+        [GROUP_COMMIT_STATEMENT],
+      );
+      expect(rows.map((row) => row.application_name)).to.deep.equal(['task-manager (group commit)']);
+    } finally {
+      await store.close();
+    }
+    // Such connections (genericPlans) plan it once and keep that plan.
+    const genericPool = createPool(
+      { connectionString: db.url, max: 1, statementTimeoutMs: 30000, genericPlans: true },
+      silentLogger(),
+    );
+    try {
+      const appender = new GroupCommitAppender(genericPool);
+      for (let i = 0; i < 8; i++) {
+        const outcome = await appender.append({
+          streamId: `plan-${randomUUID()}`,
+          events: [event('TaskQueued')],
+          expectedHead: null,
+          previousHash: GENESIS_HASH,
+        });
+        expect(outcome.kind).to.equal('appended');
+      }
+      const { rows } = await genericPool.query<{ generic_plans: number; custom_plans: number }>(
+        `SELECT generic_plans::int, custom_plans::int FROM pg_prepared_statements WHERE statement = $1`,
+        [GROUP_COMMIT_STATEMENT],
+      );
+      expect(rows).to.deep.equal([{ generic_plans: 8, custom_plans: 0 }]);
+    } finally {
+      await genericPool.end();
     }
   });
 });

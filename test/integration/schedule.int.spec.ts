@@ -19,24 +19,13 @@ import {
   type ClaimRequest,
 } from '../../src/workers/schedule.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
+import { planNodes, planRoot } from '../support/plans.js';
 import { waitFor } from '../support/wait.js';
 import { startTestWorker } from '../support/worker.js';
 import { TaskWorker } from '../../src/workers/taskWorker.js';
 import { queueTestTask, taskSpec, testClaimRequest, testCommandContext } from '../support/fixtures.js';
 
 const spec = taskSpec;
-
-/** A node of an `EXPLAIN (FORMAT JSON)` plan, with the fields these tests read. */
-interface PlanNode {
-  'Node Type': string;
-  'Subplan Name'?: string;
-  'Relation Name'?: string;
-  'Actual Rows'?: number;
-  Plans?: PlanNode[];
-}
-
-/** The node and every node under it. */
-const planNodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(planNodes)];
 
 describe('the task schedule (inline projection) and batched claims', function () {
   this.timeout(60_000);
@@ -142,7 +131,7 @@ describe('the task schedule (inline projection) and batched claims', function ()
         `EXPLAIN (FORMAT JSON) ${statement.text}`,
         statement.values,
       );
-      const root = (rows[0]!['QUERY PLAN'] as Array<{ Plan: PlanNode }>)[0]!.Plan;
+      const root = planRoot(rows);
       const due = planNodes(root).find((node) => node['Subplan Name'] === 'CTE due');
       expect(due, 'the claim has a CTE due').to.not.equal(undefined);
       return planNodes(due!);
@@ -192,11 +181,11 @@ describe('the task schedule (inline projection) and batched claims', function ()
       await client.query('ANALYZE task_schedule');
       for (const onlyQueues of [[queue], []]) {
         const statement = claimStatement(testClaimRequest('w', 16, { now: now(), onlyQueues }));
-        const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
+        const { rows } = await client.query<{ 'QUERY PLAN': unknown }>(
           `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.text}`,
           statement.values,
         );
-        const plan = planNodes(rows[0]!['QUERY PLAN'][0]!.Plan);
+        const plan = planNodes(planRoot(rows));
         const widest = Math.max(
           ...plan
             .filter((node) => node['Relation Name'] === 'task_schedule')

@@ -12,6 +12,12 @@ export interface PoolOptions {
   max: number;
   statementTimeoutMs: number;
   applicationName?: string;
+  /**
+   * Connections that plan each prepared statement once, whatever its parameters (`plan_cache_mode =
+   * force_generic_plan`). Only for a pool whose statements all have plans that do not depend on their values:
+   * unnamed statements on such a connection get the generic plan too (a claim's LIMIT would not be known).
+   */
+  genericPlans?: boolean;
 }
 
 // bigint columns come back as strings by default; revisions and counts fit in a double.
@@ -27,6 +33,7 @@ export function createPool(options: PoolOptions, logger: Logger): Pool {
     max: options.max,
     statement_timeout: options.statementTimeoutMs,
     application_name: options.applicationName ?? 'task-manager',
+    ...(options.genericPlans ? { options: '-c plan_cache_mode=force_generic_plan' } : {}),
     connectionTimeoutMillis: 5000,
     idleTimeoutMillis: 30000,
   });

@@ -1,5 +1,6 @@
 import type { Pool } from '../../db/pool.js';
 import { isConnectionError, isUniqueViolation } from '../../db/pool.js';
+import { prepared } from '../../db/prepared.js';
 import { chainHashes } from '../hashChain.js';
 import { encodePosition, type AppendResult, type NewEvent } from '../eventStore.js';
 
@@ -57,6 +58,51 @@ function eventRows(appends: readonly BatchedAppend[]) {
   return columns;
 }
 
+/**
+ * The group commit's one statement: it refuses the appends whose stream head is not the expected one, skips those
+ * whose event ids are stored, and inserts the rest. Each connection plans it once (a prepared statement on a
+ * connection with generic plans, see PostgresEventStore): its plan must not depend on the arrays' sizes or on how
+ * large `events` was when it was planned. So every look-up in `events` is a per-row subquery on a unique index (the
+ * stream's head, an event id's presence); a join of the batch to `events` would be planned as a hash join over a
+ * sequential scan while the log is small, and that plan would then be kept. `OFFSET 0` keeps the EXISTS a per-row
+ * subquery instead of a join.
+ */
+export const GROUP_COMMIT_STATEMENT = `WITH appends AS (
+     SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) AS a(idx, stream_id, expected_head)
+   ), heads AS (
+     SELECT a.idx, a.expected_head,
+            (SELECT max(e.revision) FROM events e WHERE e.stream_id = a.stream_id) AS head
+       FROM appends a
+   ), duplicates AS (
+     SELECT DISTINCT r.idx FROM unnest($4::int[], $5::uuid[]) AS r(idx, event_id)
+      WHERE EXISTS (SELECT FROM events e WHERE e.event_id = r.event_id OFFSET 0)
+   ), refused AS (
+     SELECT idx, head FROM heads
+      WHERE head IS DISTINCT FROM expected_head AND idx NOT IN (SELECT idx FROM duplicates)
+   ), inserted AS (
+     INSERT INTO events (stream_id, revision, event_id, type, data, metadata)
+     SELECT r.stream_id, r.revision, r.event_id, r.type, r.data, r.metadata::jsonb
+       FROM unnest($4::int[], $6::text[], $7::bigint[], $5::uuid[], $8::text[], $9::text[], $10::text[])
+            WITH ORDINALITY AS r(idx, stream_id, revision, event_id, type, data, metadata, ord)
+      WHERE r.idx NOT IN (SELECT idx FROM refused) AND r.idx NOT IN (SELECT idx FROM duplicates)
+      ORDER BY r.ord
+     RETURNING stream_id, transaction_id, sequence
+   )
+   SELECT 'inserted' AS kind, NULL::int AS idx, stream_id, transaction_id::text AS transaction_id,
+          max(sequence)::text AS sequence, NULL::text AS head
+     FROM inserted GROUP BY stream_id, transaction_id
+   UNION ALL SELECT 'refused', idx, NULL, NULL, NULL, head::text FROM refused
+   UNION ALL SELECT 'duplicate', idx, NULL, NULL, NULL, NULL FROM duplicates`;
+
+export interface GroupCommitSettings {
+  /** The most appends one statement carries. */
+  maxBatch: number;
+  /** Statements in flight at once (each on its own connection). */
+  maxInFlight: number;
+}
+
+export const DEFAULT_GROUP_COMMIT: GroupCommitSettings = { maxBatch: 500, maxInFlight: 2 };
+
 interface Pending {
   append: BatchedAppend;
   resolve: (outcome: BatchedAppendOutcome) => void;
@@ -78,7 +124,7 @@ export class GroupCommitAppender {
 
   constructor(
     private readonly pool: Pool,
-    private readonly settings: { maxBatch: number; maxInFlight: number } = { maxBatch: 500, maxInFlight: 2 },
+    private readonly settings: GroupCommitSettings = DEFAULT_GROUP_COMMIT,
   ) {}
 
   append(append: BatchedAppend): Promise<BatchedAppendOutcome> {
@@ -148,35 +194,7 @@ export class GroupCommitAppender {
       sequence: string | null;
       head: string | null;
     }>(
-      // Not prepared: a generic plan (made once, maybe while the table was small) can join the batch's arrays to
-      // events by scanning it; with the arrays' sizes known, the planner probes the indexes.
-      `WITH appends AS (
-         SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) AS a(idx, stream_id, expected_head)
-       ), heads AS (
-         SELECT a.idx, a.expected_head,
-                (SELECT max(e.revision) FROM events e WHERE e.stream_id = a.stream_id) AS head
-           FROM appends a
-       ), duplicates AS (
-         SELECT DISTINCT r.idx FROM unnest($4::int[], $5::uuid[]) AS r(idx, event_id)
-           JOIN events e ON e.event_id = r.event_id
-       ), refused AS (
-         SELECT idx, head FROM heads
-          WHERE head IS DISTINCT FROM expected_head AND idx NOT IN (SELECT idx FROM duplicates)
-       ), inserted AS (
-         INSERT INTO events (stream_id, revision, event_id, type, data, metadata)
-         SELECT r.stream_id, r.revision, r.event_id, r.type, r.data, r.metadata::jsonb
-           FROM unnest($4::int[], $6::text[], $7::bigint[], $5::uuid[], $8::text[], $9::text[], $10::text[])
-                WITH ORDINALITY AS r(idx, stream_id, revision, event_id, type, data, metadata, ord)
-          WHERE r.idx NOT IN (SELECT idx FROM refused) AND r.idx NOT IN (SELECT idx FROM duplicates)
-          ORDER BY r.ord
-         RETURNING stream_id, transaction_id, sequence
-       )
-       SELECT 'inserted' AS kind, NULL::int AS idx, stream_id, transaction_id::text AS transaction_id,
-              max(sequence)::text AS sequence, NULL::text AS head
-         FROM inserted GROUP BY stream_id, transaction_id
-       UNION ALL SELECT 'refused', idx, NULL, NULL, NULL, head::text FROM refused
-       UNION ALL SELECT 'duplicate', idx, NULL, NULL, NULL, NULL FROM duplicates`,
-      [
+      prepared(GROUP_COMMIT_STATEMENT, [
         appends.map((_, index) => index),
         appends.map((append) => append.streamId),
         appends.map((append) => append.expectedHead),
@@ -187,7 +205,7 @@ export class GroupCommitAppender {
         columns.types,
         columns.data,
         columns.metadata,
-      ],
+      ]),
     );
     const outcomes: Array<BatchedAppendOutcome | undefined> = new Array(appends.length);
     const byStream = new Map(appends.map((append, index) => [append.streamId, index]));

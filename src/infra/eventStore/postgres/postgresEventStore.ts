@@ -5,12 +5,11 @@
 import pg from 'pg';
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import type { Pool } from '../../db/pool.js';
-import { isUniqueViolation } from '../../db/pool.js';
+import { createPool, isUniqueViolation, type Pool } from '../../db/pool.js';
 import type { Logger } from '../../logger.js';
 import { backoffMs, sleep } from '../../abort.js';
 import { chainHashes, GENESIS_HASH } from '../hashChain.js';
-import { GroupCommitAppender } from './groupCommit.js';
+import { DEFAULT_GROUP_COMMIT, GroupCommitAppender, type GroupCommitSettings } from './groupCommit.js';
 import {
   assertStreamId,
   decodePosition,
@@ -85,7 +84,7 @@ export interface PostgresEventStoreOptions {
   pollIntervalMs: number;
   batchSize: number;
   /** Group commit: the most appends one statement carries, and how many statements may be in flight. */
-  groupCommit?: { maxBatch: number; maxInFlight: number };
+  groupCommit?: GroupCommitSettings;
   /**
    * How long the answer to "does another process listen for appends?" is kept (default 2000 ms). A process that
    * starts listening meanwhile finds new events by polling (pollIntervalMs) until the answer is asked again.
@@ -114,10 +113,28 @@ export class PostgresEventStore implements EventStore {
   /** Sent as the NOTIFY payload, so this store's listener can tell its own notifications from other processes'. */
   private readonly instanceId = randomUUID();
   private readonly groupCommit: GroupCommitAppender;
+  /**
+   * The group commit's own connections, one per statement it may have in flight. They plan its statement once
+   * (generic plans) instead of on every call: at a few appends per statement, planning cost PostgreSQL more than
+   * the write (0.9 ms of CPU an append planned each time, 0.36 prepared, one append per statement on a log of
+   * 60,000 events). The other statements stay on the shared pool, where a claim's LIMIT must be planned per call.
+   */
+  private readonly appendPool: Pool;
 
   constructor(private readonly options: PostgresEventStoreOptions) {
     this.wakeups.setMaxListeners(0);
-    this.groupCommit = new GroupCommitAppender(options.pool, options.groupCommit);
+    const groupCommit = options.groupCommit ?? DEFAULT_GROUP_COMMIT;
+    this.appendPool = createPool(
+      {
+        connectionString: options.connectionString,
+        max: groupCommit.maxInFlight,
+        statementTimeoutMs: options.pool.options.statement_timeout || 0,
+        applicationName: `${options.pool.options.application_name ?? 'task-manager'} (group commit)`,
+        genericPlans: true,
+      },
+      options.logger,
+    );
+    this.groupCommit = new GroupCommitAppender(this.appendPool, groupCommit);
   }
 
   async append(streamId: string, events: NewEvent[], options: AppendOptions): Promise<AppendResult> {
@@ -455,6 +472,7 @@ export class PostgresEventStore implements EventStore {
     const listener = this.listener;
     this.listener = null;
     await listener?.end().catch(() => undefined);
+    await this.appendPool.end().catch(() => undefined);
     this.wakeups.emit('wake', null);
   }
 }
