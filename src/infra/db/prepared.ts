@@ -11,8 +11,10 @@ const names = new Map<string, string>();
  *
  * Only for statements whose plan does not depend on the values: after five runs PostgreSQL may keep one generic
  * plan, made without knowing an array's length or a LIMIT (and maybe while a table was small). Measured here, a
- * prepared group commit and projection guard update made the database's CPU per task twice as high on a large log.
- * So arrays joined to large tables and LIMIT parameters stay unprepared.
+ * prepared group commit and projection guard update made the database's CPU per task twice as high on a large log:
+ * planned while the log was small, they joined their arrays to it by scanning it. So arrays joined to large tables
+ * and LIMIT parameters stay unprepared, unless the statement reads the large table only by per-row look-ups on a
+ * unique index, as the group commit now does (GROUP_COMMIT_STATEMENT, on connections with `genericPlans`).
  *
  * Behind PgBouncer in transaction mode, prepared statements need PgBouncer 1.21+ (`max_prepared_statements`).
  */
