@@ -100,6 +100,7 @@ export async function createEventStore(
     logger,
     pollIntervalMs: config.eventLog.pollIntervalMs,
     batchSize: config.eventLog.batchSize,
+    statementTimeoutMs: config.database.statementTimeoutMs,
   });
 }
 

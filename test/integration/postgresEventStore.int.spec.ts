@@ -3,11 +3,14 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { eventStoreContract } from '../contract/eventStore.contract.js';
 import { createTestDatabase, type TestDatabase, testEventStore } from '../support/postgres.js';
-import { PostgresEventStore } from '../../src/infra/eventStore/postgres/postgresEventStore.js';
+import {
+  GROUP_COMMIT_APPLICATION_NAME,
+  PostgresEventStore,
+} from '../../src/infra/eventStore/postgres/postgresEventStore.js';
 import type { AppendedEvent } from '../../src/infra/eventStore/eventStore.js';
 import { waitFor } from '../support/wait.js';
 import { planNodes, planRoot } from '../support/plans.js';
-import { createPool } from '../../src/infra/db/pool.js';
+import { createPool, type Pool } from '../../src/infra/db/pool.js';
 import { silentLogger } from '../../src/infra/logger.js';
 import { GENESIS_HASH } from '../../src/infra/eventStore/hashChain.js';
 import {
@@ -286,11 +289,11 @@ describe("the group commit's statement, planned once per connection", function (
 
   /** The scans of `events` in the generic plan (the one a group-commit connection keeps) of the statement. */
   const eventScansOfGenericPlan = async () => {
-    const client = new pg.Client({
-      connectionString: db.url,
-      options: '-c plan_cache_mode=force_generic_plan',
-    });
-    await client.connect();
+    const genericPool = createPool(
+      { connectionString: db.url, max: 1, statementTimeoutMs: 30000, genericPlans: true },
+      silentLogger(),
+    );
+    const client = await genericPool.connect();
     try {
       await client.query('BEGIN');
       await client.query(
@@ -308,7 +311,8 @@ describe("the group commit's statement, planned once per connection", function (
       );
     } finally {
       await client.query('ROLLBACK');
-      await client.end();
+      client.release();
+      await genericPool.end();
     }
   };
 
@@ -344,7 +348,12 @@ describe("the group commit's statement, planned once per connection", function (
           WHERE datname = current_database() AND query <> '' AND starts_with($1, query)`,
         [GROUP_COMMIT_STATEMENT],
       );
-      expect(rows.map((row) => row.application_name)).to.deep.equal(['task-manager (group commit)']);
+      expect(rows.length, 'connections that ran the group commit').to.be.above(0);
+      for (const row of rows) expect(row.application_name).to.equal(GROUP_COMMIT_APPLICATION_NAME);
+      // Its connections are the generic-plan kind (the store's private pool, read here only).
+      const appendPool = (store as unknown as { appendPool: Pool }).appendPool;
+      const mode = await appendPool.query<{ plan_cache_mode: string }>('SHOW plan_cache_mode');
+      expect(mode.rows[0]!.plan_cache_mode).to.equal('force_generic_plan');
     } finally {
       await store.close();
     }
@@ -372,5 +381,45 @@ describe("the group commit's statement, planned once per connection", function (
     } finally {
       await genericPool.end();
     }
+  });
+
+  it('keeps server settings already in the connection string beside its own', async () => {
+    const url = new URL(db.url);
+    url.searchParams.set('options', '-c work_mem=8MB');
+    const genericPool = createPool(
+      { connectionString: url.toString(), max: 1, statementTimeoutMs: 30000, genericPlans: true },
+      silentLogger(),
+    );
+    try {
+      const { rows } = await genericPool.query<{ plan_cache_mode: string; work_mem: string }>(
+        `SELECT current_setting('plan_cache_mode') AS plan_cache_mode, current_setting('work_mem') AS work_mem`,
+      );
+      expect(rows[0]).to.deep.equal({ plan_cache_mode: 'force_generic_plan', work_mem: '8MB' });
+    } finally {
+      await genericPool.end();
+    }
+  });
+
+  it('writes the appends given before close, and answers those after it 503', async () => {
+    const store = testEventStore(db);
+    const streams = Array.from({ length: 30 }, () => `closing-${randomUUID()}`);
+    const given = streams.map((stream) =>
+      store.append(stream, [event('TaskQueued')], { expectedRevision: 'no_stream' }),
+    );
+    await store.close();
+    const outcomes = await Promise.allSettled(given);
+    expect(outcomes.filter((outcome) => outcome.status === 'rejected')).to.deep.equal([]);
+    const { rows } = await db.pool.query<{ n: number }>(
+      'SELECT count(*)::int AS n FROM events WHERE stream_id = ANY($1::text[])',
+      [streams],
+    );
+    expect(rows[0]!.n).to.equal(30);
+    const late = await store
+      .append(`closing-${randomUUID()}`, [event('TaskQueued')], { expectedRevision: 'no_stream' })
+      .then(
+        () => null,
+        (error: unknown) => error,
+      );
+    expect((late as { status?: number } | null)?.status).to.equal(503);
   });
 });

@@ -15,9 +15,23 @@ export interface PoolOptions {
   /**
    * Connections that plan each prepared statement once, whatever its parameters (`plan_cache_mode =
    * force_generic_plan`). Only for a pool whose statements all have plans that do not depend on their values:
-   * unnamed statements on such a connection get the generic plan too (a claim's LIMIT would not be known).
+   * unnamed statements on such a connection get the generic plan too (a claim's LIMIT would not be known), and so
+   * do the PL/pgSQL statements of the triggers its writes fire.
    */
   genericPlans?: boolean;
+  /** How long an idle connection is kept (default 30 s); 0 keeps it. */
+  idleTimeoutMs?: number;
+}
+
+/**
+ * The connection string with a server setting added to its `options` startup parameter. In the string, not beside
+ * it: node-postgres lets an `options` in the string replace the one in the config.
+ */
+export function withServerSetting(connectionString: string, setting: string): string {
+  const url = new URL(connectionString);
+  const options = url.searchParams.get('options');
+  url.searchParams.set('options', options ? `${options} -c ${setting}` : `-c ${setting}`);
+  return url.toString();
 }
 
 // bigint columns come back as strings by default; revisions and counts fit in a double.
@@ -29,13 +43,14 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (value: string) => {
 
 export function createPool(options: PoolOptions, logger: Logger): Pool {
   const pool = new pg.Pool({
-    connectionString: options.connectionString,
+    connectionString: options.genericPlans
+      ? withServerSetting(options.connectionString, 'plan_cache_mode=force_generic_plan')
+      : options.connectionString,
     max: options.max,
     statement_timeout: options.statementTimeoutMs,
     application_name: options.applicationName ?? 'task-manager',
-    ...(options.genericPlans ? { options: '-c plan_cache_mode=force_generic_plan' } : {}),
     connectionTimeoutMillis: 5000,
-    idleTimeoutMillis: 30000,
+    idleTimeoutMillis: options.idleTimeoutMs ?? 30000,
   });
   // An idle client whose server connection dies emits 'error' on the pool; unhandled, it would crash the process.
   pool.on('error', (error) => logger.warn({ err: error }, 'idle PostgreSQL client lost'));

@@ -1,6 +1,7 @@
 import type { Pool } from '../../db/pool.js';
 import { isConnectionError, isUniqueViolation } from '../../db/pool.js';
 import { prepared } from '../../db/prepared.js';
+import { ServiceUnavailableError } from '../../../errors.js';
 import { chainHashes } from '../hashChain.js';
 import { encodePosition, type AppendResult, type NewEvent } from '../eventStore.js';
 
@@ -121,6 +122,9 @@ export class GroupCommitAppender {
   private readonly queue: Pending[] = [];
   private readonly streamsInFlight = new Set<string>();
   private inFlight = 0;
+  private closing = false;
+  /** Called once nothing is queued or in flight (see close). */
+  private readonly onIdle: Array<() => void> = [];
 
   constructor(
     private readonly pool: Pool,
@@ -128,6 +132,9 @@ export class GroupCommitAppender {
   ) {}
 
   append(append: BatchedAppend): Promise<BatchedAppendOutcome> {
+    // A process that is stopping answers 503, as when the database is away.
+    if (this.closing)
+      return Promise.reject(new ServiceUnavailableError(1, 'The event store is closing: try again.'));
     return new Promise((resolve, reject) => {
       this.queue.push({ append, resolve, reject });
       this.pump();
@@ -156,8 +163,16 @@ export class GroupCommitAppender {
         this.inFlight--;
         for (const stream of streams) this.streamsInFlight.delete(stream);
         this.pump();
+        if (this.inFlight === 0 && this.queue.length === 0) for (const idle of this.onIdle.splice(0)) idle();
       });
     }
+  }
+
+  /** Refuses new appends and resolves once those already given are written (or failed), before its pool ends. */
+  async close(): Promise<void> {
+    this.closing = true;
+    if (this.inFlight === 0 && this.queue.length === 0) return;
+    await new Promise<void>((resolve) => this.onIdle.push(resolve));
   }
 
   private async flush(batch: Pending[]): Promise<void> {

@@ -34,6 +34,8 @@ const NOTIFY_CHANNEL = 'task_manager_events';
 const NOTIFY_COALESCE_MS = 10;
 /** What a store's LISTEN connection calls itself, so a store can tell whether another one listens. */
 const LISTENER_APPLICATION_NAME = 'task-manager-listen';
+/** The group commit's own connections (see appendPool). */
+export const GROUP_COMMIT_APPLICATION_NAME = 'task-manager-append';
 
 interface EventRow {
   sequence: number;
@@ -85,6 +87,8 @@ export interface PostgresEventStoreOptions {
   batchSize: number;
   /** Group commit: the most appends one statement carries, and how many statements may be in flight. */
   groupCommit?: GroupCommitSettings;
+  /** For the group commit's own connections; default: the pool's `statement_timeout`. */
+  statementTimeoutMs?: number;
   /**
    * How long the answer to "does another process listen for appends?" is kept (default 2000 ms). A process that
    * starts listening meanwhile finds new events by polling (pollIntervalMs) until the answer is asked again.
@@ -128,9 +132,11 @@ export class PostgresEventStore implements EventStore {
       {
         connectionString: options.connectionString,
         max: groupCommit.maxInFlight,
-        statementTimeoutMs: options.pool.options.statement_timeout || 0,
-        applicationName: `${options.pool.options.application_name ?? 'task-manager'} (group commit)`,
+        statementTimeoutMs: options.statementTimeoutMs ?? (options.pool.options.statement_timeout || 0),
+        applicationName: GROUP_COMMIT_APPLICATION_NAME,
         genericPlans: true,
+        // Kept open: a connection opened again would parse and plan the statement again.
+        idleTimeoutMs: 0,
       },
       options.logger,
     );
@@ -465,7 +471,9 @@ export class PostgresEventStore implements EventStore {
   }
 
   async close(): Promise<void> {
-    // The last appends of a stopping process (a worker handing back its tasks) still tell the others.
+    // Appends already given to the group commit are written first; then the last appends of a stopping process
+    // (a worker handing back its tasks) still tell the others.
+    await this.groupCommit.close();
     await this.notifyOthers();
     this.closed = true;
     await this.listenerStarting;
