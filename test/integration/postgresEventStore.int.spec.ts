@@ -270,6 +270,10 @@ describe("the group commit's statement, planned once per connection", function (
     await db?.drop();
   });
 
+  /** One connection of the kind the group commit runs on (genericPlans). */
+  const genericPlanPool = (connectionString = db.url) =>
+    createPool({ connectionString, max: 1, statementTimeoutMs: 30000, genericPlans: true }, silentLogger());
+
   /** Two new streams of one event each, as the group commit's ten column arrays. */
   const twoNewStreams = () => {
     const streams = [`plan-${randomUUID()}`, `plan-${randomUUID()}`];
@@ -289,10 +293,7 @@ describe("the group commit's statement, planned once per connection", function (
 
   /** The scans of `events` in the generic plan (the one a group-commit connection keeps) of the statement. */
   const eventScansOfGenericPlan = async () => {
-    const genericPool = createPool(
-      { connectionString: db.url, max: 1, statementTimeoutMs: 30000, genericPlans: true },
-      silentLogger(),
-    );
+    const genericPool = genericPlanPool();
     const client = await genericPool.connect();
     try {
       await client.query('BEGIN');
@@ -358,10 +359,7 @@ describe("the group commit's statement, planned once per connection", function (
       await store.close();
     }
     // Such connections (genericPlans) plan it once and keep that plan.
-    const genericPool = createPool(
-      { connectionString: db.url, max: 1, statementTimeoutMs: 30000, genericPlans: true },
-      silentLogger(),
-    );
+    const genericPool = genericPlanPool();
     try {
       const appender = new GroupCommitAppender(genericPool);
       for (let i = 0; i < 8; i++) {
@@ -386,10 +384,7 @@ describe("the group commit's statement, planned once per connection", function (
   it('keeps server settings already in the connection string beside its own', async () => {
     const url = new URL(db.url);
     url.searchParams.set('options', '-c work_mem=8MB');
-    const genericPool = createPool(
-      { connectionString: url.toString(), max: 1, statementTimeoutMs: 30000, genericPlans: true },
-      silentLogger(),
-    );
+    const genericPool = genericPlanPool(url.toString());
     try {
       const { rows } = await genericPool.query<{ plan_cache_mode: string; work_mem: string }>(
         `SELECT current_setting('plan_cache_mode') AS plan_cache_mode, current_setting('work_mem') AS work_mem`,

@@ -163,15 +163,20 @@ export class GroupCommitAppender {
         this.inFlight--;
         for (const stream of streams) this.streamsInFlight.delete(stream);
         this.pump();
-        if (this.inFlight === 0 && this.queue.length === 0) for (const idle of this.onIdle.splice(0)) idle();
+        if (this.idle) for (const idle of this.onIdle.splice(0)) idle();
       });
     }
+  }
+
+  /** Nothing queued, nothing in flight. */
+  private get idle(): boolean {
+    return this.inFlight === 0 && this.queue.length === 0;
   }
 
   /** Refuses new appends and resolves once those already given are written (or failed), before its pool ends. */
   async close(): Promise<void> {
     this.closing = true;
-    if (this.inFlight === 0 && this.queue.length === 0) return;
+    if (this.idle) return;
     await new Promise<void>((resolve) => this.onIdle.push(resolve));
   }
 
